@@ -1,0 +1,58 @@
+# The README's commands. Everything is set up from nothing on first use:
+# a virtual environment, the package (Cython core + gRPC stubs), the demo world.
+#
+#   make serve            serve the demo world on 127.0.0.1:50051 (CPU onnxruntime)
+#   make serve GPU=1      same, with onnxruntime-gpu in a separate venv (.venv-gpu)
+#   make test             run the test suite
+#   make bench            decision-core benchmark (Cython vs Python reference)
+#   make debug            rebuild the core with bounds checks and line tracing
+#   make annotate         cython -a report of the decision loop (ext/decision.html)
+#   make proto            regenerate the gRPC stubs
+#   make clean            remove everything generated
+
+PYTHON ?= python3
+GPU ?= 0
+ifeq ($(GPU),1)
+  VENV ?= .venv-gpu
+  RUNTIME := gpu
+else
+  VENV ?= .venv
+  RUNTIME := cpu
+endif
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.adbid-installed
+SOURCES := pyproject.toml setup.py $(wildcard ext/*.pyx ext/*.pxd proto/adbid/v1/*.proto)
+ARGS ?=
+PYTEST_ARGS ?=
+
+.PHONY: setup serve test bench debug annotate proto lint clean
+
+setup: $(STAMP)
+
+$(STAMP): $(SOURCES)
+	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found; adbid needs Python >= 3.11" >&2; exit 1; }
+	@test -d $(VENV) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[$(RUNTIME),test,bench]'
+	@touch $@
+
+serve: $(STAMP)
+	$(VENV)/bin/adbid serve $(ARGS)
+
+test: $(STAMP)
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+bench: $(STAMP)
+	$(PY) benchmarks/bench_decision.py $(ARGS)
+
+debug: $(STAMP)
+	ADBID_DEBUG=1 $(PY) setup.py build_ext --inplace --force
+
+annotate: $(STAMP)
+	$(VENV)/bin/cython -a -3 ext/decision.pyx -o ext/decision.c && echo "wrote ext/decision.html"
+
+proto: $(STAMP)
+	$(PY) -c "import setup" 2>/dev/null || $(PY) setup.py build_ext --inplace
+
+clean:
+	rm -rf build *.egg-info adbid/*.so adbid/v1/*_pb2*.py adbid/v1/*_pb2.pyi ext/*.c ext/*.html .venv .venv-gpu .pytest_cache .hypothesis

@@ -1,0 +1,3 @@
+"""adbid: a real-time bidding decision server."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,214 @@
+"""The `adbid` command line: serve, demo-world, bid, status."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from adbid.config import ServerConfig, default_world_dir
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help=(
+    "adbid: a real-time bidding decision server. Batches of ad events in over gRPC; "
+    "FAISS retrieval, ONNX intent scoring and a compiled decision loop; one bid or "
+    "no-bid per event out."))
+console = Console()
+DEFAULTS = ServerConfig()
+
+
+def _logging(verbose: bool) -> None:
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def _ensure_world(world: Path, seed: int) -> None:
+    """Build the demo world at `world` if it is the default location and missing."""
+    from adbid import world as world_mod
+
+    if (world / world_mod.MANIFEST).is_file():
+        return
+    if world.resolve() != default_world_dir().resolve():
+        raise typer.BadParameter(f"no world at {world}; build one with "
+                                 f"`adbid demo-world --out {world}`", param_hint="--world")
+    console.print(f"[bold]No world at {world}: building the demo world (seed {seed})[/bold]")
+    _build_demo(world, seed, None)
+
+
+def _build_demo(out: Path, seed: int, spec_overrides: dict | None) -> dict:
+    from adbid.demo_world import DemoWorldSpec, build
+
+    spec = DemoWorldSpec(seed=seed, **(spec_overrides or {}))
+    manifest = build(out, spec, progress=sys.stderr.isatty())
+    m, c = manifest["model"], manifest["counts"]
+    console.print(
+        f"world [bold]{manifest['version']}[/bold] at {out} in {manifest['build_seconds']} s: "
+        f"{c['users']:,} users, {c['ads']:,} ads, {c['campaigns']} campaigns, d={c['dim']}, "
+        f"index {manifest['index']}\n"
+        f"intent model {m['kind']}: held-out AUC [bold]{m['auc']:.4f}[/bold] "
+        f"(ground-truth probabilities reach {m['ground_truth_auc']:.4f}) on "
+        f"{m['heldout_impressions']:,} impressions, click rate {m['click_rate']:.3f}")
+    return manifest
+
+
+@app.command()
+def serve(
+    world: Path = typer.Option(DEFAULTS.world, envvar="ADBID_WORLD",
+                               help="World directory. The default one is built if missing."),
+    host: str = typer.Option(DEFAULTS.host, envvar="ADBID_HOST", help="Address to listen on."),
+    port: int = typer.Option(DEFAULTS.port, envvar="ADBID_PORT", help="gRPC port (0 = any)."),
+    metrics_port: int = typer.Option(DEFAULTS.metrics_port, envvar="ADBID_METRICS_PORT",
+                                     help="Prometheus /metrics port on --host (0 = off)."),
+    top_k: int = typer.Option(DEFAULTS.top_k, envvar="ADBID_TOP_K",
+                              help="Candidates retrieved per event."),
+    faiss_threads: int = typer.Option(DEFAULTS.faiss_threads, envvar="ADBID_FAISS_THREADS",
+                                      help="OpenMP threads for FAISS."),
+    onnx_threads: int = typer.Option(DEFAULTS.onnx_threads, envvar="ADBID_ONNX_THREADS",
+                                     help="onnxruntime intra-op threads."),
+    onnx_spinning: bool = typer.Option(DEFAULTS.onnx_spinning, envvar="ADBID_ONNX_SPINNING",
+                                       help="Let onnxruntime threads spin between runs."),
+    native_threads: int = typer.Option(DEFAULTS.native_threads, envvar="ADBID_NATIVE_THREADS",
+                                       help="Threads running retrieval + scoring."),
+    gpu: bool = typer.Option(DEFAULTS.use_gpu, envvar="ADBID_GPU",
+                             help="Use the CUDA provider when onnxruntime offers it."),
+    require_gpu: bool = typer.Option(False, envvar="ADBID_REQUIRE_GPU",
+                                     help="Refuse to start unless the model runs on CUDA."),
+    shading: float = typer.Option(DEFAULTS.shading, envvar="ADBID_SHADING",
+                                  help="First-price bid = value x shading (0..1]."),
+    max_batch: int = typer.Option(DEFAULTS.max_batch_events, envvar="ADBID_MAX_BATCH",
+                                  help="Largest batch accepted, in events."),
+    deadline_ms: int = typer.Option(DEFAULTS.default_deadline_ms, envvar="ADBID_DEADLINE_MS",
+                                    help="Deadline when the call carries none."),
+    reservation_ttl_s: float = typer.Option(DEFAULTS.reservation_ttl_s,
+                                            envvar="ADBID_RESERVATION_TTL_S",
+                                            help="Release a bid's reservation after this."),
+    seed: int = typer.Option(42, help="Seed of the demo world, when it has to be built."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug logging."),
+) -> None:
+    """Serve bids over gRPC. With no options: the demo world on 127.0.0.1:50051."""
+    _logging(verbose)
+    _ensure_world(world, seed)
+    cfg = ServerConfig(world=world, host=host, port=port, metrics_port=metrics_port, top_k=top_k,
+                       faiss_threads=faiss_threads, onnx_threads=onnx_threads,
+                       onnx_spinning=onnx_spinning, native_threads=native_threads, use_gpu=gpu,
+                       require_gpu=require_gpu, shading=shading, max_batch_events=max_batch,
+                       default_deadline_ms=deadline_ms, reservation_ttl_s=reservation_ttl_s)
+    logging.getLogger("adbid").info("configuration: %s", json.dumps(cfg.as_dict()))
+    from adbid.scoring import GpuUnavailableError
+    from adbid.server import run
+    from adbid.world import WorldError
+
+    try:
+        run(cfg)
+    except (WorldError, GpuUnavailableError, OSError) as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from None
+
+
+@app.command("demo-world")
+def demo_world(
+    out: Path = typer.Option(default_world_dir(), help="Directory to write (replaced if present)."),
+    seed: int = typer.Option(42, help="Everything is drawn from this seed."),
+    users: int = typer.Option(100_000, help="Users in the embedding store."),
+    campaigns: int = typer.Option(300, help="Campaigns."),
+    ads_per_campaign: int = typer.Option(10, help="Ads (creatives) per campaign."),
+    impressions: int = typer.Option(200_000, help="Logged impressions to train on (80%) and test."),
+    dim: int = typer.Option(64, help="Embedding dimension."),
+) -> None:
+    """Build the synthetic demo world: users, ads, campaigns and a trained ONNX intent model."""
+    _logging(False)
+    _build_demo(out, seed, {"users": users, "campaigns": campaigns,
+                            "ads_per_campaign": ads_per_campaign, "impressions": impressions,
+                            "dim": dim})
+
+
+@app.command()
+def bid(
+    target: str = typer.Option("127.0.0.1:50051", envvar="ADBID_TARGET", help="Server address."),
+    events: int = typer.Option(8, help="Events in the batch."),
+    seed: int = typer.Option(1, help="Seed of the demo events."),
+    test: bool = typer.Option(False, help="Mark events as test traffic (no budget effects)."),
+    timeout_ms: int = typer.Option(1000, help="gRPC deadline."),
+    rows: int = typer.Option(20, help="Decisions to print (0 = all)."),
+) -> None:
+    """Send a batch of demo events to a running server and print the decisions."""
+    import grpc
+    import numpy as np
+
+    from adbid.demo_traffic import make_events
+    from adbid.v1 import bidder_pb2, bidder_pb2_grpc
+
+    batch = make_events(events, np.random.default_rng(seed), test=test)
+    with grpc.insecure_channel(target) as channel:
+        stub = bidder_pb2_grpc.BidderStub(channel)
+        try:
+            resp = stub.Bid(bidder_pb2.BidRequest(batch_id=f"cli-{seed}", events=batch),
+                            timeout=timeout_ms / 1000)
+        except grpc.RpcError as exc:
+            console.print(f"[red]error:[/red] {exc.code().name}: {exc.details()}")
+            raise typer.Exit(1) from None
+    table = Table(title=f"{len(resp.decisions)} decisions, world {resp.world_version}, "
+                        f"server {resp.server_latency_us} us")
+    for col in ("request", "user", "floor CPM", "bid CPM", "value CPM", "campaign", "creative",
+                "P(intent)", "no-bid reason"):
+        table.add_column(col)
+    shown = resp.decisions if rows == 0 else resp.decisions[:rows]
+    for e, d in zip(batch, shown):
+        table.add_row(d.request_id[:14], e.user_id or "(none)", f"{e.floor_cpm_micros / 1e6:.2f}",
+                      f"{d.price_cpm_micros / 1e6:.2f}" if d.bid else "",
+                      f"{d.value_cpm_micros / 1e6:.2f}", d.campaign_id, d.creative_id,
+                      f"{d.score:.3f}" if d.bid else "",
+                      "" if d.bid else bidder_pb2.NoBidReason.Name(d.no_bid_reason)[14:]
+                      + (f": {d.error}" if d.error else ""))
+    console.print(table)
+    console.print(f"{sum(d.bid for d in resp.decisions)} bids / {len(resp.decisions)} events")
+
+
+@app.command()
+def status(
+    target: str = typer.Option("127.0.0.1:50051", envvar="ADBID_TARGET", help="Server address."),
+    campaigns: int = typer.Option(10, help="Campaigns to list, by spend (0 = none)."),
+) -> None:
+    """Show what a running server serves: world, provider, model AUC, stage latencies, spend."""
+    import grpc
+
+    from adbid.v1 import admin_pb2, admin_pb2_grpc
+
+    with grpc.insecure_channel(target) as channel:
+        try:
+            s = admin_pb2_grpc.AdminStub(channel).Status(admin_pb2.StatusRequest(), timeout=5)
+        except grpc.RpcError as exc:
+            console.print(f"[red]error:[/red] {exc.code().name}: {exc.details()}")
+            raise typer.Exit(1) from None
+    console.print(f"adbid {s.version}, up {s.uptime_s:.0f} s; world [bold]{s.world_version}[/bold]"
+                  f" ({s.world_path}): {s.users:,} users, {s.ads:,} ads, "
+                  f"{s.campaigns_count} campaigns")
+    console.print(f"execution provider [bold]{s.execution_provider}[/bold] (available: "
+                  f"{', '.join(s.available_providers)}); FAISS threads {s.faiss_threads}, "
+                  f"onnxruntime threads {s.onnx_intra_op_threads}, top-K {s.top_k}")
+    console.print(f"model AUC {s.model_auc:.4f} (ground truth {s.ground_truth_auc:.4f}); "
+                  f"{s.events_total:,} events, {s.bids_total:,} bids")
+    t = Table(title="stage latency per batch (us)")
+    for col in ("stage", "batches", "mean", "p50", "p99"):
+        t.add_column(col)
+    for st in s.stages:
+        t.add_row(st.stage, f"{st.count:,}", f"{st.mean_us:.0f}", f"{st.p50_us:.0f}",
+                  f"{st.p99_us:.0f}")
+    console.print(t)
+    if campaigns:
+        t = Table(title=f"top {campaigns} campaigns by spend (currency units)")
+        for col in ("campaign", "active", "budget", "spent", "reserved", "pacing"):
+            t.add_column(col)
+        for c in sorted(s.campaigns, key=lambda c: -(c.spent_micros + c.reserved_micros))[:campaigns]:
+            t.add_row(c.campaign_id, "yes" if c.active else "no", f"{c.budget_micros / 1e6:.2f}",
+                      f"{c.spent_micros / 1e6:.4f}", f"{c.reserved_micros / 1e6:.4f}",
+                      f"{c.pacing_multiplier:.2f}")
+        console.print(t)
+
+
+if __name__ == "__main__":
+    app()

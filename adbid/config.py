@@ -1,0 +1,39 @@
+"""Server configuration: defaults here; the CLI fills them from flags and ADBID_* variables."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+
+def default_world_dir() -> Path:
+    """Where `adbid serve` looks for (and builds) the demo world: $ADBID_HOME/worlds/demo."""
+    home = os.environ.get("ADBID_HOME") or Path(
+        os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "adbid"
+    return Path(home) / "worlds" / "demo"
+
+
+@dataclass
+class ServerConfig:
+    world: Path = default_world_dir()
+    host: str = "127.0.0.1"
+    port: int = 50051  # 0 = pick a free port
+    metrics_port: int = 9464  # Prometheus /metrics on host; 0 = off, -1 = any free port
+    top_k: int = 16  # candidates retrieved per event
+    faiss_threads: int = 1  # OpenMP threads for FAISS search
+    onnx_threads: int = 1  # onnxruntime intra-op threads
+    onnx_spinning: bool = False  # let onnxruntime threads spin between runs
+    native_threads: int = 2  # executor threads running retrieval + scoring, overlapping batches
+    use_gpu: bool = True  # take the CUDA provider when onnxruntime offers it
+    require_gpu: bool = False  # refuse to start unless the CUDA provider runs the model
+    shading: float = 0.85  # first-price bid = value x shading (at least the floor)
+    max_batch_events: int = 4096  # larger batches are refused with INVALID_ARGUMENT
+    max_message_bytes: int = 16 * 1024 * 1024  # gRPC receive/send limit
+    default_deadline_ms: int = 50  # when neither the call nor the batch carries one
+    reservation_ttl_s: float = 300.0  # unanswered bids release their reservation after this
+    grace_s: float = 5.0  # drain time on SIGTERM
+    max_stream_inflight: int = 8  # batches in flight per BidStream
+
+    def as_dict(self) -> dict[str, object]:
+        return {k: str(v) if isinstance(v, Path) else v for k, v in asdict(self).items()}

@@ -1,0 +1,89 @@
+"""Decision stage: the Python facade over the compiled decision core.
+
+It owns conversion and allocation: arrays go to the core C-contiguous with
+explicit dtypes, outputs are allocated here, and the core's integer error code
+is raised here, with the GIL held.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from adbid import _decision
+from adbid.campaigns import CampaignTable
+from adbid.decode import EventBatch
+from adbid.ledger import SpendLedger
+from adbid.v1 import bidder_pb2 as pb
+
+_ERRORS = {1: "an ad points at a campaign row outside the campaign table"}
+
+
+@dataclass
+class Decisions:
+    """One entry per event, in request order."""
+
+    bid: np.ndarray  # bool[B]
+    candidate: np.ndarray  # int32[B], chosen column of cand_ad, -1 = no bid
+    ad_row: np.ndarray  # int64[B], -1 = no bid
+    campaign_row: np.ndarray  # int32[B], -1 = no bid
+    price_cpm_micros: np.ndarray  # int64[B]
+    value_cpm_micros: np.ndarray  # int64[B]
+    score: np.ndarray  # float32[B], model P(intent) of the chosen candidate (0 = no bid)
+    reason: np.ndarray  # int32[B], adbid.v1.NoBidReason
+
+
+class DecisionCore:
+    def __init__(self, campaigns: CampaignTable, ad_campaign: np.ndarray, ledger: SpendLedger,
+                 shading: float) -> None:
+        if not 0.0 < shading <= 1.0:
+            raise ValueError(f"shading must be in (0, 1], got {shading}")
+        self.campaigns = campaigns
+        self.ad_campaign = np.ascontiguousarray(ad_campaign, dtype=np.int32)
+        self.ledger = ledger
+        self.shading = float(shading)
+        # Written by the pacing controller; 1.0 = no throttling.
+        self.pacing = np.ones(len(campaigns), dtype=np.float64)
+
+    def decide(self, batch: EventBatch, cand_ad: np.ndarray, score: np.ndarray,
+               blocked: np.ndarray | None = None) -> Decisions:
+        """cand_ad int64[B, K] ad rows (-1 = none), score float32[B, K] P(intent).
+
+        `blocked` bool[B]: events that must not bid (invalid ones); they get no
+        candidates and hence no reservation, and the caller sets their reason.
+        """
+        n = len(batch)
+        cand_ad = np.ascontiguousarray(cand_ad, dtype=np.int64)
+        score = np.ascontiguousarray(score, dtype=np.float32)
+        if cand_ad.shape != score.shape or cand_ad.ndim != 2 or len(cand_ad) != n:
+            raise ValueError(f"cand_ad {cand_ad.shape} and score {score.shape} for {n} events")
+        if blocked is not None and blocked.any():
+            cand_ad = cand_ad.copy()
+            cand_ad[blocked] = -1
+        out_k = np.empty(n, np.int32)
+        out_price = np.empty(n, np.int64)
+        out_value = np.empty(n, np.int64)
+        out_reason = np.empty(n, np.int32)
+        c, led = self.campaigns, self.ledger
+        err = _decision.decide_batch(
+            cand_ad, score, batch.floor_micros, batch.first_price, batch.country_bit,
+            batch.device_bit, batch.size_bit, batch.is_test, self.ad_campaign, c.active,
+            c.value_per_action_micros, self.pacing, c.country_mask, c.device_mask, c.size_mask,
+            led.budget_micros, led.spent_micros, led.reserved_micros, self.shading,
+            out_k, out_price, out_value, out_reason)
+        if err:
+            raise RuntimeError(f"decision core: {_ERRORS.get(err, f'error {err}')}")
+        bid = out_k >= 0
+        rows = np.arange(n)
+        k = np.where(bid, out_k, 0)
+        ad_row = np.where(bid, cand_ad[rows, k] if n else np.empty(0, np.int64), -1)
+        campaign_row = np.where(bid, self.ad_campaign[np.maximum(ad_row, 0)], -1).astype(np.int32)
+        chosen_score = np.where(bid, score[rows, k] if n else np.empty(0, np.float32), 0.0)
+        return Decisions(bid=bid, candidate=out_k, ad_row=ad_row, campaign_row=campaign_row,
+                         price_cpm_micros=out_price, value_cpm_micros=out_value,
+                         score=chosen_score.astype(np.float32), reason=out_reason)
+
+
+INVALID = pb.NO_BID_REASON_INVALID_EVENT
+DEADLINE = pb.NO_BID_REASON_DEADLINE

@@ -1,0 +1,109 @@
+"""Decode stage: a protobuf batch of AdEvent -> columns (numpy arrays and id lists).
+
+An invalid event never fails its batch: it is marked in `errors` with the
+field and the problem, and later decided as NO_BID_REASON_INVALID_EVENT.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from adbid import targeting
+from adbid.v1 import bidder_pb2 as pb
+
+MAX_REQUEST_ID_CHARS = 128
+MAX_USER_ID_CHARS = 256
+MAX_CONTEXT_CHARS = 1024
+MAX_DOMAIN_CHARS = 253
+N_DEVICE_TYPES = len(pb.DeviceType.values())
+N_AUCTION_TYPES = len(pb.AuctionType.values())
+
+
+@dataclass
+class EventBatch:
+    """One batch as columns; every array has one entry per event, in request order."""
+
+    request_id: list[str]
+    user_id: list[str]
+    context_text: list[str]
+    floor_micros: np.ndarray  # int64[B], CPM micros
+    first_price: np.ndarray  # uint8[B], 1 = first-price auction
+    device_type: np.ndarray  # int64[B], adbid.v1.DeviceType value (0 where invalid)
+    country_bit: np.ndarray  # int32[B], targeting bit index
+    device_bit: np.ndarray  # int32[B]
+    size_bit: np.ndarray  # int32[B]
+    is_test: np.ndarray  # uint8[B]
+    site_domain: list[str]
+    errors: dict[int, str] = field(default_factory=dict)  # event position -> problem
+
+    def __len__(self) -> int:
+        return len(self.request_id)
+
+
+def _too_long(values: list[str], limit: int) -> list[int]:
+    if not values or max(map(len, values)) <= limit:
+        return []
+    return [i for i, v in enumerate(values) if len(v) > limit]
+
+
+def decode(events: Sequence[pb.AdEvent]) -> EventBatch:
+    """Columns of a batch of events; validation problems land in EventBatch.errors."""
+    rid = [e.request_id for e in events]
+    floor = np.array([e.floor_cpm_micros for e in events], dtype=np.int64)
+    device = np.array([e.device_type for e in events], dtype=np.int64)
+    auction = np.array([e.auction_type for e in events], dtype=np.int64)
+    width = np.array([e.slot_width_px for e in events], dtype=np.int64)
+    height = np.array([e.slot_height_px for e in events], dtype=np.int64)
+    countries = [e.country for e in events]
+    batch = EventBatch(
+        request_id=rid,
+        user_id=[e.user_id for e in events],
+        context_text=[e.context_text for e in events],
+        floor_micros=floor,
+        first_price=(auction == pb.AUCTION_TYPE_FIRST_PRICE).astype(np.uint8),
+        device_type=device,
+        country_bit=targeting.country_bits(countries),
+        device_bit=targeting.device_bits(device),
+        size_bit=targeting.size_bits(width, height),
+        is_test=np.array([e.test for e in events], dtype=np.uint8),
+        site_domain=[e.site_domain for e in events],
+    )
+    _validate(batch, auction, width, height)
+    return batch
+
+
+def _validate(b: EventBatch, auction: np.ndarray, width: np.ndarray, height: np.ndarray) -> None:
+    """Fill b.errors. Cheap checks run on whole columns; per-event work only on failures."""
+    err = b.errors
+
+    def mark(positions, message: str) -> None:
+        for i in positions:
+            err.setdefault(int(i), message)
+
+    rid = b.request_id
+    if len(set(rid)) != len(rid) or "" in rid:
+        seen: set[str] = set()
+        for i, r in enumerate(rid):
+            if not r:
+                mark([i], "request_id: empty")
+            elif r in seen:
+                mark([i], "request_id: duplicate in batch")
+            seen.add(r)
+    mark(_too_long(rid, MAX_REQUEST_ID_CHARS), f"request_id: longer than {MAX_REQUEST_ID_CHARS}")
+    mark(_too_long(b.user_id, MAX_USER_ID_CHARS), f"user_id: longer than {MAX_USER_ID_CHARS}")
+    mark(_too_long(b.context_text, MAX_CONTEXT_CHARS),
+         f"context_text: longer than {MAX_CONTEXT_CHARS} characters")
+    mark(_too_long(b.site_domain, MAX_DOMAIN_CHARS), f"site_domain: longer than {MAX_DOMAIN_CHARS}")
+    mark(np.flatnonzero(b.floor_micros < 0), "floor_cpm_micros: negative")
+    bad_device = (b.device_type < 0) | (b.device_type >= N_DEVICE_TYPES)
+    mark(np.flatnonzero(bad_device), "device_type: unknown enum value")
+    mark(np.flatnonzero((auction < 0) | (auction >= N_AUCTION_TYPES)),
+         "auction_type: unknown enum value")
+    bad_size = ((width < 0) | (width > targeting.MAX_SLOT_PX)
+                | (height < 0) | (height > targeting.MAX_SLOT_PX))
+    mark(np.flatnonzero(bad_size), f"slot size: width and height must be 0..{targeting.MAX_SLOT_PX}")
+    if bad_device.any():
+        b.device_type[bad_device] = 0  # keeps the model's device gather in range

@@ -1,0 +1,224 @@
+"""`adbid demo-world`: a synthetic, deterministic world to serve and test against.
+
+From one seed it draws topics, users with latent interests, campaigns and ads
+with embeddings, targeting, values and budgets; a ground-truth response model;
+logged impressions drawn from it; and an intent model trained on those logs and
+exported to ONNX. The held-out AUC of the model and of the true probabilities
+go into the manifest.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import faiss
+import numpy as np
+import onnx
+from tqdm import tqdm
+
+import adbid
+from adbid import intent_model, targeting, world
+
+log = logging.getLogger(__name__)
+
+# Context vocabulary: each topic has a few words; a page's context text is
+# made of them. The demo traffic generator draws from the same list.
+TOPIC_WORDS: tuple[tuple[str, ...], ...] = (
+    ("football", "soccer", "league"), ("tennis", "racket", "wimbledon"),
+    ("running", "marathon", "sneakers"), ("cycling", "bike", "tour"),
+    ("recipes", "cooking", "kitchen"), ("wine", "vineyard", "sommelier"),
+    ("coffee", "espresso", "barista"), ("vegan", "plantbased", "tofu"),
+    ("travel", "flights", "hotels"), ("beach", "resort", "island"),
+    ("skiing", "snow", "alps"), ("camping", "hiking", "tent"),
+    ("cars", "sedan", "dealership"), ("electric", "ev", "charging"),
+    ("motorbike", "helmet", "rider"), ("finance", "stocks", "investing"),
+    ("crypto", "bitcoin", "wallet"), ("insurance", "policy", "claims"),
+    ("mortgage", "realestate", "housing"), ("fashion", "dresses", "runway"),
+    ("sneakerhead", "streetwear", "drops"), ("beauty", "skincare", "makeup"),
+    ("fitness", "gym", "workout"), ("yoga", "meditation", "wellness"),
+    ("gaming", "console", "esports"), ("smartphones", "android", "iphone"),
+    ("laptops", "hardware", "gpu"), ("movies", "cinema", "trailers"),
+    ("music", "concerts", "vinyl"), ("books", "novels", "reading"),
+    ("parenting", "baby", "toddler"), ("pets", "puppy", "kitten"),
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class DemoWorldSpec:
+    """Sizes and the seed. The defaults build in well under a minute on 2 cores."""
+
+    seed: int = 42
+    users: int = 100_000
+    campaigns: int = 300
+    ads_per_campaign: int = 10
+    impressions: int = 200_000
+    dim: int = 64
+    hidden: int = 32
+    train_epochs: int = 12
+
+    @classmethod
+    def tiny(cls, seed: int = 7) -> DemoWorldSpec:
+        """A world for tests: builds in about a second."""
+        return cls(seed=seed, users=2_000, campaigns=24, ads_per_campaign=5,
+                   impressions=20_000, dim=16, hidden=8, train_epochs=8)
+
+
+def user_id(n: int) -> str:
+    return f"u{n:07d}"
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    return (x / np.linalg.norm(x, axis=-1, keepdims=True)).astype(np.float32)
+
+
+def true_probability(ua: np.ndarray, ca: np.ndarray, device: np.ndarray) -> np.ndarray:
+    """Ground-truth P(intent) from user-ad and context-ad affinity (cosines) and device."""
+    device_effect = np.array([-0.3, 0.2, 0.0, 0.1, -0.2])
+    logit = -4.5 + 2.8 * ua + 1.6 * ca + 1.5 * ua * ca + device_effect[device]
+    return 1.0 / (1.0 + np.exp(-logit))
+
+
+def build(out: Path, spec: DemoWorldSpec = DemoWorldSpec(), progress: bool = True) -> dict[str, Any]:
+    """Build the world into `out` (replaced atomically if it exists); returns the manifest."""
+    from sklearn.metrics import roc_auc_score
+    from sklearn.neural_network import MLPClassifier
+
+    import onnxruntime as ort
+
+    t_start = time.perf_counter()
+    rng = np.random.default_rng(spec.seed)
+    steps = tqdm(total=7, desc="demo world", unit="step", disable=not progress)
+    n_topics, d = len(TOPIC_WORDS), spec.dim
+
+    steps.set_postfix_str("users")
+    topics = _unit(rng.standard_normal((n_topics, d)))
+    interest = rng.dirichlet(np.full(n_topics, 0.08), size=spec.users)
+    users = _unit(interest @ topics + 0.35 * _unit(rng.standard_normal((spec.users, d))))
+    user_top_topic = interest.argmax(axis=1)
+    steps.update()
+
+    steps.set_postfix_str("campaigns and ads")
+    camp_topic = rng.integers(0, n_topics, spec.campaigns)
+    campaigns = []
+    for c in range(spec.campaigns):
+        narrow = rng.random(3) < np.array([0.35, 0.25, 0.25])
+        campaigns.append({
+            "campaign_id": f"c{c:04d}",
+            "name": f"{TOPIC_WORDS[camp_topic[c]][0]} campaign {c}",
+            "active": bool(rng.random() > 0.03),
+            "topic": int(camp_topic[c]),
+            "value_per_action_micros": int(rng.integers(20, 400)) * 1000,
+            "budget_micros": int(rng.integers(200, 2000)) * 1_000_000,
+            "countries": sorted(rng.choice(targeting.COUNTRIES, rng.integers(1, 8), replace=False)
+                                .tolist()) if narrow[0] else [],
+            "device_types": sorted(rng.choice([1, 2, 3, 4], rng.integers(1, 4), replace=False)
+                                   .tolist()) if narrow[1] else [],
+            "slot_sizes": sorted(f"{w}x{h}" for w, h in (targeting.SLOT_SIZES[i] for i in
+                                 rng.choice(len(targeting.SLOT_SIZES), rng.integers(2, 6),
+                                            replace=False))) if narrow[2] else [],
+        })
+    ad_campaign = np.repeat(np.arange(spec.campaigns, dtype=np.int32), spec.ads_per_campaign)
+    n_ads = len(ad_campaign)
+    ads = _unit(topics[camp_topic[ad_campaign]] + 0.45 * _unit(rng.standard_normal((n_ads, d))))
+    creative_ids = np.array([f"cr{a:05d}" for a in range(n_ads)])
+    steps.update()
+
+    steps.set_postfix_str("logged impressions")
+    n = spec.impressions
+    imp_user = rng.integers(0, spec.users, n)
+    on_interest = rng.random(n) < 0.6
+    imp_topic = np.where(on_interest, user_top_topic[imp_user], rng.integers(0, n_topics, n))
+    imp_ctx = topics[imp_topic]
+    # Half the logged ads come from the page's topic (what retrieval would surface), half random.
+    topical_ads = [np.flatnonzero(camp_topic[ad_campaign] == t) for t in range(n_topics)]
+    random_ad = rng.integers(0, n_ads, n)
+    imp_ad = np.array([rng.choice(topical_ads[t]) if len(topical_ads[t]) and r < 0.5 else a
+                       for t, r, a in zip(imp_topic, rng.random(n), random_ad)])
+    imp_device = rng.integers(0, intent_model.N_DEVICE_TYPES, n)
+    u, a = users[imp_user], ads[imp_ad]
+    p_true = true_probability((u * a).sum(1), (imp_ctx * a).sum(1), imp_device)
+    clicked = rng.random(n) < p_true
+    steps.update()
+
+    steps.set_postfix_str("training intent model")
+    x = intent_model.pair_features(u, imp_ctx, a, imp_device)
+    n_train = int(0.8 * n)
+    mlp = MLPClassifier(hidden_layer_sizes=(spec.hidden,), max_iter=spec.train_epochs,
+                        batch_size=512, learning_rate_init=3e-3, random_state=spec.seed,
+                        tol=0.0, n_iter_no_change=spec.train_epochs + 1)
+    import warnings
+    from sklearn.exceptions import ConvergenceWarning
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)  # fixed epoch budget by design
+        mlp.fit(x[:n_train], clicked[:n_train])
+    steps.update()
+
+    steps.set_postfix_str("exporting ONNX")
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent if out.parent.exists()
+                                else None))
+    model = intent_model.export_mlp(mlp.coefs_, mlp.intercepts_, ads)
+    onnx.save(model, tmp / world.MODEL)
+    # AUC of the exported graph itself, through onnxruntime: checks the export too.
+    sess = ort.InferenceSession(str(tmp / world.MODEL), providers=["CPUExecutionProvider"])
+    test = slice(n_train, n)
+    p_model = sess.run([intent_model.OUTPUT], {
+        "user": u[test], "context": imp_ctx[test], "device": imp_device[test].astype(np.int64),
+        "cand_ad": imp_ad[test].astype(np.int64)[:, None]})[0][:, 0]
+    p_sklearn = mlp.predict_proba(x[test])[:, 1]
+    max_export_error = float(np.abs(p_model - p_sklearn).max())
+    if max_export_error > 1e-4:
+        raise RuntimeError(f"ONNX export disagrees with scikit-learn by {max_export_error:.2e}")
+    model_auc = float(roc_auc_score(clicked[test], p_model))
+    truth_auc = float(roc_auc_score(clicked[test], p_true[test]))
+    steps.update()
+
+    steps.set_postfix_str("FAISS index")
+    # Flat (exact) inner product up to ~10^4 ads; HNSW above (DESIGN.md, retrieval).
+    index = faiss.IndexFlatIP(d) if n_ads <= 10_000 else faiss.IndexHNSWFlat(
+        d, 32, faiss.METRIC_INNER_PRODUCT)
+    index.add(ads)
+    faiss.write_index(index, str(tmp / world.INDEX))
+    steps.update()
+
+    steps.set_postfix_str("writing")
+    np.save(tmp / "ad_campaign.npy", ad_campaign)
+    np.save(tmp / "ad_creative_ids.npy", creative_ids)
+    np.save(tmp / "user_ids.npy", np.array([user_id(i) for i in range(spec.users)]))
+    np.save(tmp / "user_embeddings.npy", users)
+    np.save(tmp / "topic_embeddings.npy", topics)
+    words = {w: t for t, ws in enumerate(TOPIC_WORDS) for w in ws}
+    (tmp / "context_words.json").write_text(json.dumps(words, indent=1) + "\n")
+    (tmp / "campaigns.json").write_text(json.dumps(campaigns, indent=1) + "\n")
+    manifest = world.write_manifest(tmp, {
+        "name": f"demo-s{spec.seed}",
+        "adbid_version": adbid.__version__,
+        "created_unix_s": int(time.time()),
+        "spec": asdict(spec),
+        "counts": {"users": spec.users, "ads": n_ads, "campaigns": spec.campaigns,
+                   "topics": n_topics, "impressions": n, "dim": d},
+        "model": {"kind": f"MLP({2 * d + intent_model.N_DEVICE_TYPES}->{spec.hidden}->1)",
+                  "auc": model_auc, "ground_truth_auc": truth_auc,
+                  "heldout_impressions": n - n_train, "click_rate": float(clicked.mean()),
+                  "max_export_error": max_export_error},
+        "index": type(index).__name__,
+        "build_seconds": round(time.perf_counter() - t_start, 2),
+    })
+    if out.exists():
+        old = out.with_name(f".{out.name}.old")
+        shutil.rmtree(old, ignore_errors=True)
+        out.rename(old)
+        tmp.rename(out)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp.rename(out)
+    steps.update()
+    steps.close()
+    return manifest

@@ -1,0 +1,79 @@
+"""Lookup stage: user ids -> stored embeddings, context text -> a context embedding.
+
+A missing or unusable user id (empty, all zeros as in a limit-ad-tracking
+device id) maps to a zero vector: the event is bid on by context alone. Unknown
+users are never merged into one key; they simply have no embedding.
+"""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+
+from adbid.world import World
+
+_ZERO_ID = re.compile(r"^[0\-]*$")  # "", "0", "00000000-0000-0000-0000-000000000000"
+_WORD = re.compile(r"[a-z0-9]+")
+
+
+def usable_user_id(user_id: str) -> bool:
+    return _ZERO_ID.match(user_id) is None
+
+
+class UserLookup:
+    """User id -> row; embeddings with one extra zero row that unknown users point at."""
+
+    def __init__(self, world: World) -> None:
+        n, d = world.user_embeddings.shape
+        self._row = {u: r for u, r in world.user_row.items() if usable_user_id(u)}
+        self._unknown = n
+        self._table = np.zeros((n + 1, d), dtype=np.float32)
+        self._table[:n] = world.user_embeddings
+
+    def rows(self, user_ids: list[str]) -> np.ndarray:
+        """int64[B] embedding rows; unknown users get the zero row."""
+        get, unknown = self._row.get, self._unknown
+        return np.array([get(u, unknown) for u in user_ids], dtype=np.int64)
+
+    def known(self, rows: np.ndarray) -> np.ndarray:
+        """bool[B]: which rows are real users."""
+        return rows != self._unknown
+
+    def embeddings(self, rows: np.ndarray) -> np.ndarray:
+        """float32[B, D]."""
+        return self._table[rows]
+
+
+class ContextEncoder:
+    """Context text -> mean of the topic embeddings of its known words (zeros if none).
+
+    Pages repeat, so vectors are cached by text in a fixed-size table that is
+    cleared when full (between batches, never within one).
+    """
+
+    def __init__(self, world: World, capacity: int = 1 << 16) -> None:
+        self._words = world.context_words
+        self._topics = world.topic_embeddings
+        self._table = np.zeros((capacity, world.dim), dtype=np.float32)
+        self._row: dict[str, int] = {}
+
+    def _add(self, text: str) -> int:
+        row = len(self._row)
+        topics = [t for w in _WORD.findall(text.lower()) if (t := self._words.get(w)) is not None]
+        if topics:
+            v = self._topics[topics].mean(axis=0)
+            norm = float(np.linalg.norm(v))
+            self._table[row] = v / norm if norm > 0 else 0.0
+        else:
+            self._table[row] = 0.0
+        self._row[text] = row
+        return row
+
+    def embeddings(self, texts: list[str]) -> np.ndarray:
+        """float32[B, D]."""
+        if len(self._row) + len(texts) > len(self._table):
+            self._row.clear()
+        get, add = self._row.get, self._add
+        rows = [r if (r := get(t)) is not None else add(t) for t in texts]
+        return self._table[rows]

@@ -1,0 +1,53 @@
+"""Per-stage timers (HDR histograms for the Status RPC) and Prometheus metrics."""
+
+from __future__ import annotations
+
+import threading
+
+from hdrh.histogram import HdrHistogram
+from prometheus_client import Counter, Gauge, Histogram, Info
+
+STAGES = ("queue", "decode", "lookup", "retrieval", "scoring", "decision", "encode", "total")
+_BUCKETS_S = (50e-6, 100e-6, 250e-6, 500e-6, 1e-3, 2e-3, 3e-3, 5e-3, 7.5e-3, 10e-3, 15e-3,
+              20e-3, 30e-3, 50e-3, 100e-3, 250e-3, 1.0)
+
+# Prometheus metrics are process-wide (one registry per process).
+REQUESTS = Counter("adbid_requests", "RPCs handled", ["rpc", "code"])
+EVENTS = Counter("adbid_events", "Ad events decided")
+BIDS = Counter("adbid_bids", "Bids made")
+NO_BIDS = Counter("adbid_no_bids", "No-bids by reason", ["reason"])
+ERRORS = Counter("adbid_errors", "Errors by kind", ["kind"])
+STAGE_SECONDS = Histogram("adbid_stage_seconds", "Time per batch in each pipeline stage",
+                          ["stage"], buckets=_BUCKETS_S)
+BATCH_EVENTS = Histogram("adbid_batch_events", "Events per batch",
+                         buckets=(1, 8, 32, 64, 128, 256, 512, 1024, 2048, 4096))
+NOTICES = Counter("adbid_notices", "Outcome notices", ["type", "result"])
+PROVIDER = Info("adbid_execution_provider", "onnxruntime execution provider in use")
+WORLD = Info("adbid_world", "World being served")
+CAMPAIGN_SPENT = Gauge("adbid_campaign_spent_micros", "Committed spend", ["campaign"])
+CAMPAIGN_RESERVED = Gauge("adbid_campaign_reserved_micros", "Open reservations", ["campaign"])
+CAMPAIGN_BUDGET = Gauge("adbid_campaign_budget_micros", "Budget", ["campaign"])
+
+
+class StageTimers:
+    """Latency per stage in microseconds, lifetime HDR histograms (1 us .. 60 s, 3 digits)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._hist = {s: HdrHistogram(1, 60_000_000, 3) for s in STAGES}
+        self._prom = {s: STAGE_SECONDS.labels(stage=s) for s in STAGES}
+
+    def record(self, stage: str, seconds: float) -> None:
+        with self._lock:
+            self._hist[stage].record_value(max(1, int(seconds * 1e6)))
+        self._prom[stage].observe(seconds)
+
+    def summary(self) -> dict[str, dict[str, float]]:
+        """stage -> {count, mean_us, p50_us, p99_us}."""
+        out = {}
+        with self._lock:
+            for s, h in self._hist.items():
+                out[s] = {"count": h.get_total_count(), "mean_us": h.get_mean_value(),
+                          "p50_us": h.get_value_at_percentile(50),
+                          "p99_us": h.get_value_at_percentile(99)}
+        return out

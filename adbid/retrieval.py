@@ -1,0 +1,34 @@
+"""Candidate retrieval stage: FAISS top-K ads for each event's query vector."""
+
+from __future__ import annotations
+
+import faiss
+import numpy as np
+
+
+class Retriever:
+    """Top-K inner-product search over the world's ad index.
+
+    FAISS's OpenMP thread count is process-wide; it is set here, explicitly,
+    because many threads on small batches are slower than one.
+    """
+
+    def __init__(self, index: faiss.Index, top_k: int, threads: int) -> None:
+        if top_k < 1:
+            raise ValueError(f"top_k must be >= 1, got {top_k}")
+        self.index = index
+        self.top_k = min(top_k, index.ntotal) if index.ntotal else top_k
+        self.threads = threads
+        faiss.omp_set_num_threads(threads)
+        if isinstance(index, faiss.IndexHNSW):
+            index.hnsw.efSearch = max(64, 2 * self.top_k)
+
+    def search(self, query: np.ndarray) -> np.ndarray:
+        """query float32[B, D] -> ad rows int64[B, K], best first; -1 where fewer than K exist."""
+        query = np.ascontiguousarray(query, dtype=np.float32)
+        if query.ndim != 2 or query.shape[1] != self.index.d:
+            raise ValueError(f"query shape {query.shape}, index dimension {self.index.d}")
+        if len(query) == 0:
+            return np.empty((0, self.top_k), dtype=np.int64)
+        _, ads = self.index.search(query, self.top_k)
+        return ads

@@ -1,0 +1,308 @@
+"""The gRPC edge: Bidder and Admin services, health, reflection, metrics, lifecycle.
+
+One asyncio grpc.aio server per process. Protobuf is converted here and only
+here (decode on the way in, encode on the way out); the pipeline sees columns.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+import signal
+import time
+from collections.abc import AsyncIterator
+
+import grpc
+import numpy as np
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from prometheus_client import start_http_server
+
+import adbid
+from adbid import metrics
+from adbid.config import ServerConfig
+from adbid.decode import decode
+from adbid.demo_traffic import make_events
+from adbid.encode import encode
+from adbid.pipeline import Pipeline
+from adbid.v1 import admin_pb2, admin_pb2_grpc, bidder_pb2, bidder_pb2_grpc
+from adbid.world import World
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAMES = (
+    bidder_pb2.DESCRIPTOR.services_by_name["Bidder"].full_name,
+    admin_pb2.DESCRIPTOR.services_by_name["Admin"].full_name,
+)
+REASON_NAMES = {v: bidder_pb2.NoBidReason.Name(v) for v in bidder_pb2.NoBidReason.values()}
+# Time kept back from the deadline for encoding and sending the answer.
+SEND_MARGIN_S = 0.0005
+
+
+class BadRequest(ValueError):
+    """The request as a whole is unacceptable (INVALID_ARGUMENT)."""
+
+
+def rpc_errors(name: str):
+    """Map exceptions to status codes; clients never see a traceback."""
+
+    def wrap(fn):
+        @functools.wraps(fn)
+        async def unary(self, request, context):
+            try:
+                response = await fn(self, request, context)
+            except BadRequest as exc:
+                metrics.REQUESTS.labels(name, "INVALID_ARGUMENT").inc()
+                metrics.ERRORS.labels("invalid_request").inc()
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+            except (grpc.aio.AbortError, asyncio.CancelledError):
+                raise
+            except Exception:
+                log.exception("%s failed", name)
+                metrics.REQUESTS.labels(name, "INTERNAL").inc()
+                metrics.ERRORS.labels("internal").inc()
+                await context.abort(grpc.StatusCode.INTERNAL, "internal error; see the server log")
+            metrics.REQUESTS.labels(name, "OK").inc()
+            return response
+
+        return unary
+
+    return wrap
+
+
+class BidderService(bidder_pb2_grpc.BidderServicer):
+    def __init__(self, pipeline: Pipeline, cfg: ServerConfig) -> None:
+        self.pipeline = pipeline
+        self.cfg = cfg
+
+    def _deadline(self, request: bidder_pb2.BidRequest, remaining_s: float | None) -> float:
+        budgets = [b for b in (remaining_s, request.deadline_ms / 1000 if request.deadline_ms > 0
+                               else None) if b is not None]
+        budget = min(budgets) if budgets else self.cfg.default_deadline_ms / 1000
+        return time.monotonic() + budget - SEND_MARGIN_S
+
+    async def bid(self, request: bidder_pb2.BidRequest, deadline: float) -> bidder_pb2.BidResponse:
+        t0 = time.perf_counter()
+        n = len(request.events)
+        if n > self.cfg.max_batch_events:
+            raise BadRequest(f"events: batch of {n} is above the maximum of "
+                             f"{self.cfg.max_batch_events}")
+        timers = self.pipeline.timers
+        batch = decode(request.events)
+        t1 = time.perf_counter()
+        timers.record("decode", t1 - t0)
+        dec = await self.pipeline.decide(batch, deadline)
+        t2 = time.perf_counter()
+        p = self.pipeline
+        resp = encode(request.batch_id, batch, dec, p.campaign_ids, p.creative_ids,
+                      p.world.version)
+        t3 = time.perf_counter()
+        timers.record("encode", t3 - t2)
+        timers.record("total", t3 - t0)
+        resp.server_latency_us = int((t3 - t0) * 1e6)
+        metrics.EVENTS.inc(n)
+        metrics.BATCH_EVENTS.observe(n)
+        bids = int(dec.bid.sum())
+        metrics.BIDS.inc(bids)
+        if bids < n:
+            counts = np.bincount(dec.reason, minlength=len(REASON_NAMES))
+            for reason, count in enumerate(counts.tolist()):
+                if count and reason:
+                    metrics.NO_BIDS.labels(REASON_NAMES.get(reason, str(reason))).inc(count)
+        return resp
+
+    @rpc_errors("Bid")
+    async def Bid(self, request, context):
+        return await self.bid(request, self._deadline(request, context.time_remaining()))
+
+    async def BidStream(self, request_iterator, context) -> AsyncIterator[bidder_pb2.BidResponse]:
+        """Batches are decided concurrently (up to max_stream_inflight); replies carry batch_id."""
+        replies: asyncio.Queue = asyncio.Queue()
+        slots = asyncio.Semaphore(self.cfg.max_stream_inflight)
+        tasks: set[asyncio.Task] = set()
+
+        async def one(request: bidder_pb2.BidRequest, deadline: float) -> None:
+            try:
+                reply = await self.bid(request, deadline)
+            except BadRequest as exc:
+                reply = bidder_pb2.BidResponse(batch_id=request.batch_id)
+                for e in request.events:
+                    reply.decisions.add(request_id=e.request_id, error=str(exc),
+                                        no_bid_reason=bidder_pb2.NO_BID_REASON_INVALID_EVENT)
+            except Exception:
+                log.exception("BidStream batch %r failed", request.batch_id)
+                metrics.ERRORS.labels("internal").inc()
+                reply = bidder_pb2.BidResponse(batch_id=request.batch_id)
+            finally:
+                slots.release()
+            await replies.put(reply)
+
+        async def read() -> None:
+            try:
+                async for request in request_iterator:
+                    await slots.acquire()
+                    deadline = self._deadline(request, context.time_remaining())
+                    task = asyncio.create_task(one(request, deadline))
+                    tasks.add(task)
+                    task.add_done_callback(tasks.discard)
+                while tasks:
+                    await asyncio.gather(*list(tasks))
+            finally:
+                await replies.put(None)
+
+        reader = asyncio.create_task(read())
+        try:
+            while (reply := await replies.get()) is not None:
+                yield reply
+            await reader  # re-raises a reader failure
+            metrics.REQUESTS.labels("BidStream", "OK").inc()
+        finally:
+            reader.cancel()
+
+    @rpc_errors("ReportOutcomes")
+    async def ReportOutcomes(self, request, context):
+        ledger = self.pipeline.ledger
+        resp = bidder_pb2.ReportOutcomesResponse()
+        for o in request.outcomes:
+            r = ledger.apply(o.request_id, o.type, o.clearing_price_cpm_micros)
+            kind = bidder_pb2.OutcomeType.Name(o.type) if o.type in (1, 2, 3) else "UNKNOWN"
+            metrics.NOTICES.labels(kind, "duplicate" if r.duplicate else
+                                   "accepted" if r.accepted else "rejected").inc()
+            resp.results.add(request_id=o.request_id, accepted=r.accepted, error=r.error,
+                             duplicate=r.duplicate)
+        return resp
+
+
+class AdminService(admin_pb2_grpc.AdminServicer):
+    def __init__(self, pipeline: Pipeline, cfg: ServerConfig, started_at: float) -> None:
+        self.pipeline = pipeline
+        self.cfg = cfg
+        self.started_at = started_at
+
+    @rpc_errors("Status")
+    async def Status(self, request, context):
+        p = self.pipeline
+        w, led, model = p.world, p.ledger, p.world.manifest.get("model", {})
+        resp = admin_pb2.StatusResponse(
+            world_version=w.version, world_path=str(w.path),
+            execution_provider=p.scorer.provider,
+            available_providers=p.scorer.available_providers,
+            model_auc=model.get("auc", 0.0), ground_truth_auc=model.get("ground_truth_auc", 0.0),
+            users=len(w.user_ids), ads=w.ad_index.ntotal, campaigns_count=len(w.campaigns),
+            uptime_s=time.monotonic() - self.started_at,
+            events_total=int(metrics.EVENTS._value.get()), bids_total=int(metrics.BIDS._value.get()),
+            faiss_threads=p.retriever.threads, onnx_intra_op_threads=p.scorer.intra_op_threads,
+            top_k=p.retriever.top_k, version=adbid.__version__)
+        for i, cid in enumerate(p.campaign_ids):
+            resp.campaigns.add(campaign_id=cid, active=bool(w.campaigns.active[i]),
+                               budget_micros=int(led.budget_micros[i]),
+                               spent_micros=int(led.spent_micros[i]),
+                               reserved_micros=int(led.reserved_micros[i]),
+                               pacing_multiplier=float(p.core.pacing[i]))
+        for stage, s in p.timers.summary().items():
+            resp.stages.add(stage=stage, count=s["count"], mean_us=s["mean_us"],
+                            p50_us=s["p50_us"], p99_us=s["p99_us"])
+        return resp
+
+
+class BidServer:
+    """A running adbid server: `await start()`, then `await stop()`."""
+
+    def __init__(self, cfg: ServerConfig, world: World | None = None) -> None:
+        self.cfg = cfg
+        self.world = world
+        self.port = 0
+        self.metrics_port = 0
+        self._metrics_http = None
+        self._tasks: list[asyncio.Task] = []
+
+    async def start(self) -> int:
+        cfg = self.cfg
+        self.started_at = time.monotonic()
+        world = self.world or World.load(cfg.world)
+        self.pipeline = Pipeline(world, cfg)
+        metrics.PROVIDER.info({"provider": self.pipeline.scorer.provider})
+        metrics.WORLD.info({"version": world.version, "path": str(world.path)})
+        limit = cfg.max_message_bytes
+        self.server = grpc.aio.server(options=[
+            ("grpc.max_receive_message_length", limit), ("grpc.max_send_message_length", limit),
+            ("grpc.so_reuseport", 0)])
+        self.health = health.aio.HealthServicer()
+        bidder_pb2_grpc.add_BidderServicer_to_server(BidderService(self.pipeline, cfg), self.server)
+        admin_pb2_grpc.add_AdminServicer_to_server(
+            AdminService(self.pipeline, cfg, self.started_at), self.server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        reflection.enable_server_reflection(
+            (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server)
+        await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
+        self.port = self.server.add_insecure_port(f"{cfg.host}:{cfg.port}")
+        if self.port == 0:
+            raise OSError(f"cannot listen on {cfg.host}:{cfg.port}")
+        await self.server.start()
+        await self._warm_up()
+        if cfg.metrics_port:
+            self._metrics_http, _ = start_http_server(max(cfg.metrics_port, 0), addr=cfg.host)
+            self.metrics_port = self._metrics_http.server_port
+        self._tasks.append(asyncio.create_task(self._housekeeping()))
+        await self._set_health(health_pb2.HealthCheckResponse.SERVING)
+        log.info("serving world %s on %s:%d (metrics %s), provider %s", world.version, cfg.host,
+                 self.port, f"http://{cfg.host}:{self.metrics_port}/metrics"
+                 if self.metrics_port else "off", self.pipeline.scorer.provider)
+        return self.port
+
+    async def _set_health(self, status) -> None:
+        for name in ("", *SERVICE_NAMES):
+            await self.health.set(name, status)
+
+    async def _warm_up(self) -> None:
+        """One batch of test traffic (no budget effects) through every stage."""
+        events = make_events(64, np.random.default_rng(0), test=True, id_prefix="warmup-")
+        service = BidderService(self.pipeline, self.cfg)
+        resp = await service.bid(bidder_pb2.BidRequest(batch_id="warm-up", events=events),
+                                 time.monotonic() + 30.0)
+        log.info("warm-up: %d events, %d bids, %d us", len(events),
+                 sum(d.bid for d in resp.decisions), resp.server_latency_us)
+
+    async def _housekeeping(self) -> None:
+        """Once a second: release expired reservations, publish campaign gauges."""
+        ledger = self.pipeline.ledger
+        while True:
+            await asyncio.sleep(1.0)
+            released = ledger.expire()
+            if released:
+                log.info("released %d expired reservations", released)
+            for i, cid in enumerate(ledger.campaign_ids):
+                metrics.CAMPAIGN_SPENT.labels(cid).set(int(ledger.spent_micros[i]))
+                metrics.CAMPAIGN_RESERVED.labels(cid).set(int(ledger.reserved_micros[i]))
+                metrics.CAMPAIGN_BUDGET.labels(cid).set(int(ledger.budget_micros[i]))
+
+    async def stop(self, grace_s: float | None = None) -> None:
+        """Report NOT_SERVING, drain in-flight calls for the grace period, stop."""
+        await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
+        for task in self._tasks:
+            task.cancel()
+        await self.server.stop(self.cfg.grace_s if grace_s is None else grace_s)
+        if self._metrics_http is not None:
+            self._metrics_http.shutdown()
+        self.pipeline.close()
+        log.info("stopped")
+
+
+def run(cfg: ServerConfig) -> None:
+    """Serve until SIGINT or SIGTERM, then drain and return."""
+
+    async def main() -> None:
+        server = BidServer(cfg)
+        await server.start()
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+        log.info("signal received; draining for up to %.1f s", cfg.grace_s)
+        await server.stop()
+
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(main())

@@ -1,0 +1,94 @@
+"""Targeting vocabularies: country, device and slot size to bit indices.
+
+The decision core evaluates targeting as one 64-bit mask per campaign and
+dimension, tested against the event's bit index. Bit 63 is "unknown": it is set
+only in masks of campaigns that do not restrict that dimension, so an event
+with an unknown country never passes a country-targeted campaign.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import numpy as np
+
+UNKNOWN_BIT = 63
+ALL_BITS = (1 << 64) - 1
+
+COUNTRIES: tuple[str, ...] = (
+    "US", "GB", "DE", "FR", "ES", "IT", "NL", "SE", "PL", "CA", "MX", "BR", "AR", "JP", "KR",
+    "IN", "ID", "AU", "ZA", "NG", "EG", "TR", "SA", "AE", "CN", "VN", "TH", "PH", "CH", "AT",
+)  # fmt: skip
+COUNTRY_BIT: dict[str, int] = {c: i for i, c in enumerate(COUNTRIES)}
+
+# adbid.v1.DeviceType values are their own bit indices (0 = unspecified .. 4 = CTV).
+DEVICE_TYPES: tuple[int, ...] = (0, 1, 2, 3, 4)
+
+# IAB standard sizes, (width_px, height_px).
+SLOT_SIZES: tuple[tuple[int, int], ...] = (
+    (300, 250), (728, 90), (320, 50), (160, 600), (300, 600),
+    (970, 250), (320, 100), (468, 60), (336, 280), (250, 250),
+)  # fmt: skip
+
+MAX_SLOT_PX = 4096
+_SIZE_KEYS = np.array([w * (MAX_SLOT_PX + 1) + h for w, h in SLOT_SIZES], dtype=np.int64)
+_SIZE_ORDER = np.argsort(_SIZE_KEYS)
+_SIZE_SORTED = _SIZE_KEYS[_SIZE_ORDER]
+
+
+def country_bits(codes: Iterable[str]) -> np.ndarray:
+    """ISO alpha-2 codes -> int32 bit indices; unknown or empty -> UNKNOWN_BIT."""
+    get = COUNTRY_BIT.get
+    return np.array([get(c, UNKNOWN_BIT) for c in codes], dtype=np.int32)
+
+
+def size_bits(width_px: np.ndarray, height_px: np.ndarray) -> np.ndarray:
+    """Slot sizes (int arrays of equal length, px) -> int32 bit indices; unlisted -> UNKNOWN_BIT."""
+    keys = width_px.astype(np.int64) * (MAX_SLOT_PX + 1) + height_px.astype(np.int64)
+    pos = np.searchsorted(_SIZE_SORTED, keys).clip(0, len(_SIZE_SORTED) - 1)
+    hit = _SIZE_SORTED[pos] == keys
+    return np.where(hit, _SIZE_ORDER[pos], UNKNOWN_BIT).astype(np.int32)
+
+
+def device_bits(device_types: np.ndarray) -> np.ndarray:
+    """adbid.v1.DeviceType values -> int32 bit indices; out of range -> UNKNOWN_BIT."""
+    d = np.asarray(device_types, dtype=np.int64)
+    return np.where((d >= 0) & (d < len(DEVICE_TYPES)), d, UNKNOWN_BIT).astype(np.int32)
+
+
+def mask_of(bits: Iterable[int]) -> int:
+    """Bit indices -> a 64-bit mask; an empty list means "no restriction" (all bits)."""
+    bits = list(bits)
+    if not bits:
+        return ALL_BITS
+    m = 0
+    for b in bits:
+        if not 0 <= b < UNKNOWN_BIT:
+            raise ValueError(f"targeting bit {b} out of range 0..{UNKNOWN_BIT - 1}")
+        m |= 1 << b
+    return m
+
+
+def country_mask(codes: Iterable[str]) -> int:
+    codes = list(codes)
+    unknown = [c for c in codes if c not in COUNTRY_BIT]
+    if unknown:
+        raise ValueError(f"unknown country codes {unknown}; known: {', '.join(COUNTRIES)}")
+    return mask_of(COUNTRY_BIT[c] for c in codes)
+
+
+def device_mask(device_types: Iterable[int]) -> int:
+    return mask_of(device_types)
+
+
+def size_mask(sizes: Iterable[str]) -> int:
+    """Sizes as "WxH" strings -> mask."""
+    bits = []
+    for s in sizes:
+        try:
+            w, h = (int(x) for x in s.lower().split("x"))
+            bits.append(SLOT_SIZES.index((w, h)))
+        except ValueError as exc:
+            known = ", ".join(f"{w}x{h}" for w, h in SLOT_SIZES)
+            raise ValueError(f"unknown slot size {s!r}; known: {known}") from exc
+    return mask_of(bits)
