@@ -258,7 +258,8 @@ class BidServer:
 
     async def _warm_up(self) -> None:
         """One batch of test traffic (no budget effects) through every stage."""
-        events = make_events(64, np.random.default_rng(0), test=True, id_prefix="warmup-")
+        n = max(1, min(64, self.cfg.max_batch_events))
+        events = make_events(n, np.random.default_rng(0), test=True, id_prefix="warmup-")
         service = BidderService(self.pipeline, self.cfg)
         resp = await service.bid(bidder_pb2.BidRequest(batch_id="warm-up", events=events),
                                  time.monotonic() + 30.0)

@@ -1,0 +1,53 @@
+"""The `adbid` command as a user runs it: a real process, stopped by its pid."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+BIN = Path(sys.executable).parent / "adbid"
+
+
+def test_help_lists_the_commands():
+    out = subprocess.run([BIN, "--help"], capture_output=True, text=True, check=True).stdout
+    for cmd in ("serve", "demo-world", "bid", "status"):
+        assert cmd in out
+
+
+def test_serve_bid_status_and_sigterm(tiny_world_dir, tmp_path):
+    env = {**os.environ, "ADBID_HOME": str(tmp_path)}
+    proc = subprocess.Popen([BIN, "serve", "--world", str(tiny_world_dir), "--port", "0",
+                             "--metrics-port", "0"], stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        port, deadline, lines = None, time.monotonic() + 60, []
+        while port is None and time.monotonic() < deadline:
+            line = proc.stderr.readline()
+            lines.append(line)
+            if m := re.search(r"on 127\.0\.0\.1:(\d+)", line):
+                port = int(m.group(1))
+            assert line or proc.poll() is None, "".join(lines)
+        assert port, "".join(lines)
+        target = ["--target", f"127.0.0.1:{port}"]
+        out = subprocess.run([BIN, "bid", *target, "--events", "5", "--test"], capture_output=True,
+                             text=True, check=True, env=env).stdout
+        assert "5 decisions" in out and "/ 5 events" in out
+        out = subprocess.run([BIN, "status", *target], capture_output=True, text=True, check=True,
+                             env=env).stdout
+        assert "CPUExecutionProvider" in out and "demo-s7-" in out
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_serve_with_a_missing_world_says_how_to_build_one(tmp_path):
+    r = subprocess.run([BIN, "serve", "--world", str(tmp_path / "nowhere")], capture_output=True,
+                       text=True, env={**os.environ, "ADBID_HOME": str(tmp_path)})
+    assert r.returncode != 0 and "demo-world" in r.stdout + r.stderr

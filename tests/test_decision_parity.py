@@ -1,0 +1,204 @@
+"""The compiled decision core and the pure-Python reference agree exactly."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from adbid import _decision, decision_reference as ref, targeting
+from adbid.money import impression_cost_micros
+from adbid.v1 import bidder_pb2 as pb
+
+
+def random_case(rng: np.random.Generator, n_events: int, k: int, n_ads: int = 40,
+                n_camps: int = 8, budget_scale: int = 10_000) -> dict:
+    """Arguments for decide_batch; small budgets so exhaustion happens mid-batch."""
+    cand_ad = rng.integers(-1, n_ads, (n_events, k)).astype(np.int64)
+    score = rng.random((n_events, k)).astype(np.float32)
+    # Edge values: exact ties, zeros, NaN, > 1.
+    if n_events and k >= 2:
+        score[rng.random((n_events, k)) < 0.1] = 0.5
+        score[rng.random((n_events, k)) < 0.02] = 0.0
+        score[rng.random((n_events, k)) < 0.01] = np.nan
+        score[rng.random((n_events, k)) < 0.01] = 1.5
+    mask = lambda: np.array([targeting.ALL_BITS if rng.random() < 0.6 else
+                             int(rng.integers(1, 1 << 62)) for _ in range(n_camps)],
+                            dtype=np.uint64)  # noqa: E731
+    return dict(
+        cand_ad=cand_ad,
+        score=score,
+        floor_micros=(rng.integers(0, 30, n_events) * 100_000).astype(np.int64),
+        first_price=rng.integers(0, 2, n_events).astype(np.uint8),
+        country_id=rng.integers(0, 64, n_events).astype(np.int32),
+        device_id=rng.integers(0, 5, n_events).astype(np.int32),
+        size_id=rng.integers(0, 64, n_events).astype(np.int32),
+        is_test=(rng.random(n_events) < 0.1).astype(np.uint8),
+        ad_campaign=rng.integers(0, n_camps, n_ads).astype(np.int32),
+        camp_active=(rng.random(n_camps) < 0.9).astype(np.uint8),
+        camp_value_per_action_micros=rng.integers(0, 500_000, n_camps).astype(np.int64),
+        camp_pacing=rng.choice([1.0, 0.5, 0.3333, 0.0], n_camps).astype(np.float64),
+        camp_country_mask=mask(),
+        camp_device_mask=mask(),
+        camp_size_mask=mask(),
+        camp_budget_micros=rng.integers(0, budget_scale, n_camps).astype(np.int64),
+        camp_spent_micros=rng.integers(0, budget_scale // 4 + 1, n_camps).astype(np.int64),
+        camp_reserved_micros=rng.integers(0, budget_scale // 4 + 1, n_camps).astype(np.int64),
+        shading=float(rng.choice([1.0, 0.85, 0.5])),
+    )
+
+
+def run_both(case: dict) -> tuple[tuple, tuple]:
+    """Run the core and the reference on copies; returns (outputs, reserved) of each."""
+    results = []
+    for impl in (_decision.decide_batch, ref.decide_batch):
+        args = {k: (v.copy() if isinstance(v, np.ndarray) else v) for k, v in case.items()}
+        outs = ref.empty_outputs(len(case["cand_ad"]))
+        err = impl(**args, out_k=outs[0], out_price_micros=outs[1], out_value_micros=outs[2],
+                   out_reason=outs[3])
+        results.append((err, *outs, args["camp_reserved_micros"]))
+    return results[0], results[1]
+
+
+def assert_same(a: tuple, b: tuple) -> None:
+    names = ("error", "k", "price", "value", "reason", "reserved")
+    for name, x, y in zip(names, a, b):
+        np.testing.assert_array_equal(x, y, err_msg=f"core and reference differ in {name}")
+
+
+def check_invariants(case: dict, out: tuple) -> None:
+    _, k, price, value, reason, reserved = out
+    bid = k >= 0
+    assert np.all(price[bid] >= case["floor_micros"][bid]), "a bid below its floor"
+    assert np.all(price[bid] <= value[bid]), "a bid above its value"
+    assert np.all(price[bid] > 0)
+    assert np.all(reason[bid] == 0) and np.all(reason[~bid] > 0)
+    live = (reserved - case["camp_reserved_micros"])
+    assert np.all(live >= 0)
+    total = case["camp_spent_micros"] + reserved
+    was_ok = case["camp_spent_micros"] + case["camp_reserved_micros"] <= case["camp_budget_micros"]
+    assert np.all(total[was_ok] <= case["camp_budget_micros"][was_ok]), "budget overspent"
+
+
+def test_reason_codes_match_the_protocol():
+    assert ref.REASON_NO_CANDIDATES == pb.NO_BID_REASON_NO_CANDIDATES
+    assert ref.REASON_CAMPAIGN_INACTIVE == pb.NO_BID_REASON_CAMPAIGN_INACTIVE
+    assert ref.REASON_TARGETING == pb.NO_BID_REASON_TARGETING
+    assert ref.REASON_FREQUENCY_CAP == pb.NO_BID_REASON_FREQUENCY_CAP
+    assert ref.REASON_BELOW_FLOOR == pb.NO_BID_REASON_BELOW_FLOOR
+    assert ref.REASON_BUDGET_EXHAUSTED == pb.NO_BID_REASON_BUDGET_EXHAUSTED
+
+
+def test_core_matches_reference_on_thousands_of_random_batches():
+    rng = np.random.default_rng(12345)
+    bids = 0
+    for _ in range(3000):
+        case = random_case(rng, int(rng.integers(0, 24)), int(rng.integers(1, 9)))
+        core, reference = run_both(case)
+        assert_same(core, reference)
+        check_invariants(case, core)
+        bids += int((core[1] >= 0).sum())
+    assert bids > 1000  # the cases do exercise bidding, not only no-bids
+
+
+@pytest.mark.parametrize("n_events,k", [(0, 4), (1, 1), (1, 16), (256, 16)])
+def test_core_matches_reference_on_batch_shapes(n_events, k):
+    case = random_case(np.random.default_rng(n_events * 31 + k), n_events, k,
+                       budget_scale=10_000_000)
+    core, reference = run_both(case)
+    assert_same(core, reference)
+    check_invariants(case, core)
+
+
+def simple_case(n_events=3, k=3) -> dict:
+    """Every candidate eligible, big budgets, second price, floor 0."""
+    return dict(
+        cand_ad=np.tile(np.arange(k, dtype=np.int64), (n_events, 1)),
+        score=np.full((n_events, k), 0.25, dtype=np.float32),  # exact in float32
+        floor_micros=np.zeros(n_events, np.int64),
+        first_price=np.zeros(n_events, np.uint8),
+        country_id=np.zeros(n_events, np.int32), device_id=np.ones(n_events, np.int32),
+        size_id=np.zeros(n_events, np.int32), is_test=np.zeros(n_events, np.uint8),
+        ad_campaign=np.arange(k, dtype=np.int32),
+        camp_active=np.ones(k, np.uint8),
+        camp_value_per_action_micros=np.full(k, 4_000, np.int64),
+        camp_pacing=np.ones(k, np.float64),
+        camp_country_mask=np.full(k, targeting.ALL_BITS, np.uint64),
+        camp_device_mask=np.full(k, targeting.ALL_BITS, np.uint64),
+        camp_size_mask=np.full(k, targeting.ALL_BITS, np.uint64),
+        camp_budget_micros=np.full(k, 10**12, np.int64),
+        camp_spent_micros=np.zeros(k, np.int64),
+        camp_reserved_micros=np.zeros(k, np.int64),
+        shading=0.8,
+    )
+
+
+def decide(case):
+    core, reference = run_both(case)
+    assert_same(core, reference)
+    return core
+
+
+def test_ties_pick_the_first_candidate():
+    _, k, price, value, reason, _ = decide(simple_case())
+    assert k.tolist() == [0, 0, 0]
+    assert value.tolist() == [1_000_000] * 3  # 1000 x 0.25 x 4_000 micros = $1 CPM
+
+
+def test_all_candidates_filtered_reports_the_best_rejected_reason():
+    case = simple_case(1, 3)
+    case["camp_active"][:] = [0, 1, 1]
+    case["camp_country_mask"][1:] = np.uint64(0b10)  # event country bit 0 not allowed
+    case["score"][0] = [0.5, 0.25, 0.25]
+    _, k, _, _, reason, _ = decide(case)
+    assert k[0] == -1 and reason[0] == pb.NO_BID_REASON_CAMPAIGN_INACTIVE
+    case["score"][0] = [0.25, 0.75, 0.25]
+    _, k, _, _, reason, _ = decide(case)
+    assert reason[0] == pb.NO_BID_REASON_TARGETING
+
+
+def test_floor_above_every_value_is_no_bid_below_floor():
+    case = simple_case()
+    case["floor_micros"][:] = 1_000_001
+    _, k, price, _, reason, reserved = decide(case)
+    assert (k == -1).all() and (reason == pb.NO_BID_REASON_BELOW_FLOOR).all()
+    assert (price == 0).all() and (reserved == 0).all()
+
+
+def test_first_price_shades_but_never_below_the_floor():
+    case = simple_case(2, 1)
+    case["first_price"][:] = 1
+    case["floor_micros"][:] = [0, 900_000]
+    _, _, price, value, _, _ = decide(case)
+    assert price.tolist() == [800_000, 900_000] and value.tolist() == [1_000_000] * 2
+
+
+def test_budget_exhausted_mid_batch_stops_bidding_for_that_campaign():
+    case = simple_case(5, 1)
+    case["camp_budget_micros"][:] = 3 * impression_cost_micros(1_000_000)  # three impressions
+    _, k, _, _, reason, reserved = decide(case)
+    assert k.tolist() == [0, 0, 0, -1, -1]
+    assert reason[3:].tolist() == [pb.NO_BID_REASON_BUDGET_EXHAUSTED] * 2
+    assert reserved[0] == case["camp_budget_micros"][0]
+
+
+def test_test_traffic_reserves_nothing():
+    case = simple_case(4, 2)
+    case["is_test"][:] = 1
+    case["camp_budget_micros"][:] = 0  # would block live traffic
+    _, k, _, _, _, reserved = decide(case)
+    assert (k == 0).all() and (reserved == 0).all()
+
+
+def test_missing_candidates_are_skipped():
+    case = simple_case(2, 3)
+    case["cand_ad"][0] = -1
+    case["cand_ad"][1] = [-1, -1, 2]
+    _, k, _, _, reason, _ = decide(case)
+    assert k.tolist() == [-1, 2] and reason[0] == pb.NO_BID_REASON_NO_CANDIDATES
+
+
+def test_bad_campaign_row_is_reported_as_an_error_code():
+    case = simple_case(1, 1)
+    case["ad_campaign"][0] = 99
+    core, reference = run_both(case)
+    assert core[0] == reference[0] == 1

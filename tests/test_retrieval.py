@@ -1,0 +1,28 @@
+import numpy as np
+import pytest
+
+from adbid.retrieval import Retriever
+
+
+def test_top_k_matches_brute_force_inner_product(tiny_world):
+    r = Retriever(tiny_world.ad_index, top_k=5, threads=1)
+    rng = np.random.default_rng(3)
+    q = rng.standard_normal((50, tiny_world.dim)).astype(np.float32)
+    got = r.search(q)
+    ads = tiny_world.ad_index.reconstruct_n(0, tiny_world.ad_index.ntotal)
+    want = np.argsort(-(q @ ads.T), axis=1, kind="stable")[:, :5]
+    # Compare scores, not ids: equal-score ties may be ordered differently.
+    np.testing.assert_allclose(np.take_along_axis(q @ ads.T, got, 1),
+                               np.take_along_axis(q @ ads.T, want, 1), rtol=1e-5)
+
+
+def test_empty_batch_and_bad_shapes(tiny_world):
+    r = Retriever(tiny_world.ad_index, top_k=4, threads=1)
+    assert r.search(np.empty((0, tiny_world.dim), np.float32)).shape == (0, 4)
+    with pytest.raises(ValueError):
+        r.search(np.zeros((2, tiny_world.dim + 1), np.float32))
+
+
+def test_top_k_above_catalogue_size_is_capped(tiny_world):
+    r = Retriever(tiny_world.ad_index, top_k=10_000, threads=1)
+    assert r.top_k == tiny_world.ad_index.ntotal

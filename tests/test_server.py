@@ -1,0 +1,156 @@
+"""Integration: a real server on 127.0.0.1:0, called through real gRPC channels."""
+
+from __future__ import annotations
+
+import grpc
+import numpy as np
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
+    ProtoReflectionDescriptorDatabase,
+)
+
+from adbid.demo_traffic import make_events
+from adbid.money import impression_cost_micros
+from adbid.v1 import admin_pb2, admin_pb2_grpc, bidder_pb2 as pb, bidder_pb2_grpc
+
+
+def bid(channel, events, batch_id="b", timeout=10.0, **kw) -> pb.BidResponse:
+    stub = bidder_pb2_grpc.BidderStub(channel)
+    return stub.Bid(pb.BidRequest(batch_id=batch_id, events=events, **kw), timeout=timeout)
+
+
+def status(channel) -> admin_pb2.StatusResponse:
+    return admin_pb2_grpc.AdminStub(channel).Status(admin_pb2.StatusRequest(), timeout=5)
+
+
+def tiny_events(n, seed=0, **kw):
+    return make_events(n, np.random.default_rng(seed), n_users=2_000, **kw)
+
+
+@pytest.mark.parametrize("n", [1, 64, 1024])
+def test_one_decision_per_event_in_order(channel, n):
+    events = tiny_events(n, seed=n)
+    resp = bid(channel, events, batch_id=f"batch-{n}")
+    assert resp.batch_id == f"batch-{n}"
+    assert [d.request_id for d in resp.decisions] == [e.request_id for e in events]
+    assert resp.world_version.startswith("demo-s7-")
+
+
+def test_bid_prices_respect_floor_value_and_budget(server, channel):
+    events = tiny_events(1024, seed=5)
+    resp = bid(channel, events)
+    bids = [(e, d) for e, d in zip(events, resp.decisions) if d.bid]
+    assert len(bids) > 50, "the tiny world should bid on a good share of demo traffic"
+    for e, d in bids:
+        assert e.floor_cpm_micros <= d.price_cpm_micros <= d.value_cpm_micros
+        assert d.campaign_id and d.creative_id and 0 < d.score <= 1
+        assert d.no_bid_reason == pb.NO_BID_REASON_UNSPECIFIED
+    for e, d in zip(events, resp.decisions):
+        if not d.bid:
+            assert d.no_bid_reason != pb.NO_BID_REASON_UNSPECIFIED and d.price_cpm_micros == 0
+    s = status(channel)
+    by_id = {c.campaign_id: c for c in s.campaigns}
+    reserved = {}
+    for _, d in bids:
+        reserved[d.campaign_id] = reserved.get(d.campaign_id, 0) + impression_cost_micros(
+            d.price_cpm_micros)
+    for cid, c in by_id.items():
+        assert c.reserved_micros == reserved.get(cid, 0)
+        assert c.spent_micros + c.reserved_micros <= c.budget_micros
+
+
+def test_health_is_serving_after_warm_up(channel, server):
+    stub = health_pb2_grpc.HealthStub(channel)
+    for service in ("", "adbid.v1.Bidder", "adbid.v1.Admin"):
+        r = stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=5)
+        assert r.status == health_pb2.HealthCheckResponse.SERVING
+    assert server.server.pipeline.timers.summary()["total"]["count"] >= 1  # warm-up ran
+
+
+def test_reflection_lists_the_services(channel):
+    services = set(ProtoReflectionDescriptorDatabase(channel).get_services())
+    assert {"adbid.v1.Bidder", "adbid.v1.Admin", "grpc.health.v1.Health"} <= services
+
+
+def test_status_names_provider_world_and_auc(channel, tiny_world):
+    s = status(channel)
+    assert s.execution_provider == "CPUExecutionProvider"
+    assert s.world_version == tiny_world.version
+    assert s.model_auc == pytest.approx(tiny_world.manifest["model"]["auc"])
+    assert s.ads == tiny_world.ad_index.ntotal and s.top_k > 0 and s.faiss_threads == 1
+    assert {st.stage for st in s.stages} >= {"decode", "retrieval", "scoring", "decision"}
+
+
+def test_test_traffic_touches_no_budget(channel):
+    resp = bid(channel, tiny_events(256, seed=9, test=True))
+    assert any(d.bid for d in resp.decisions)
+    assert all(c.reserved_micros == 0 and c.spent_micros == 0 for c in status(channel).campaigns)
+
+
+def test_invalid_events_get_per_event_errors_and_the_rest_is_decided(channel):
+    events = tiny_events(4, seed=2)
+    events[1].floor_cpm_micros = -5
+    events[2].request_id = ""
+    resp = bid(channel, events)
+    assert len(resp.decisions) == 4
+    for i in (1, 2):
+        d = resp.decisions[i]
+        assert not d.bid and d.no_bid_reason == pb.NO_BID_REASON_INVALID_EVENT and d.error
+    assert "floor_cpm_micros" in resp.decisions[1].error
+    assert resp.decisions[0].no_bid_reason != pb.NO_BID_REASON_INVALID_EVENT
+
+
+def test_empty_batch_gets_an_empty_answer(channel):
+    assert len(bid(channel, []).decisions) == 0
+
+
+def test_batch_above_the_maximum_is_invalid_argument(server_factory):
+    s = server_factory(max_batch_events=10)
+    with grpc.insecure_channel(s.target) as ch:
+        with pytest.raises(grpc.RpcError) as err:
+            bid(ch, tiny_events(11))
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "maximum of 10" in err.value.details()
+
+
+def test_bid_stream_answers_every_batch_with_its_id(channel):
+    stub = bidder_pb2_grpc.BidderStub(channel)
+    batches = [pb.BidRequest(batch_id=f"s{i}", events=tiny_events(32, seed=100 + i))
+               for i in range(12)]
+    replies = list(stub.BidStream(iter(batches), timeout=30))
+    assert sorted(r.batch_id for r in replies) == sorted(b.batch_id for b in batches)
+    by_id = {r.batch_id: r for r in replies}
+    for b in batches:
+        assert [d.request_id for d in by_id[b.batch_id].decisions] == \
+            [e.request_id for e in b.events]
+
+
+def test_outcomes_settle_release_and_are_idempotent(channel):
+    resp = bid(channel, tiny_events(512, seed=11))
+    won, lost = [d for d in resp.decisions if d.bid][:2]
+    stub = bidder_pb2_grpc.BidderStub(channel)
+    clearing = won.price_cpm_micros // 2
+    notices = [pb.Outcome(request_id=won.request_id, type=pb.OUTCOME_TYPE_WIN,
+                          clearing_price_cpm_micros=clearing),
+               pb.Outcome(request_id=lost.request_id, type=pb.OUTCOME_TYPE_LOSS),
+               pb.Outcome(request_id=won.request_id, type=pb.OUTCOME_TYPE_WIN,
+                          clearing_price_cpm_micros=clearing),
+               pb.Outcome(request_id="never-bid", type=pb.OUTCOME_TYPE_WIN)]
+    r = stub.ReportOutcomes(pb.ReportOutcomesRequest(outcomes=notices), timeout=5).results
+    assert [x.accepted for x in r] == [True, True, True, False]
+    assert [x.duplicate for x in r] == [False, False, True, False]
+    assert "no bid" in r[3].error
+    c = {c.campaign_id: c for c in status(channel).campaigns}[won.campaign_id]
+    assert c.spent_micros == impression_cost_micros(clearing)
+
+
+def test_a_deadline_too_short_for_the_work_answers_deadline_no_bids(channel):
+    resp = bid(channel, tiny_events(64, seed=3), deadline_ms=0)  # prime the cost estimate
+    events = tiny_events(64, seed=4)
+    resp = bid(channel, events, deadline_ms=1)
+    assert len(resp.decisions) == 64
+    # With a 1 ms budget either it all fit, or the events got DEADLINE and reserved nothing.
+    reasons = {d.no_bid_reason for d in resp.decisions}
+    if pb.NO_BID_REASON_DEADLINE in reasons:
+        assert reasons == {pb.NO_BID_REASON_DEADLINE} and not any(d.bid for d in resp.decisions)
