@@ -24,6 +24,8 @@ DEFAULTS = ServerConfig()
 def _logging(verbose: bool) -> None:
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # faiss's loader reports at INFO that an optional AVX2 build is absent; not news.
+    logging.getLogger("faiss.loader").setLevel(logging.WARNING)
 
 
 def _ensure_world(world: Path, seed: int) -> None:

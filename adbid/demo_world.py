@@ -114,7 +114,7 @@ def build(out: Path, spec: DemoWorldSpec = DemoWorldSpec(), progress: bool = Tru
             "name": f"{TOPIC_WORDS[camp_topic[c]][0]} campaign {c}",
             "active": bool(rng.random() > 0.03),
             "topic": int(camp_topic[c]),
-            "value_per_action_micros": int(rng.integers(20, 400)) * 1000,
+            "value_per_action_micros": int(rng.integers(10, 150)) * 1000,
             "budget_micros": int(rng.integers(200, 2000)) * 1_000_000,
             "countries": sorted(rng.choice(targeting.COUNTRIES, rng.integers(1, 8), replace=False)
                                 .tolist()) if narrow[0] else [],
