@@ -1,4 +1,16 @@
-"""The campaign table: campaigns.json of a world, as columns for the decision core."""
+"""The campaign table: campaigns.json of a world, as columns for the decision core.
+
+A record (all keys but campaign_id, value_per_action_micros and budget_micros
+are optional; an empty targeting list means "no restriction"):
+
+    {"campaign_id": "c0001", "active": true,
+     "value_per_action_micros": 120000, "budget_micros": 500000000,
+     "countries": ["US", "CA"], "device_types": [1, 3], "slot_sizes": ["300x250"],
+     "advertiser_domain": "shoes.example", "categories": ["IAB18"],
+     "site_allow": [], "site_block": ["badnews.example"],
+     "frequency_cap": {"impressions": 3, "window_s": 86400},
+     "pacing": "even"}
+"""
 
 from __future__ import annotations
 
@@ -9,10 +21,16 @@ import numpy as np
 
 from adbid import targeting
 
+PACING_MODES = ("even", "asap")
+
 
 @dataclass(frozen=True)
 class CampaignTable:
-    """One row per campaign. Money in int64 micros; masks as in adbid.targeting."""
+    """One row per campaign. Money in int64 micros; masks as in adbid.targeting.
+
+    Budgets and the active flag here are the world's starting values; the spend
+    ledger owns their run-time values.
+    """
 
     ids: tuple[str, ...]
     active: np.ndarray  # uint8[C]
@@ -21,6 +39,17 @@ class CampaignTable:
     country_mask: np.ndarray  # uint64[C]
     device_mask: np.ndarray  # uint64[C]
     size_mask: np.ndarray  # uint64[C]
+    category_mask: np.ndarray  # uint64[C]; the campaign's own IAB tier-1 categories
+    advertiser_id: np.ndarray  # int32[C]; row in advertiser_ids, -1 = none given
+    site_allow_ptr: np.ndarray  # int32[C + 1]; CSR of site ids the campaign is limited to
+    site_allow_ids: np.ndarray  # int32[...]
+    site_block_ptr: np.ndarray  # int32[C + 1]; CSR of site ids the campaign avoids
+    site_block_ids: np.ndarray  # int32[...]
+    freq_cap: np.ndarray  # int32[C]; impressions per user per window, 0 = uncapped
+    freq_window_s: np.ndarray  # int64[C]
+    pacing_mode: tuple[str, ...]  # "even" | "asap"
+    site_ids: dict[str, int]  # site domain -> id, over every campaign's site lists
+    advertiser_ids: dict[str, int]  # advertiser domain -> id
     records: tuple[dict[str, Any], ...]  # the validated source records
 
     def __len__(self) -> int:
@@ -32,12 +61,16 @@ class CampaignTable:
 
     @classmethod
     def from_records(cls, records: list[dict[str, Any]]) -> CampaignTable:
-        """Validate campaign records (the campaigns.json schema) and build the columns.
+        """Validate campaign records (the schema above) and build the columns.
 
         Raises ValueError naming the campaign and field on any bad record.
         """
         ids: list[str] = []
-        cols: dict[str, list[int]] = {k: [] for k in ("active", "vpa", "budget", "cm", "dm", "sm")}
+        cols: dict[str, list] = {k: [] for k in ("active", "vpa", "budget", "cm", "dm", "sm",
+                                                 "cat", "adv", "allow", "block", "cap", "win",
+                                                 "pacing")}
+        site_ids: dict[str, int] = {}
+        advertiser_ids: dict[str, int] = {}
         for n, r in enumerate(records):
             cid = r.get("campaign_id")
             where = f"campaign #{n} ({cid!r})"
@@ -55,6 +88,19 @@ class CampaignTable:
                 sm = targeting.size_mask(r.get("slot_sizes", []))
             except ValueError as exc:
                 raise ValueError(f"{where}: {exc}") from None
+            cats = r.get("categories", [])
+            bad = [c for c in cats if targeting.category_bit(c) is None]
+            if bad:
+                raise ValueError(f"{where}: categories {bad} are not IAB codes (IAB1..IAB26)")
+            cap = r.get("frequency_cap") or {}
+            impressions, window = cap.get("impressions", 0), cap.get("window_s", 86_400)
+            if not (isinstance(impressions, int) and impressions >= 0
+                    and isinstance(window, int) and window > 0):
+                raise ValueError(f"{where}: frequency_cap needs impressions >= 0 and window_s > 0")
+            pacing = r.get("pacing", "asap")
+            if pacing not in PACING_MODES:
+                raise ValueError(f"{where}: pacing must be one of {PACING_MODES}, got {pacing!r}")
+            adv = r.get("advertiser_domain", "")
             ids.append(cid)
             cols["active"].append(1 if r.get("active", True) else 0)
             cols["vpa"].append(vpa)
@@ -62,6 +108,17 @@ class CampaignTable:
             cols["cm"].append(cm)
             cols["dm"].append(dm)
             cols["sm"].append(sm)
+            cols["cat"].append(targeting.category_mask(cats))
+            cols["adv"].append(advertiser_ids.setdefault(adv, len(advertiser_ids)) if adv else -1)
+            cols["allow"].append([site_ids.setdefault(d, len(site_ids))
+                                  for d in r.get("site_allow", [])])
+            cols["block"].append([site_ids.setdefault(d, len(site_ids))
+                                  for d in r.get("site_block", [])])
+            cols["cap"].append(impressions)
+            cols["win"].append(window)
+            cols["pacing"].append(pacing)
+        allow_ptr, allow_ids = targeting.csr(cols["allow"])
+        block_ptr, block_ids = targeting.csr(cols["block"])
         return cls(
             ids=tuple(ids),
             active=np.array(cols["active"], dtype=np.uint8),
@@ -70,5 +127,14 @@ class CampaignTable:
             country_mask=np.array(cols["cm"], dtype=np.uint64),
             device_mask=np.array(cols["dm"], dtype=np.uint64),
             size_mask=np.array(cols["sm"], dtype=np.uint64),
+            category_mask=np.array(cols["cat"], dtype=np.uint64),
+            advertiser_id=np.array(cols["adv"], dtype=np.int32),
+            site_allow_ptr=allow_ptr, site_allow_ids=allow_ids,
+            site_block_ptr=block_ptr, site_block_ids=block_ids,
+            freq_cap=np.array(cols["cap"], dtype=np.int32),
+            freq_window_s=np.array(cols["win"], dtype=np.int64),
+            pacing_mode=tuple(cols["pacing"]),
+            site_ids=site_ids,
+            advertiser_ids=advertiser_ids,
             records=tuple(dict(r) for r in records),
         )

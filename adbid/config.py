@@ -3,20 +3,32 @@
 from __future__ import annotations
 
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 
-def default_world_dir() -> Path:
-    """Where `adbid serve` looks for (and builds) the demo world: $ADBID_HOME/worlds/demo."""
+def adbid_home() -> Path:
+    """$ADBID_HOME, else ~/.cache/adbid (or under $XDG_CACHE_HOME)."""
     home = os.environ.get("ADBID_HOME") or Path(
         os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "adbid"
-    return Path(home) / "worlds" / "demo"
+    return Path(home)
+
+
+def default_world_dir() -> Path:
+    """Where `adbid serve` looks for (and builds) the demo world."""
+    return adbid_home() / "worlds" / "demo"
+
+
+def default_ledger_path() -> Path:
+    return adbid_home() / "ledger.sqlite"
 
 
 @dataclass
 class ServerConfig:
-    world: Path = default_world_dir()
+    world: Path = field(default_factory=default_world_dir)
+    ledger: Path | None = field(default_factory=default_ledger_path)  # None = in memory only
+    ledger_sync: str = "NORMAL"  # SQLite synchronous: NORMAL survives kill -9, FULL power loss
+    frequency_slots: int = 1 << 20  # frequency-cap counters (24 bytes each)
     host: str = "127.0.0.1"
     port: int = 50051  # 0 = pick a free port
     metrics_port: int = 9464  # Prometheus /metrics on host; 0 = off, -1 = any free port

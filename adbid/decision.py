@@ -14,7 +14,7 @@ import numpy as np
 from adbid import _decision
 from adbid.campaigns import CampaignTable
 from adbid.decode import EventBatch
-from adbid.ledger import SpendLedger
+from adbid.ledger import Reservation, SpendLedger
 from adbid.v1 import bidder_pb2 as pb
 
 _ERRORS = {1: "an ad points at a campaign row outside the campaign table"}
@@ -35,29 +35,37 @@ class Decisions:
 
 
 class DecisionCore:
+    """Runs the compiled core over a batch against the campaigns, the ledger and the
+    frequency table; the only writer of reservations and frequency counts."""
+
     def __init__(self, campaigns: CampaignTable, ad_campaign: np.ndarray, ledger: SpendLedger,
-                 shading: float) -> None:
+                 shading: float, frequency_slots: int = 1 << 20) -> None:
         if not 0.0 < shading <= 1.0:
             raise ValueError(f"shading must be in (0, 1], got {shading}")
         self.campaigns = campaigns
         self.ad_campaign = np.ascontiguousarray(ad_campaign, dtype=np.int32)
         self.ledger = ledger
         self.shading = float(shading)
+        self.frequency = _decision.FrequencyTable(frequency_slots)
         # Written by the pacing controller; 1.0 = no throttling.
         self.pacing = np.ones(len(campaigns), dtype=np.float64)
 
     def decide(self, batch: EventBatch, cand_ad: np.ndarray, score: np.ndarray,
-               blocked: np.ndarray | None = None) -> Decisions:
+               blocked: np.ndarray | None = None, now_s: int = 0) -> Decisions:
         """cand_ad int64[B, K] ad rows (-1 = none), score float32[B, K] P(intent).
 
-        `blocked` bool[B]: events that must not bid (invalid ones); they get no
-        candidates and hence no reservation, and the caller sets their reason.
+        The batch must have been resolved (adbid.lookup.resolve). `blocked`
+        bool[B]: events that must not bid (invalid ones); they get no candidates
+        and hence no reservation, and the caller sets their reason. `now_s`:
+        Unix seconds, for frequency windows.
         """
         n = len(batch)
         cand_ad = np.ascontiguousarray(cand_ad, dtype=np.int64)
         score = np.ascontiguousarray(score, dtype=np.float32)
         if cand_ad.shape != score.shape or cand_ad.ndim != 2 or len(cand_ad) != n:
             raise ValueError(f"cand_ad {cand_ad.shape} and score {score.shape} for {n} events")
+        if batch.site_id is None:
+            raise ValueError("batch not resolved: call adbid.lookup.resolve first")
         if blocked is not None and blocked.any():
             cand_ad = cand_ad.copy()
             cand_ad[blocked] = -1
@@ -68,10 +76,13 @@ class DecisionCore:
         c, led = self.campaigns, self.ledger
         err = _decision.decide_batch(
             cand_ad, score, batch.floor_micros, batch.first_price, batch.country_bit,
-            batch.device_bit, batch.size_bit, batch.is_test, self.ad_campaign, c.active,
-            c.value_per_action_micros, self.pacing, c.country_mask, c.device_mask, c.size_mask,
-            led.budget_micros, led.spent_micros, led.reserved_micros, self.shading,
-            out_k, out_price, out_value, out_reason)
+            batch.device_bit, batch.size_bit, batch.site_id, batch.blocked_category_mask,
+            batch.blocked_adv_ptr, batch.blocked_adv_ids, batch.user_key, batch.user_known,
+            batch.is_test, self.ad_campaign, led.active, c.value_per_action_micros, self.pacing,
+            c.country_mask, c.device_mask, c.size_mask, c.category_mask, c.advertiser_id,
+            c.site_allow_ptr, c.site_allow_ids, c.site_block_ptr, c.site_block_ids, c.freq_cap,
+            c.freq_window_s, led.budget_micros, led.spent_micros, led.reserved_micros,
+            self.frequency, now_s, self.shading, out_k, out_price, out_value, out_reason)
         if err:
             raise RuntimeError(f"decision core: {_ERRORS.get(err, f'error {err}')}")
         bid = out_k >= 0
@@ -84,6 +95,9 @@ class DecisionCore:
                          price_cpm_micros=out_price, value_cpm_micros=out_value,
                          score=chosen_score.astype(np.float32), reason=out_reason)
 
-
-INVALID = pb.NO_BID_REASON_INVALID_EVENT
-DEADLINE = pb.NO_BID_REASON_DEADLINE
+    def release_frequency(self, res: Reservation, now_s: int) -> None:
+        """Give back the frequency count of a bid that lost its auction."""
+        row = res.campaign_row
+        if self.campaigns.freq_cap[row] > 0:
+            self.frequency.add(res.user_key & 0xFFFF_FFFF_FFFF_FFFF, row, now_s,
+                               int(self.campaigns.freq_window_s[row]), -1)

@@ -1,8 +1,8 @@
 """Pure-Python reference of the decision core (ext/decision.pyx).
 
-Same signature, same rules, same arithmetic order; slow on purpose-free
-clarity. The parity tests run both on random and edge-case batches and require
-identical outputs and identical budget reservations. Change both together.
+Same signature, same rules, same arithmetic order. The parity tests run both on
+random and edge-case batches and require identical outputs, budget
+reservations and frequency counts. Change both together.
 """
 
 from __future__ import annotations
@@ -18,7 +18,9 @@ REASON_TARGETING = 3
 REASON_FREQUENCY_CAP = 4
 REASON_BELOW_FLOOR = 5
 REASON_BUDGET_EXHAUSTED = 6
+REASON_BLOCKED = 9
 MAX_VALUE_MICROS = 9.0e18
+_M64 = (1 << 64) - 1
 
 
 def value_micros(score: float, value_per_action_micros: int, pacing: float) -> int:
@@ -33,15 +35,52 @@ def value_micros(score: float, value_per_action_micros: int, pacing: float) -> i
     return int(min(v, MAX_VALUE_MICROS))
 
 
+def freq_key(user_key: int, campaign: int) -> int:
+    """splitmix64 of (user, campaign), never 0; as in ext/decision.pyx."""
+    z = (int(user_key) ^ ((int(campaign) + 1) * 0x9E3779B97F4A7C15)) & _M64
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _M64
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _M64
+    return (z ^ (z >> 31)) | 1
+
+
+class FrequencyDict:
+    """The frequency table's rules on a dict (no capacity limit, so never evicts)."""
+
+    def __init__(self) -> None:
+        self.slots: dict[int, list[int]] = {}  # key -> [window_start_s, count]
+
+    def count(self, user_key: int, campaign: int, now_s: int, window_s: int) -> int:
+        s = self.slots.get(freq_key(user_key, campaign))
+        if s is None or now_s - s[0] >= window_s:
+            return 0
+        return s[1]
+
+    def add(self, user_key: int, campaign: int, now_s: int, window_s: int, delta: int = 1) -> None:
+        key = freq_key(user_key, campaign)
+        s = self.slots.get(key)
+        if s is None:
+            if delta <= 0:
+                return
+            s = self.slots[key] = [0, 0]
+        if now_s - s[0] >= window_s:
+            if delta < 0:
+                return
+            s[0], s[1] = now_s, 0
+        s[1] = max(s[1] + delta, 0)
+
+
 def _bit_set(mask: int, bit: int) -> bool:
     return 0 <= bit < 64 and (int(mask) >> int(bit)) & 1 == 1
 
 
 def decide_batch(cand_ad, score, floor_micros, first_price, country_id, device_id, size_id,
-                 is_test, ad_campaign, camp_active, camp_value_per_action_micros, camp_pacing,
-                 camp_country_mask, camp_device_mask, camp_size_mask, camp_budget_micros,
-                 camp_spent_micros, camp_reserved_micros, shading, out_k, out_price_micros,
-                 out_value_micros, out_reason) -> int:
+                 site_id, blocked_category_mask, blocked_adv_ptr, blocked_adv_ids, user_key,
+                 user_known, is_test, ad_campaign, camp_active, camp_value_per_action_micros,
+                 camp_pacing, camp_country_mask, camp_device_mask, camp_size_mask,
+                 camp_category_mask, camp_advertiser_id, camp_site_allow_ptr, camp_site_allow_ids,
+                 camp_site_block_ptr, camp_site_block_ids, camp_freq_cap, camp_freq_window_s,
+                 camp_budget_micros, camp_spent_micros, camp_reserved_micros, freq, now_s,
+                 shading, out_k, out_price_micros, out_value_micros, out_reason) -> int:
     """See adbid/_decision.pyi for argument shapes and dtypes."""
     n_ads, n_camps = len(ad_campaign), len(camp_active)
     error = 0
@@ -49,6 +88,8 @@ def decide_batch(cand_ad, score, floor_micros, first_price, country_id, device_i
         best = None  # (value, price, k, campaign)
         rejected_value, rejected_reason = -1, REASON_NO_CANDIDATES
         floor = int(floor_micros[i])
+        site = int(site_id[i])
+        blocked_advertisers = set(blocked_adv_ids[blocked_adv_ptr[i]:blocked_adv_ptr[i + 1]].tolist())
         for k in range(cand_ad.shape[1]):
             ad = int(cand_ad[i, k])
             if ad < 0 or ad >= n_ads:
@@ -58,6 +99,9 @@ def decide_batch(cand_ad, score, floor_micros, first_price, country_id, device_i
                 error = 1
                 continue
             value = value_micros(score[i, k], camp_value_per_action_micros[c], camp_pacing[c])
+            allow = camp_site_allow_ids[camp_site_allow_ptr[c]:camp_site_allow_ptr[c + 1]].tolist()
+            block = camp_site_block_ids[camp_site_block_ptr[c]:camp_site_block_ptr[c + 1]].tolist()
+            cap = int(camp_freq_cap[c])
             price = 0
             if not camp_active[c]:
                 reason = REASON_CAMPAIGN_INACTIVE
@@ -65,6 +109,14 @@ def decide_batch(cand_ad, score, floor_micros, first_price, country_id, device_i
                       and _bit_set(camp_device_mask[c], device_id[i])
                       and _bit_set(camp_size_mask[c], size_id[i])):
                 reason = REASON_TARGETING
+            elif allow and site not in allow:
+                reason = REASON_TARGETING
+            elif (int(camp_category_mask[c]) & int(blocked_category_mask[i]) or site in block
+                  or int(camp_advertiser_id[c]) in blocked_advertisers):
+                reason = REASON_BLOCKED
+            elif cap > 0 and (not user_known[i] or freq.count(
+                    int(user_key[i]), c, int(now_s), int(camp_freq_window_s[c])) >= cap):
+                reason = REASON_FREQUENCY_CAP
             elif value <= 0 or value < floor:
                 reason = REASON_BELOW_FLOOR
             else:
@@ -88,6 +140,8 @@ def decide_batch(cand_ad, score, floor_micros, first_price, country_id, device_i
             value, price, k, c = best
             if not is_test[i]:
                 camp_reserved_micros[c] += impression_cost_micros(price)
+                if camp_freq_cap[c] > 0:
+                    freq.add(int(user_key[i]), c, int(now_s), int(camp_freq_window_s[c]), 1)
             out_k[i], out_price_micros[i], out_value_micros[i], out_reason[i] = k, price, value, 0
         else:
             out_k[i], out_price_micros[i] = -1, 0

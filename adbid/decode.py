@@ -37,7 +37,16 @@ class EventBatch:
     size_bit: np.ndarray  # int32[B]
     is_test: np.ndarray  # uint8[B]
     site_domain: list[str]
+    blocked_advertisers: list  # per event: the publisher's badv (repeated string)
+    blocked_categories: list  # per event: the publisher's bcat (repeated string)
     errors: dict[int, str] = field(default_factory=dict)  # event position -> problem
+    # Filled by the lookup stage (adbid.lookup.resolve), from the world's vocabularies:
+    user_key: np.ndarray | None = None  # uint64[B], hash of the user id
+    user_known: np.ndarray | None = None  # uint8[B], 1 = usable user id
+    site_id: np.ndarray | None = None  # int32[B], -1 = site in no campaign's list
+    blocked_category_mask: np.ndarray | None = None  # uint64[B]
+    blocked_adv_ptr: np.ndarray | None = None  # int32[B + 1], CSR over blocked_adv_ids
+    blocked_adv_ids: np.ndarray | None = None  # int32[...]
 
     def __len__(self) -> int:
         return len(self.request_id)
@@ -70,6 +79,8 @@ def decode(events: Sequence[pb.AdEvent]) -> EventBatch:
         size_bit=targeting.size_bits(width, height),
         is_test=np.array([e.test for e in events], dtype=np.uint8),
         site_domain=[e.site_domain for e in events],
+        blocked_advertisers=[e.blocked_advertiser_domains for e in events],
+        blocked_categories=[e.blocked_categories for e in events],
     )
     _validate(batch, auction, width, height)
     return batch

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from adbid import targeting
-from adbid.demo_world import TOPIC_WORDS, user_id
+from adbid.demo_world import DEMO_SITES, TOPIC_WORDS, user_id
 from adbid.v1 import bidder_pb2 as pb
 
 
@@ -27,7 +27,10 @@ def make_events(n: int, rng: np.random.Generator, n_users: int = 100_000,
             country=targeting.COUNTRIES[rng.integers(len(targeting.COUNTRIES))],
             device_type=int(rng.integers(1, 5)),
             slot_width_px=w, slot_height_px=h,
-            site_domain=f"site{rng.integers(500)}.example",
+            site_domain=f"site{rng.integers(DEMO_SITES)}.example",
+            blocked_categories=["IAB7-39", "IAB25"] if rng.random() < 0.1 else [],
+            blocked_advertiser_domains=[f"advertiser{rng.integers(100)}.example"]
+            if rng.random() < 0.1 else [],
             auction_type=pb.AUCTION_TYPE_FIRST_PRICE if rng.random() < 0.7
             else pb.AUCTION_TYPE_SECOND_PRICE,
             test=test,

@@ -50,6 +50,9 @@ TOPIC_WORDS: tuple[tuple[str, ...], ...] = (
 )  # fmt: skip
 
 
+DEMO_SITES = 500  # demo traffic comes from site0.example .. site499.example
+
+
 @dataclass(frozen=True)
 class DemoWorldSpec:
     """Sizes and the seed. The defaults build in well under a minute on 2 cores."""
@@ -123,6 +126,14 @@ def build(out: Path, spec: DemoWorldSpec = DemoWorldSpec(), progress: bool = Tru
             "slot_sizes": sorted(f"{w}x{h}" for w, h in (targeting.SLOT_SIZES[i] for i in
                                  rng.choice(len(targeting.SLOT_SIZES), rng.integers(2, 6),
                                             replace=False))) if narrow[2] else [],
+            "advertiser_domain": f"advertiser{c // 3}.example",
+            "categories": [f"IAB{1 + camp_topic[c] % targeting.N_IAB_TIER1}"],
+            "site_allow": [],
+            "site_block": [f"site{s}.example" for s in rng.choice(DEMO_SITES, 3, replace=False)]
+            if rng.random() < 0.2 else [],
+            "frequency_cap": {"impressions": int(rng.integers(2, 10)), "window_s": 86_400}
+            if rng.random() < 0.3 else None,
+            "pacing": "even" if rng.random() < 0.5 else "asap",
         })
     ad_campaign = np.repeat(np.arange(spec.campaigns, dtype=np.int32), spec.ads_per_campaign)
     n_ads = len(ad_campaign)

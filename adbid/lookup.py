@@ -11,14 +11,40 @@ import re
 
 import numpy as np
 
+from adbid import targeting
+from adbid.campaigns import CampaignTable
+from adbid.decode import EventBatch
 from adbid.world import World
 
-_ZERO_ID = re.compile(r"^[0\-]*$")  # "", "0", "00000000-0000-0000-0000-000000000000"
 _WORD = re.compile(r"[a-z0-9]+")
 
 
 def usable_user_id(user_id: str) -> bool:
-    return _ZERO_ID.match(user_id) is None
+    """False for "", "0" and zeroed device ids like "00000000-0000-0000-0000-000000000000"."""
+    return bool(user_id.strip("0-"))
+
+
+def resolve(batch: EventBatch, campaigns: CampaignTable) -> None:
+    """Fill the batch's id columns: user keys, site ids, publisher blocks as ids and masks.
+
+    User keys are Python's string hash: stable within the process, which is as
+    long as frequency counters live.
+    """
+    batch.user_known = np.array([bool(u.strip("0-")) for u in batch.user_id], dtype=np.uint8)
+    batch.user_key = np.array([hash(u) for u in batch.user_id], dtype=np.int64).view(np.uint64)
+    get_site = campaigns.site_ids.get
+    batch.site_id = np.array([get_site(d, -1) for d in batch.site_domain], dtype=np.int32)
+    n = len(batch)
+    cat_mask = np.zeros(n, dtype=np.uint64)
+    adv_lists: list[list[int]] = [[]] * n
+    advertisers = campaigns.advertiser_ids
+    for i, (badv, bcat) in enumerate(zip(batch.blocked_advertisers, batch.blocked_categories)):
+        if bcat:
+            cat_mask[i] = targeting.category_mask(bcat)
+        if badv:
+            adv_lists[i] = [a for d in badv if (a := advertisers.get(d)) is not None]
+    batch.blocked_category_mask = cat_mask
+    batch.blocked_adv_ptr, batch.blocked_adv_ids = targeting.csr(adv_lists)
 
 
 class UserLookup:

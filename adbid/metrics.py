@@ -7,7 +7,8 @@ import threading
 from hdrh.histogram import HdrHistogram
 from prometheus_client import Counter, Gauge, Histogram, Info
 
-STAGES = ("queue", "decode", "lookup", "retrieval", "scoring", "decision", "encode", "total")
+STAGES = ("queue", "decode", "lookup", "retrieval", "scoring", "decision", "ledger", "encode",
+          "total")
 _BUCKETS_S = (50e-6, 100e-6, 250e-6, 500e-6, 1e-3, 2e-3, 3e-3, 5e-3, 7.5e-3, 10e-3, 15e-3,
               20e-3, 30e-3, 50e-3, 100e-3, 250e-3, 1.0)
 
@@ -22,11 +23,17 @@ STAGE_SECONDS = Histogram("adbid_stage_seconds", "Time per batch in each pipelin
 BATCH_EVENTS = Histogram("adbid_batch_events", "Events per batch",
                          buckets=(1, 8, 32, 64, 128, 256, 512, 1024, 2048, 4096))
 NOTICES = Counter("adbid_notices", "Outcome notices", ["type", "result"])
+LATE_WINS = Counter("adbid_late_wins", "Wins booked after their reservation had expired")
+EXPIRED = Counter("adbid_expired_reservations", "Reservations released for want of a notice")
 PROVIDER = Info("adbid_execution_provider", "onnxruntime execution provider in use")
 WORLD = Info("adbid_world", "World being served")
 CAMPAIGN_SPENT = Gauge("adbid_campaign_spent_micros", "Committed spend", ["campaign"])
 CAMPAIGN_RESERVED = Gauge("adbid_campaign_reserved_micros", "Open reservations", ["campaign"])
 CAMPAIGN_BUDGET = Gauge("adbid_campaign_budget_micros", "Budget", ["campaign"])
+CAMPAIGN_PLANNED = Gauge("adbid_campaign_planned_micros", "Spend the pacing plan expects by now",
+                         ["campaign"])
+CAMPAIGN_PACING = Gauge("adbid_campaign_pacing_multiplier", "Pacing multiplier on value",
+                        ["campaign"])
 
 
 class StageTimers:

@@ -18,9 +18,10 @@ import numpy as np
 from adbid.config import ServerConfig
 from adbid.decision import Decisions, DecisionCore
 from adbid.decode import EventBatch
-from adbid.ledger import SpendLedger
-from adbid.lookup import ContextEncoder, UserLookup
+from adbid.ledger import SpendLedger, open_store
+from adbid.lookup import ContextEncoder, UserLookup, resolve
 from adbid.metrics import StageTimers
+from adbid.pacing import PacingController
 from adbid.retrieval import Retriever
 from adbid.scoring import Scorer
 from adbid.v1 import bidder_pb2 as pb
@@ -39,8 +40,12 @@ class Pipeline:
         self.scorer = Scorer(world.model_path, world.dim, world.ad_index.ntotal,
                              intra_op_threads=cfg.onnx_threads, spinning=cfg.onnx_spinning,
                              use_gpu=cfg.use_gpu, require_gpu=cfg.require_gpu)
-        self.ledger = SpendLedger(world.campaigns, cfg.reservation_ttl_s)
-        self.core = DecisionCore(world.campaigns, world.ad_campaign, self.ledger, cfg.shading)
+        self.ledger = SpendLedger(world.campaigns, open_store(cfg.ledger, cfg.ledger_sync),
+                                  cfg.reservation_ttl_s)
+        self.core = DecisionCore(world.campaigns, world.ad_campaign, self.ledger, cfg.shading,
+                                 cfg.frequency_slots)
+        self.pacing = PacingController(world.campaigns, self.ledger, self.core.pacing,
+                                       now_s=time.time())
         self.campaign_ids = list(world.campaigns.ids)
         self.creative_ids = world.ad_creative_ids.tolist()
         self.timers = timers or StageTimers()
@@ -50,6 +55,7 @@ class Pipeline:
 
     def close(self) -> None:
         self.executor.shutdown(wait=True)
+        self.ledger.close()
 
     def _native(self, query: np.ndarray, user: np.ndarray, context: np.ndarray,
                 device: np.ndarray) -> tuple[np.ndarray, np.ndarray, float, float]:
@@ -59,6 +65,9 @@ class Pipeline:
         score = self.scorer.score(user, context, device, cand_ad)
         return cand_ad, score, t1 - t0, time.perf_counter() - t1
 
+    def update_pacing(self) -> None:
+        self.pacing.update(time.time())
+
     def expected_native_s(self, n_events: int) -> float:
         return self._native_s_per_event * n_events
 
@@ -66,14 +75,16 @@ class Pipeline:
         """Decide a decoded batch; `deadline` is a time.monotonic() instant.
 
         Events that cannot be decided before the deadline get NO_BID_REASON_DEADLINE
-        and reserve nothing; invalid events get NO_BID_REASON_INVALID_EVENT.
+        and reserve nothing; invalid events get NO_BID_REASON_INVALID_EVENT. Returns
+        once the batch's reservations are durable in the ledger.
         """
         n = len(batch)
         timers = self.timers
         t0 = time.perf_counter()
+        knows = self.ledger.knows
         for i, rid in enumerate(batch.request_id):
-            if rid in self.ledger.open and i not in batch.errors:
-                batch.errors[i] = "request_id: an earlier bid with this id awaits its notice"
+            if knows(rid) and i not in batch.errors:
+                batch.errors[i] = "request_id: already used by an earlier bid"
         blocked = np.zeros(n, dtype=bool)
         if batch.errors:
             blocked[list(batch.errors)] = True
@@ -81,6 +92,7 @@ class Pipeline:
         user = self.users.embeddings(rows)
         context = self.contexts.embeddings(batch.context_text)
         query = user + context
+        resolve(batch, self.world.campaigns)
         t1 = time.perf_counter()
         timers.record("lookup", t1 - t0)
 
@@ -98,14 +110,17 @@ class Pipeline:
             return self._no_bid(batch, blocked, pb.NO_BID_REASON_DEADLINE)
 
         t2 = time.perf_counter()
-        dec = self.core.decide(batch, cand_ad, score, blocked)
+        dec = self.core.decide(batch, cand_ad, score, blocked, now_s=int(time.time()))
         live = dec.bid & (batch.is_test == 0)
         if live.any():
             idx = np.flatnonzero(live)
             self.ledger.record_bids([batch.request_id[i] for i in idx], dec.campaign_row[idx],
-                                    dec.price_cpm_micros[idx])
+                                    dec.price_cpm_micros[idx], batch.user_key[idx])
         dec.reason[blocked] = pb.NO_BID_REASON_INVALID_EVENT
-        timers.record("decision", time.perf_counter() - t2)
+        t3 = time.perf_counter()
+        timers.record("decision", t3 - t2)
+        await self.ledger.flush()
+        timers.record("ledger", time.perf_counter() - t3)
         return dec
 
     def _no_bid(self, batch: EventBatch, blocked: np.ndarray, reason: int) -> Decisions:

@@ -26,6 +26,7 @@ from adbid.config import ServerConfig
 from adbid.decode import decode
 from adbid.demo_traffic import make_events
 from adbid.encode import encode
+from adbid.ledger import LedgerError
 from adbid.pipeline import Pipeline
 from adbid.v1 import admin_pb2, admin_pb2_grpc, bidder_pb2, bidder_pb2_grpc
 from adbid.world import World
@@ -45,6 +46,18 @@ class BadRequest(ValueError):
     """The request as a whole is unacceptable (INVALID_ARGUMENT)."""
 
 
+class NotFound(KeyError):
+    """The request names something that does not exist (NOT_FOUND)."""
+
+
+# Exceptions a client caused, and the status each one maps to.
+CLIENT_ERRORS = {
+    BadRequest: (grpc.StatusCode.INVALID_ARGUMENT, "invalid_request"),
+    NotFound: (grpc.StatusCode.NOT_FOUND, "not_found"),
+    LedgerError: (grpc.StatusCode.FAILED_PRECONDITION, "failed_precondition"),
+}
+
+
 def rpc_errors(name: str):
     """Map exceptions to status codes; clients never see a traceback."""
 
@@ -53,10 +66,11 @@ def rpc_errors(name: str):
         async def unary(self, request, context):
             try:
                 response = await fn(self, request, context)
-            except BadRequest as exc:
-                metrics.REQUESTS.labels(name, "INVALID_ARGUMENT").inc()
-                metrics.ERRORS.labels("invalid_request").inc()
-                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+            except tuple(CLIENT_ERRORS) as exc:
+                code, kind = CLIENT_ERRORS[type(exc)]
+                metrics.REQUESTS.labels(name, code.name).inc()
+                metrics.ERRORS.labels(kind).inc()
+                await context.abort(code, str(exc.args[0]) if exc.args else type(exc).__name__)
             except (grpc.aio.AbortError, asyncio.CancelledError):
                 raise
             except Exception:
@@ -163,15 +177,24 @@ class BidderService(bidder_pb2_grpc.BidderServicer):
 
     @rpc_errors("ReportOutcomes")
     async def ReportOutcomes(self, request, context):
-        ledger = self.pipeline.ledger
+        """Apply the notices, make them durable, then acknowledge them."""
+        ledger, core = self.pipeline.ledger, self.pipeline.core
         resp = bidder_pb2.ReportOutcomesResponse()
+        late_before = ledger.late_wins
         for o in request.outcomes:
-            r = ledger.apply(o.request_id, o.type, o.clearing_price_cpm_micros)
+            stored = None
+            if ledger.needs_store_lookup(o.request_id, o.type):
+                stored = await ledger.find_stored(o.request_id)
+            r = ledger.apply(o.request_id, o.type, o.clearing_price_cpm_micros, stored)
+            if r.released is not None:
+                core.release_frequency(r.released, int(time.time()))
             kind = bidder_pb2.OutcomeType.Name(o.type) if o.type in (1, 2, 3) else "UNKNOWN"
             metrics.NOTICES.labels(kind, "duplicate" if r.duplicate else
                                    "accepted" if r.accepted else "rejected").inc()
             resp.results.add(request_id=o.request_id, accepted=r.accepted, error=r.error,
                              duplicate=r.duplicate)
+        await ledger.flush()
+        metrics.LATE_WINS.inc(ledger.late_wins - late_before)
         return resp
 
 
@@ -180,6 +203,32 @@ class AdminService(admin_pb2_grpc.AdminServicer):
         self.pipeline = pipeline
         self.cfg = cfg
         self.started_at = started_at
+
+    def _campaign_status(self, row: int) -> admin_pb2.CampaignStatus:
+        p = self.pipeline
+        led = p.ledger
+        return admin_pb2.CampaignStatus(
+            campaign_id=p.campaign_ids[row], active=bool(led.active[row]),
+            budget_micros=int(led.budget_micros[row]), spent_micros=int(led.spent_micros[row]),
+            reserved_micros=int(led.reserved_micros[row]),
+            pacing_multiplier=float(p.core.pacing[row]),
+            pacing_mode=p.world.campaigns.pacing_mode[row],
+            planned_spend_micros=int(p.pacing.planned_micros[row]))
+
+    @rpc_errors("UpdateCampaign")
+    async def UpdateCampaign(self, request, context):
+        """Validate, write to the ledger, apply; answers with the campaign after the change."""
+        ledger = self.pipeline.ledger
+        try:
+            row = ledger.update_campaign(
+                request.campaign_id,
+                request.budget_micros if request.HasField("budget_micros") else None,
+                request.active if request.HasField("active") else None,
+                request.reason)
+        except KeyError:
+            raise NotFound(f"campaign_id: no campaign {request.campaign_id!r}") from None
+        await ledger.flush()
+        return admin_pb2.UpdateCampaignResponse(campaign=self._campaign_status(row))
 
     @rpc_errors("Status")
     async def Status(self, request, context):
@@ -194,13 +243,10 @@ class AdminService(admin_pb2_grpc.AdminServicer):
             uptime_s=time.monotonic() - self.started_at,
             events_total=int(metrics.EVENTS._value.get()), bids_total=int(metrics.BIDS._value.get()),
             faiss_threads=p.retriever.threads, onnx_intra_op_threads=p.scorer.intra_op_threads,
-            top_k=p.retriever.top_k, version=adbid.__version__)
-        for i, cid in enumerate(p.campaign_ids):
-            resp.campaigns.add(campaign_id=cid, active=bool(w.campaigns.active[i]),
-                               budget_micros=int(led.budget_micros[i]),
-                               spent_micros=int(led.spent_micros[i]),
-                               reserved_micros=int(led.reserved_micros[i]),
-                               pacing_multiplier=float(p.core.pacing[i]))
+            top_k=p.retriever.top_k, version=adbid.__version__, late_wins=led.late_wins,
+            expired_reservations=led.expired,
+            ledger_path=str(led.store.path) if led.store else "(in memory)")
+        resp.campaigns.extend(self._campaign_status(i) for i in range(len(p.campaign_ids)))
         for stage, s in p.timers.summary().items():
             resp.stages.add(stage=stage, count=s["count"], mean_us=s["mean_us"],
                             p50_us=s["p50_us"], p99_us=s["p99_us"])
@@ -267,17 +313,26 @@ class BidServer:
                  sum(d.bid for d in resp.decisions), resp.server_latency_us)
 
     async def _housekeeping(self) -> None:
-        """Once a second: release expired reservations, publish campaign gauges."""
+        """Once a second: release expired reservations, update pacing, publish gauges."""
         ledger = self.pipeline.ledger
         while True:
             await asyncio.sleep(1.0)
-            released = ledger.expire()
-            if released:
-                log.info("released %d expired reservations", released)
+            try:
+                released = ledger.expire()
+                if released:
+                    log.info("released %d expired reservations", len(released))
+                    metrics.EXPIRED.inc(len(released))
+                await ledger.flush()
+                self.pipeline.update_pacing()
+            except Exception:
+                log.exception("housekeeping failed")
+                metrics.ERRORS.labels("housekeeping").inc()
             for i, cid in enumerate(ledger.campaign_ids):
                 metrics.CAMPAIGN_SPENT.labels(cid).set(int(ledger.spent_micros[i]))
                 metrics.CAMPAIGN_RESERVED.labels(cid).set(int(ledger.reserved_micros[i]))
                 metrics.CAMPAIGN_BUDGET.labels(cid).set(int(ledger.budget_micros[i]))
+                metrics.CAMPAIGN_PLANNED.labels(cid).set(int(self.pipeline.pacing.planned_micros[i]))
+                metrics.CAMPAIGN_PACING.labels(cid).set(float(self.pipeline.core.pacing[i]))
 
     async def stop(self, grace_s: float | None = None) -> None:
         """Report NOT_SERVING, drain in-flight calls for the grace period, stop."""

@@ -92,3 +92,35 @@ def size_mask(sizes: Iterable[str]) -> int:
             known = ", ".join(f"{w}x{h}" for w, h in SLOT_SIZES)
             raise ValueError(f"unknown slot size {s!r}; known: {known}") from exc
     return mask_of(bits)
+
+
+# IAB content taxonomy 1.0, tier 1: "IAB1" .. "IAB26" -> bits 0..25. A
+# subcategory ("IAB7-39") counts as its tier-1 parent: blocking it blocks every
+# campaign of that parent, which errs on the side of the publisher.
+N_IAB_TIER1 = 26
+
+
+def category_bit(code: str) -> int | None:
+    """"IAB7" or "IAB7-39" -> 6; anything else -> None."""
+    head = code.strip().upper().split("-", 1)[0]
+    if not head.startswith("IAB") or not head[3:].isdigit():
+        return None
+    n = int(head[3:])
+    return n - 1 if 1 <= n <= N_IAB_TIER1 else None
+
+
+def category_mask(codes) -> int:
+    """IAB codes -> mask of tier-1 bits; unknown codes are ignored (0 if none)."""
+    m = 0
+    for code in codes:
+        if (b := category_bit(code)) is not None:
+            m |= 1 << b
+    return m
+
+
+def csr(lists: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
+    """Lists of ids -> (ptr int32[len + 1], ids int32[...]): row r is ids[ptr[r]:ptr[r + 1]]."""
+    ptr = np.zeros(len(lists) + 1, dtype=np.int32)
+    np.cumsum([len(x) for x in lists], out=ptr[1:])
+    ids = np.fromiter((i for x in lists for i in x), dtype=np.int32, count=int(ptr[-1]))
+    return ptr, ids

@@ -74,17 +74,18 @@ class ServerThread:
         self.loop.close()
 
 
-def test_config(world_dir: Path, **overrides) -> ServerConfig:
-    return replace(ServerConfig(world=world_dir, host="127.0.0.1", port=0, metrics_port=0,
-                                default_deadline_ms=2000), **overrides)
+def server_config(world_dir: Path, ledger: Path | None, **overrides) -> ServerConfig:
+    return replace(ServerConfig(world=world_dir, ledger=ledger, host="127.0.0.1", port=0,
+                                metrics_port=0, default_deadline_ms=2000), **overrides)
 
 
 @pytest.fixture
-def server_factory(tiny_world_dir) -> Iterator:
+def server_factory(tiny_world_dir, tmp_path) -> Iterator:
     started: list[ServerThread] = []
 
     def start(**overrides) -> ServerThread:
-        s = ServerThread(test_config(tiny_world_dir, **overrides)).start()
+        overrides.setdefault("ledger", tmp_path / f"ledger{len(started)}.sqlite")
+        s = ServerThread(server_config(tiny_world_dir, **overrides)).start()
         started.append(s)
         return s
 

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from adbid import _decision, decision_reference as ref, targeting
+from adbid.targeting import csr
 from adbid.money import impression_cost_micros
 from adbid.v1 import bidder_pb2 as pb
 
@@ -24,6 +25,14 @@ def random_case(rng: np.random.Generator, n_events: int, k: int, n_ads: int = 40
     mask = lambda: np.array([targeting.ALL_BITS if rng.random() < 0.6 else
                              int(rng.integers(1, 1 << 62)) for _ in range(n_camps)],
                             dtype=np.uint64)  # noqa: E731
+    n_sites, n_advs = 6, 4
+    site_lists = lambda p: [rng.integers(0, n_sites, rng.integers(1, 3)).tolist()  # noqa: E731
+                            if rng.random() < p else [] for _ in range(n_camps)]
+    allow_ptr, allow_ids = csr(site_lists(0.15))
+    block_ptr, block_ids = csr(site_lists(0.2))
+    badv_ptr, badv_ids = csr([rng.integers(0, n_advs, rng.integers(1, 3)).tolist()
+                              if rng.random() < 0.15 else [] for _ in range(n_events)])
+    n_users = 5
     return dict(
         cand_ad=cand_ad,
         score=score,
@@ -32,6 +41,13 @@ def random_case(rng: np.random.Generator, n_events: int, k: int, n_ads: int = 40
         country_id=rng.integers(0, 64, n_events).astype(np.int32),
         device_id=rng.integers(0, 5, n_events).astype(np.int32),
         size_id=rng.integers(0, 64, n_events).astype(np.int32),
+        site_id=rng.integers(-1, n_sites, n_events).astype(np.int32),
+        blocked_category_mask=np.where(rng.random(n_events) < 0.15,
+                                       rng.integers(0, 1 << 26, n_events), 0).astype(np.uint64),
+        blocked_adv_ptr=badv_ptr, blocked_adv_ids=badv_ids,
+        # Few distinct users so that frequency caps bind within a batch.
+        user_key=rng.integers(0, n_users, n_events).astype(np.uint64) * np.uint64(0x9E3779B1),
+        user_known=(rng.random(n_events) < 0.85).astype(np.uint8),
         is_test=(rng.random(n_events) < 0.1).astype(np.uint8),
         ad_campaign=rng.integers(0, n_camps, n_ads).astype(np.int32),
         camp_active=(rng.random(n_camps) < 0.9).astype(np.uint8),
@@ -40,22 +56,43 @@ def random_case(rng: np.random.Generator, n_events: int, k: int, n_ads: int = 40
         camp_country_mask=mask(),
         camp_device_mask=mask(),
         camp_size_mask=mask(),
+        camp_category_mask=np.where(rng.random(n_camps) < 0.5,
+                                    np.uint64(1) << rng.integers(0, 26, n_camps).astype(np.uint64),
+                                    np.uint64(0)).astype(np.uint64),
+        camp_advertiser_id=rng.integers(-1, n_advs, n_camps).astype(np.int32),
+        camp_site_allow_ptr=allow_ptr, camp_site_allow_ids=allow_ids,
+        camp_site_block_ptr=block_ptr, camp_site_block_ids=block_ids,
+        camp_freq_cap=np.where(rng.random(n_camps) < 0.4, rng.integers(1, 4, n_camps),
+                               0).astype(np.int32),
+        camp_freq_window_s=rng.choice([10, 3600], n_camps).astype(np.int64),
         camp_budget_micros=rng.integers(0, budget_scale, n_camps).astype(np.int64),
         camp_spent_micros=rng.integers(0, budget_scale // 4 + 1, n_camps).astype(np.int64),
         camp_reserved_micros=rng.integers(0, budget_scale // 4 + 1, n_camps).astype(np.int64),
+        now_s=int(rng.integers(1_000, 1_020)),
         shading=float(rng.choice([1.0, 0.85, 0.5])),
     )
 
 
-def run_both(case: dict) -> tuple[tuple, tuple]:
-    """Run the core and the reference on copies; returns (outputs, reserved) of each."""
+def run_both(case: dict, tables=None) -> tuple[tuple, tuple]:
+    """Run the core and the reference on copies; returns (error, outputs..., reserved) of each.
+
+    `tables`: (FrequencyTable, FrequencyDict) carried across calls; fresh ones by default.
+    """
+    core_freq, ref_freq = tables or (_decision.FrequencyTable(1 << 12), ref.FrequencyDict())
     results = []
-    for impl in (_decision.decide_batch, ref.decide_batch):
+    for impl, freq in ((_decision.decide_batch, core_freq), (ref.decide_batch, ref_freq)):
         args = {k: (v.copy() if isinstance(v, np.ndarray) else v) for k, v in case.items()}
         outs = ref.empty_outputs(len(case["cand_ad"]))
-        err = impl(**args, out_k=outs[0], out_price_micros=outs[1], out_value_micros=outs[2],
-                   out_reason=outs[3])
+        err = impl(**args, freq=freq, out_k=outs[0], out_price_micros=outs[1],
+                   out_value_micros=outs[2], out_reason=outs[3])
         results.append((err, *outs, args["camp_reserved_micros"]))
+    assert core_freq.evictions == 0
+    n_camps = len(case["camp_active"])
+    for user in set(case["user_key"].tolist()):
+        for c in range(n_camps):
+            w = int(case["camp_freq_window_s"][c])
+            assert core_freq.count(user, c, case["now_s"], w) == \
+                ref_freq.count(user, c, case["now_s"], w), "frequency counts differ"
     return results[0], results[1]
 
 
@@ -86,6 +123,7 @@ def test_reason_codes_match_the_protocol():
     assert ref.REASON_FREQUENCY_CAP == pb.NO_BID_REASON_FREQUENCY_CAP
     assert ref.REASON_BELOW_FLOOR == pb.NO_BID_REASON_BELOW_FLOOR
     assert ref.REASON_BUDGET_EXHAUSTED == pb.NO_BID_REASON_BUDGET_EXHAUSTED
+    assert ref.REASON_BLOCKED == pb.NO_BID_REASON_BLOCKED
 
 
 def test_core_matches_reference_on_thousands_of_random_batches():
@@ -117,7 +155,11 @@ def simple_case(n_events=3, k=3) -> dict:
         floor_micros=np.zeros(n_events, np.int64),
         first_price=np.zeros(n_events, np.uint8),
         country_id=np.zeros(n_events, np.int32), device_id=np.ones(n_events, np.int32),
-        size_id=np.zeros(n_events, np.int32), is_test=np.zeros(n_events, np.uint8),
+        size_id=np.zeros(n_events, np.int32), site_id=np.full(n_events, -1, np.int32),
+        blocked_category_mask=np.zeros(n_events, np.uint64),
+        blocked_adv_ptr=np.zeros(n_events + 1, np.int32), blocked_adv_ids=np.zeros(0, np.int32),
+        user_key=np.arange(n_events, dtype=np.uint64) + np.uint64(7),
+        user_known=np.ones(n_events, np.uint8), is_test=np.zeros(n_events, np.uint8),
         ad_campaign=np.arange(k, dtype=np.int32),
         camp_active=np.ones(k, np.uint8),
         camp_value_per_action_micros=np.full(k, 4_000, np.int64),
@@ -125,9 +167,15 @@ def simple_case(n_events=3, k=3) -> dict:
         camp_country_mask=np.full(k, targeting.ALL_BITS, np.uint64),
         camp_device_mask=np.full(k, targeting.ALL_BITS, np.uint64),
         camp_size_mask=np.full(k, targeting.ALL_BITS, np.uint64),
+        camp_category_mask=np.zeros(k, np.uint64),
+        camp_advertiser_id=np.arange(k, dtype=np.int32),
+        camp_site_allow_ptr=np.zeros(k + 1, np.int32), camp_site_allow_ids=np.zeros(0, np.int32),
+        camp_site_block_ptr=np.zeros(k + 1, np.int32), camp_site_block_ids=np.zeros(0, np.int32),
+        camp_freq_cap=np.zeros(k, np.int32), camp_freq_window_s=np.full(k, 86_400, np.int64),
         camp_budget_micros=np.full(k, 10**12, np.int64),
         camp_spent_micros=np.zeros(k, np.int64),
         camp_reserved_micros=np.zeros(k, np.int64),
+        now_s=1_000_000,
         shading=0.8,
     )
 
@@ -202,3 +250,89 @@ def test_bad_campaign_row_is_reported_as_an_error_code():
     case["ad_campaign"][0] = 99
     core, reference = run_both(case)
     assert core[0] == reference[0] == 1
+
+
+def test_core_matches_reference_across_a_sequence_of_batches_sharing_frequency_state():
+    rng = np.random.default_rng(99)
+    tables = (_decision.FrequencyTable(1 << 12), ref.FrequencyDict())
+    capped = 0
+    for step in range(300):
+        case = random_case(rng, int(rng.integers(1, 16)), int(rng.integers(1, 6)),
+                           budget_scale=10_000_000)
+        case["now_s"] = 1_000 + step  # windows of 10 s expire along the way
+        core, reference = run_both(case, tables)
+        assert_same(core, reference)
+        capped += int((core[4] == pb.NO_BID_REASON_FREQUENCY_CAP).sum())
+    assert capped > 50
+
+
+def test_frequency_cap_binds_per_user_and_campaign_and_its_window_expires():
+    case = simple_case(4, 1)
+    case["camp_freq_cap"][:] = 2
+    case["camp_freq_window_s"][:] = 100
+    case["user_key"][:] = 42  # the same user four times
+    tables = (_decision.FrequencyTable(64), ref.FrequencyDict())
+    _, k, _, _, reason, _ = run_both(case, tables)[0]
+    assert k.tolist() == [0, 0, -1, -1]
+    assert reason[2:].tolist() == [pb.NO_BID_REASON_FREQUENCY_CAP] * 2
+    case["now_s"] += 99
+    assert (run_both(case, tables)[0][1] == -1).all()  # still inside the window
+    case["now_s"] += 1
+    assert run_both(case, tables)[0][1].tolist() == [0, 0, -1, -1]  # a new window
+
+
+def test_users_without_a_usable_id_never_pass_a_frequency_capped_campaign():
+    case = simple_case(2, 2)
+    case["camp_freq_cap"][:] = [5, 0]
+    case["user_known"][:] = 0
+    case["score"][:] = [0.5, 0.25]  # the capped campaign is worth more
+    _, k, _, _, _, _ = decide(case)
+    assert k.tolist() == [1, 1]
+
+
+def test_lost_auctions_give_their_frequency_count_back():
+    t = _decision.FrequencyTable(64)
+    t.add(7, 3, 1000, 60)
+    t.add(7, 3, 1001, 60)
+    t.add(7, 3, 1002, 60, -1)
+    assert t.count(7, 3, 1003, 60) == 1 and t.count(8, 3, 1003, 60) == 0
+    t.add(7, 3, 2000, 60, -1)  # window over: nothing to give back
+    assert t.count(7, 3, 2000, 60) == 0
+
+
+def test_site_allow_and_block_lists_and_publisher_blocks():
+    case = simple_case(4, 1)
+    case["camp_site_allow_ptr"] = np.array([0, 2], np.int32)
+    case["camp_site_allow_ids"] = np.array([3, 4], np.int32)
+    case["camp_site_block_ptr"] = np.array([0, 1], np.int32)
+    case["camp_site_block_ids"] = np.array([4], np.int32)
+    case["camp_category_mask"][:] = np.uint64(1 << 6)  # IAB7
+    case["site_id"][:] = [3, 5, 4, 3]
+    case["blocked_category_mask"][3] = np.uint64(1 << 6)
+    _, k, _, _, reason, _ = decide(case)
+    assert k.tolist() == [0, -1, -1, -1]
+    assert reason[1:].tolist() == [pb.NO_BID_REASON_TARGETING, pb.NO_BID_REASON_BLOCKED,
+                                   pb.NO_BID_REASON_BLOCKED]
+    case = simple_case(2, 1)
+    case["camp_advertiser_id"][:] = 2
+    case["blocked_adv_ptr"] = np.array([0, 2, 3], np.int32)
+    case["blocked_adv_ids"] = np.array([1, 2, 5], np.int32)
+    _, k, _, _, reason, _ = decide(case)
+    assert k.tolist() == [-1, 0] and reason[0] == pb.NO_BID_REASON_BLOCKED
+
+
+def test_test_traffic_counts_no_frequency():
+    case = simple_case(3, 1)
+    case["camp_freq_cap"][:] = 1
+    case["user_key"][:] = 5
+    case["is_test"][:] = 1
+    tables = (_decision.FrequencyTable(64), ref.FrequencyDict())
+    assert run_both(case, tables)[0][1].tolist() == [0, 0, 0]
+    assert tables[0].count(5, 0, case["now_s"], 86_400) == 0
+
+
+def test_a_full_frequency_table_evicts_and_counts_it():
+    t = _decision.FrequencyTable(32)
+    for user in range(100):
+        t.add(user, 0, 1000 + user, 3600)
+    assert t.evictions > 0 and t.capacity == 32

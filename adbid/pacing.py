@@ -1,0 +1,100 @@
+"""Pacing: a PI controller per campaign sets the multiplier on value, about once a second.
+
+"even" campaigns follow an even-spend plan over their flight (by default the
+current UTC day): planned(t) = budget x elapsed fraction. The controller works
+on spend rate: the rate that would land exactly on the budget at the end of
+the flight, (budget - committed) / time left, against the measured rate
+(smoothed). The error, relative to the target rate, drives a PI law in the log
+domain, so the multiplier moves by factors and stays in (min_multiplier, 1].
+Committed spend counts open reservations, which react sooner than settlement.
+
+"asap" campaigns always bid their full value (multiplier 1).
+
+The controller only writes the multiplier array that the decision core reads;
+it never runs inside the hot loop.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from adbid.campaigns import CampaignTable
+from adbid.ledger import SpendLedger
+
+DAY_S = 86_400
+
+
+@dataclass
+class PacingGains:
+    kp: float = 0.6  # log-multiplier per unit of relative rate error
+    ki: float = 0.004  # log-multiplier per unit of relative rate error per second
+    smoothing_s: float = 60.0  # time constant of the measured spend rate
+    min_multiplier: float = 0.02
+
+
+class PacingController:
+    def __init__(self, campaigns: CampaignTable, ledger: SpendLedger, multipliers: np.ndarray,
+                 gains: PacingGains | None = None, now_s: float = 0.0) -> None:
+        self.ledger = ledger
+        self.multipliers = multipliers  # the decision core's array, written in place
+        self.gains = gains or PacingGains()
+        n = len(campaigns)
+        self.even = np.array([m == "even" for m in campaigns.pacing_mode], dtype=bool)
+        starts = [r.get("flight_start_unix_s") for r in campaigns.records]
+        ends = [r.get("flight_end_unix_s") for r in campaigns.records]
+        self.daily = np.array([s is None or e is None for s, e in zip(starts, ends)])
+        self.start_s = np.array([s or 0 for s in starts], dtype=np.float64)
+        self.end_s = np.array([e or 0 for e in ends], dtype=np.float64)
+        self.planned_micros = np.zeros(n, dtype=np.int64)
+        self._rate = np.zeros(n)  # smoothed committed-spend rate, micros/s
+        self._integral = np.zeros(n)
+        self._last_committed: np.ndarray | None = None
+        self._last_s = now_s
+        self._day = None
+
+    def _flight(self, now_s: float) -> tuple[np.ndarray, np.ndarray]:
+        day_start = math.floor(now_s / DAY_S) * DAY_S
+        start = np.where(self.daily, day_start, self.start_s)
+        end = np.where(self.daily, day_start + DAY_S, self.end_s)
+        return start, end
+
+    def update(self, now_s: float) -> None:
+        """One control step at Unix time now_s (seconds)."""
+        led, g = self.ledger, self.gains
+        committed = (led.spent_micros + led.reserved_micros).astype(np.float64)
+        start, end = self._flight(now_s)
+        budget = led.budget_micros.astype(np.float64)
+        frac = np.clip((now_s - start) / np.maximum(end - start, 1.0), 0.0, 1.0)
+        # A daily flight plans each day's share: spend before today's start counts as done.
+        day = math.floor(now_s / DAY_S)
+        if self._day is None or day != self._day:
+            self._day_base = committed.copy()
+            self._day = day
+            self._last_committed = None
+        spent_in_flight = np.where(self.daily, committed - self._day_base, committed)
+        daily_budget = np.where(self.daily, budget - self._day_base, budget)
+        self.planned_micros = (daily_budget * frac).astype(np.int64) + np.where(
+            self.daily, self._day_base, 0).astype(np.int64)
+        dt = now_s - self._last_s
+        if self._last_committed is None or dt <= 0:
+            self._last_committed, self._last_s = committed, now_s
+            self.multipliers[~self.even] = 1.0
+            return
+        alpha = 1.0 - math.exp(-dt / g.smoothing_s)
+        self._rate += alpha * ((committed - self._last_committed) / dt - self._rate)
+        left_s = np.maximum(end - now_s, dt)
+        target = np.maximum(daily_budget - spent_in_flight, 0.0) / left_s
+        err = np.clip((target - self._rate) / np.maximum(target, 1e-9), -1.0, 1.0)
+        in_flight = (now_s >= start) & (now_s < end)
+        self._integral += np.where(in_flight, err * dt, 0.0)
+        # Anti-windup: the integral may not push the multiplier far past its limits.
+        bound = math.log(1.0 / g.min_multiplier) / max(g.ki, 1e-12)
+        np.clip(self._integral, -bound, bound * 0.25, out=self._integral)
+        log_m = np.clip(g.kp * err + g.ki * self._integral, math.log(g.min_multiplier), 0.0)
+        m = np.where(self.even & in_flight, np.exp(log_m), 1.0)
+        m[self.even & (target <= 0)] = g.min_multiplier  # budget for the flight is used up
+        self.multipliers[:] = m
+        self._last_committed, self._last_s = committed, now_s
