@@ -11,7 +11,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from adbid.config import ServerConfig, default_world_dir
+from adbid.config import ServerConfig, default_ledger_path, default_world_dir
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=(
     "adbid: a real-time bidding decision server. Batches of ad events in over gRPC; "
@@ -85,6 +85,13 @@ def serve(
                                   help="Largest batch accepted, in events."),
     deadline_ms: int = typer.Option(DEFAULTS.default_deadline_ms, envvar="ADBID_DEADLINE_MS",
                                     help="Deadline when the call carries none."),
+    ledger: Path = typer.Option(default_ledger_path(), envvar="ADBID_LEDGER",
+                                help="Spend ledger (SQLite, WAL mode); created if missing."),
+    ledger_sync: str = typer.Option(DEFAULTS.ledger_sync, envvar="ADBID_LEDGER_SYNC",
+                                    help="SQLite synchronous mode: NORMAL survives kill -9, "
+                                         "FULL also power loss."),
+    frequency_slots: int = typer.Option(DEFAULTS.frequency_slots, envvar="ADBID_FREQUENCY_SLOTS",
+                                        help="Frequency-cap counters (24 bytes each)."),
     reservation_ttl_s: float = typer.Option(DEFAULTS.reservation_ttl_s,
                                             envvar="ADBID_RESERVATION_TTL_S",
                                             help="Release a bid's reservation after this."),
@@ -98,7 +105,8 @@ def serve(
                        faiss_threads=faiss_threads, onnx_threads=onnx_threads,
                        onnx_spinning=onnx_spinning, native_threads=native_threads, use_gpu=gpu,
                        require_gpu=require_gpu, shading=shading, max_batch_events=max_batch,
-                       default_deadline_ms=deadline_ms, reservation_ttl_s=reservation_ttl_s)
+                       default_deadline_ms=deadline_ms, reservation_ttl_s=reservation_ttl_s,
+                       ledger=ledger, ledger_sync=ledger_sync, frequency_slots=frequency_slots)
     logging.getLogger("adbid").info("configuration: %s", json.dumps(cfg.as_dict()))
     from adbid.scoring import GpuUnavailableError
     from adbid.server import run
@@ -210,6 +218,38 @@ def status(
                       f"{c.spent_micros / 1e6:.4f}", f"{c.reserved_micros / 1e6:.4f}",
                       f"{c.pacing_multiplier:.2f}")
         console.print(t)
+
+
+@app.command()
+def campaign(
+    campaign_id: str = typer.Argument(..., help="Campaign to change."),
+    budget: float = typer.Option(None, help="New total budget, in currency units (e.g. 250.5)."),
+    pause: bool = typer.Option(None, "--pause/--resume", help="Pause or resume bidding."),
+    reason: str = typer.Option("", help="Who or why; written to the ledger's change log."),
+    target: str = typer.Option("127.0.0.1:50051", envvar="ADBID_TARGET", help="Server address."),
+) -> None:
+    """Change a campaign's budget or pause it on a running server (durable, logged)."""
+    import grpc
+
+    from adbid.money import MICROS_PER_UNIT
+    from adbid.v1 import admin_pb2, admin_pb2_grpc
+
+    if budget is None and pause is None:
+        raise typer.BadParameter("give --budget, --pause or --resume")
+    req = admin_pb2.UpdateCampaignRequest(campaign_id=campaign_id, reason=reason)
+    if budget is not None:
+        req.budget_micros = round(budget * MICROS_PER_UNIT)
+    if pause is not None:
+        req.active = not pause
+    with grpc.insecure_channel(target) as channel:
+        try:
+            c = admin_pb2_grpc.AdminStub(channel).UpdateCampaign(req, timeout=5).campaign
+        except grpc.RpcError as exc:
+            console.print(f"[red]error:[/red] {exc.code().name}: {exc.details()}")
+            raise typer.Exit(1) from None
+    console.print(f"{c.campaign_id}: {'active' if c.active else 'paused'}, budget "
+                  f"{c.budget_micros / 1e6:.2f}, spent {c.spent_micros / 1e6:.4f}, reserved "
+                  f"{c.reserved_micros / 1e6:.4f}")
 
 
 if __name__ == "__main__":
