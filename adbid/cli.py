@@ -86,10 +86,11 @@ def serve(
     deadline_ms: int = typer.Option(DEFAULTS.default_deadline_ms, envvar="ADBID_DEADLINE_MS",
                                     help="Deadline when the call carries none."),
     ledger: Path = typer.Option(default_ledger_path(), envvar="ADBID_LEDGER",
-                                help="Spend ledger (SQLite, WAL mode); created if missing."),
+                                help="Spend ledger directory (append-only log); created if "
+                                     "missing, replayed at start-up."),
     ledger_sync: str = typer.Option(DEFAULTS.ledger_sync, envvar="ADBID_LEDGER_SYNC",
-                                    help="SQLite synchronous mode: NORMAL survives kill -9, "
-                                         "FULL also power loss."),
+                                    help="'fsync': each commit is fdatasync'ed (survives power "
+                                         "loss); 'write': handed to the OS (survives kill -9)."),
     frequency_slots: int = typer.Option(DEFAULTS.frequency_slots, envvar="ADBID_FREQUENCY_SLOTS",
                                         help="Frequency-cap counters (24 bytes each)."),
     reservation_ttl_s: float = typer.Option(DEFAULTS.reservation_ttl_s,

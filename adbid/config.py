@@ -20,14 +20,14 @@ def default_world_dir() -> Path:
 
 
 def default_ledger_path() -> Path:
-    return adbid_home() / "ledger.sqlite"
+    return adbid_home() / "ledger"
 
 
 @dataclass
 class ServerConfig:
     world: Path = field(default_factory=default_world_dir)
-    ledger: Path | None = field(default_factory=default_ledger_path)  # None = in memory only
-    ledger_sync: str = "NORMAL"  # SQLite synchronous: NORMAL survives kill -9, FULL power loss
+    ledger: Path | None = field(default_factory=default_ledger_path)  # log dir; None = memory only
+    ledger_sync: str = "fsync"  # "write" survives kill -9; "fsync" also power loss
     frequency_slots: int = 1 << 20  # frequency-cap counters (24 bytes each)
     host: str = "127.0.0.1"
     port: int = 50051  # 0 = pick a free port

@@ -4,15 +4,18 @@ A bid reserves the cost of one impression at its price (the decision core adds
 it to `reserved_micros`; `record_bids` remembers which request it belongs to).
 A win or billing notice settles it at the clearing price; a loss, or no notice
 within the reservation window, releases it. Notices are idempotent by request
-id. Every change is journalled and `flush()` writes it to the durable store
-(adbid.ledger_store) before the caller acknowledges anything.
+id: the last `closed_capacity` closed request ids are remembered; a notice for
+an older one is refused as unknown, so it can never be counted twice. Every
+change is journalled and `flush()` writes it to the durable log
+(adbid.ledger_log) before the caller acknowledges anything; at start-up the
+books are rebuilt from the log.
 
 Invariant, for every campaign at every instant (only late wins, which the
 exchange already charged, can break it):  spent + reserved <= budget.
 
 All mutation happens on the server's event-loop thread (the decision core runs
-inline there), so the books need no lock. Store writes run on one writer
-thread, in order.
+inline there), so the books need no lock. Log writes run on one writer thread,
+in order.
 """
 
 from __future__ import annotations
@@ -20,21 +23,20 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import OrderedDict
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from adbid.campaigns import CampaignTable
-from adbid.ledger_store import (EXPIRED, LATE_WON, LOST, OPEN, WON, CampaignChange, Close,
-                                LedgerStore, Reserve, now_ms)
+from adbid.ledger_log import (EXPIRED, LATE_WON, LOST, OPEN, WON, CampaignChange, Close,
+                              LedgerLog, Reserve, Spent, now_ms)
 from adbid.money import impression_cost_micros
 from adbid.v1 import bidder_pb2 as pb
 
 log = logging.getLogger(__name__)
 
-RECENT_CLOSED = 500_000  # closed request ids kept in memory; older ones are looked up in the store
+CLOSED_CAPACITY = 500_000  # closed request ids remembered for idempotency (~200 bytes each)
 
 
 @dataclass(slots=True)
@@ -59,8 +61,9 @@ class LedgerError(ValueError):
 
 
 class SpendLedger:
-    def __init__(self, campaigns: CampaignTable, store: LedgerStore | None = None,
-                 reservation_ttl_s: float = 300.0) -> None:
+    def __init__(self, campaigns: CampaignTable, store: LedgerLog | None = None,
+                 reservation_ttl_s: float = 300.0,
+                 closed_capacity: int = CLOSED_CAPACITY) -> None:
         self.campaign_ids = campaigns.ids
         self.row_of = campaigns.row_of
         self.budget_micros = campaigns.budget_micros.copy()
@@ -69,49 +72,62 @@ class SpendLedger:
         self.reserved_micros = np.zeros(len(campaigns), dtype=np.int64)
         self.reservation_ttl_ms = int(reservation_ttl_s * 1000)
         self.open: dict[str, Reservation] = {}
-        self.closed: OrderedDict[str, int] = OrderedDict()  # request id -> state, newest last
+        # Closed request id -> (state, campaign row, bid price), oldest first.
+        self.closed: OrderedDict[str, tuple[int, int, int]] = OrderedDict()
+        self.closed_capacity = closed_capacity
         self.late_wins = 0
         self.expired = 0
         self.store = store
-        self._reserves: list[Reserve] = []
-        self._closes: list[Close] = []
-        self._changes: list[CampaignChange] = []
-        self._writer = ThreadPoolExecutor(1, thread_name_prefix="adbid-ledger") if store else None
+        self._journal: list = []
         if store is not None:
             self._load(store)
+            store.open()
 
     # -- start-up -----------------------------------------------------------------
 
-    def _load(self, store: LedgerStore) -> None:
-        snap = store.load(RECENT_CLOSED)
-        unknown = set()
-        for cid, (budget, active) in snap.campaigns.items():
-            if (row := self.row_of.get(cid)) is None:
-                unknown.add(cid)
+    def _load(self, store: LedgerLog) -> None:
+        """Rebuild the books by replaying the log."""
+        t0 = now_ms()
+        unknown: set[str] = set()
+        row_of, records = self.row_of, 0
+        for rec in store.replay():
+            records += 1
+            row = row_of.get(rec.campaign_id, -1)
+            if row < 0:
+                unknown.add(rec.campaign_id)
                 continue
-            self.budget_micros[row] = budget
-            self.active[row] = 1 if active else 0
-        for cid, spent in snap.spent.items():
-            if (row := self.row_of.get(cid)) is None:
-                unknown.add(cid)
-                continue
-            self.spent_micros[row] = spent
-        for rid, cid, user_key, price, cost, expires in snap.open:
-            if (row := self.row_of.get(cid)) is None:
-                unknown.add(cid)
-                continue
-            self.open[rid] = Reservation(row, price, cost, expires, user_key)
-            self.reserved_micros[row] += cost
-        for rid, state in reversed(snap.recent_closed):
-            self.closed[rid] = state
+            if isinstance(rec, Reserve):
+                self.open[rec.request_id] = Reservation(row, rec.price_cpm_micros,
+                                                        rec.cost_micros, rec.expires_unix_ms,
+                                                        rec.user_key)
+                self.reserved_micros[row] += rec.cost_micros
+            elif isinstance(rec, Close):
+                res = self.open.pop(rec.request_id, None)
+                if res is not None:
+                    self.reserved_micros[row] -= res.cost_micros
+                if rec.state in (WON, LATE_WON):
+                    self.spent_micros[row] += rec.settled_cost_micros
+                self._remember(rec.request_id, rec.state, row, rec.price_cpm_micros)
+            elif isinstance(rec, CampaignChange):
+                self.budget_micros[row] = rec.budget_micros
+                self.active[row] = 1 if rec.active else 0
+            elif isinstance(rec, Spent):
+                self.spent_micros[row] += rec.spent_micros
         if unknown:
-            log.warning("ledger %s has rows for %d campaigns this world lacks (ignored): %s",
+            log.warning("ledger %s has records for %d campaigns this world lacks (ignored): %s",
                         store.path, len(unknown), sorted(unknown)[:10])
-        log.info("ledger %s: %d open reservations (%d micros), %d micros spent, %d campaign "
-                 "overrides", store.path, len(self.open), int(self.reserved_micros.sum()),
-                 int(self.spent_micros.sum()), len(snap.campaigns))
+        log.info("ledger %s: replayed %d records in %d ms: %d open reservations (%d micros), "
+                 "%d micros spent", store.path, records, now_ms() - t0, len(self.open),
+                 int(self.reserved_micros.sum()), int(self.spent_micros.sum()))
         if over := self.violations():
             log.error("ledger: spent + reserved exceeds the budget for %s", over[:10])
+
+    def _remember(self, request_id: str, state: int, row: int, price: int) -> None:
+        closed = self.closed
+        closed[request_id] = (state, row, price)
+        closed.move_to_end(request_id)
+        if len(closed) > self.closed_capacity:
+            closed.popitem(last=False)
 
     # -- bids ---------------------------------------------------------------------
 
@@ -126,7 +142,7 @@ class SpendLedger:
                                 user_keys.astype(np.int64).tolist()):
             cost = impression_cost_micros(p)
             self.open[rid] = Reservation(c, p, cost, expires, u)
-            self._reserves.append(Reserve(rid, ids[c], u, p, cost, now, expires))
+            self._journal.append(Reserve(rid, ids[c], u, p, cost, now, expires))
 
     def knows(self, request_id: str) -> bool:
         """Has this request id bid before (open, or closed recently)? Such ids cannot bid again."""
@@ -135,12 +151,8 @@ class SpendLedger:
     # -- notices ------------------------------------------------------------------
 
     def apply(self, request_id: str, outcome: int, clearing_cpm_micros: int,
-              stored: tuple | None = None, now_unix_ms: int | None = None) -> NoticeResult:
-        """Apply one win/loss/billing notice (adbid.v1.OutcomeType).
-
-        `stored`: the store's row for a request id that is neither open nor in
-        memory (see `find_stored`); without it such a notice is "unknown".
-        """
+              now_unix_ms: int | None = None) -> NoticeResult:
+        """Apply one win/loss/billing notice (adbid.v1.OutcomeType)."""
         now = now_ms() if now_unix_ms is None else now_unix_ms
         if outcome not in (pb.OUTCOME_TYPE_WIN, pb.OUTCOME_TYPE_LOSS, pb.OUTCOME_TYPE_BILLING):
             return NoticeResult(False, error=f"type: unknown outcome type {outcome}")
@@ -148,17 +160,17 @@ class SpendLedger:
             return NoticeResult(False, error="clearing_price_cpm_micros: negative")
         res = self.open.get(request_id)
         if res is None:
-            state = self.closed.get(request_id)
-            if state is None and stored is not None:
-                state = stored[0]
-            if state is None:
-                return NoticeResult(False, error="request_id: no bid with this id is known")
+            closed = self.closed.get(request_id)
+            if closed is None:
+                return NoticeResult(False, error="request_id: no bid with this id is known "
+                                                 "(or it closed too long ago to remember)")
+            state, row, price = closed
             if state == EXPIRED and outcome != pb.OUTCOME_TYPE_LOSS:
-                return self._late_win(request_id, clearing_cpm_micros, stored, now)
+                return self._late_win(request_id, row, price, clearing_cpm_micros, now)
             return NoticeResult(True, duplicate=True)
         if outcome == pb.OUTCOME_TYPE_LOSS:
             self.reserved_micros[res.campaign_row] -= res.cost_micros
-            self._close(request_id, LOST, None, 0, now)
+            self._close(request_id, res, LOST, None, 0, now)
             return NoticeResult(True, released=res)
         clearing = clearing_cpm_micros or res.price_cpm_micros  # 0 = "not given": the bid
         if clearing > res.price_cpm_micros:
@@ -167,48 +179,31 @@ class SpendLedger:
         cost = impression_cost_micros(clearing)
         self.reserved_micros[res.campaign_row] -= res.cost_micros
         self.spent_micros[res.campaign_row] += cost
-        self._close(request_id, WON, clearing, cost, now)
+        self._close(request_id, res, WON, clearing, cost, now)
         return NoticeResult(True)
 
-    def _close(self, request_id: str, state: int, clearing: int | None, cost: int,
-               now: int) -> None:
+    def _close(self, request_id: str, res: Reservation, state: int, clearing: int | None,
+               cost: int, now: int) -> None:
         self.open.pop(request_id, None)
-        self.closed[request_id] = state
-        self.closed.move_to_end(request_id)
-        if len(self.closed) > RECENT_CLOSED:
-            self.closed.popitem(last=False)
-        self._closes.append(Close(request_id, state, clearing, cost, now))
+        self._remember(request_id, state, res.campaign_row, res.price_cpm_micros)
+        self._journal.append(Close(request_id, state, clearing, cost, now,
+                                   self.campaign_ids[res.campaign_row], res.price_cpm_micros))
 
-    def _late_win(self, request_id: str, clearing_cpm_micros: int, stored: tuple | None,
+    def _late_win(self, request_id: str, row: int, price: int, clearing_cpm_micros: int,
                   now: int) -> NoticeResult:
-        if stored is None:
-            return NoticeResult(False, error="request_id: expired bid not found in the store")
-        _, cid, _, price, _ = stored
         clearing = clearing_cpm_micros or price
         if clearing > price:
             return NoticeResult(False, error=f"clearing_price_cpm_micros: {clearing} is above "
                                              f"the bid {price}")
         cost = impression_cost_micros(clearing)
-        if (row := self.row_of.get(cid)) is not None:
-            self.spent_micros[row] += cost
-        self._close(request_id, LATE_WON, clearing, cost, now)
+        self.spent_micros[row] += cost
+        self._remember(request_id, LATE_WON, row, price)
+        self._journal.append(Close(request_id, LATE_WON, clearing, cost, now,
+                                   self.campaign_ids[row], price))
         self.late_wins += 1
         log.warning("late win for %s after its reservation expired: booked %d micros to %s",
-                    request_id, cost, cid)
+                    request_id, cost, self.campaign_ids[row])
         return NoticeResult(True)
-
-    def needs_store_lookup(self, request_id: str, outcome: int) -> bool:
-        """True when applying this notice needs the stored row (old or expired request ids)."""
-        if request_id in self.open:
-            return False
-        state = self.closed.get(request_id)
-        return state is None or (state == EXPIRED and outcome != pb.OUTCOME_TYPE_LOSS)
-
-    async def find_stored(self, request_id: str) -> tuple | None:
-        if self.store is None:
-            return None
-        return await asyncio.get_running_loop().run_in_executor(
-            self._writer, self.store.find, request_id)
 
     # -- expiry -------------------------------------------------------------------
 
@@ -220,7 +215,7 @@ class SpendLedger:
         for rid in gone:
             res = self.open[rid]
             self.reserved_micros[res.campaign_row] -= res.cost_micros
-            self._close(rid, EXPIRED, None, 0, now)
+            self._close(rid, res, EXPIRED, None, 0, now)
             released.append(res)
         self.expired += len(gone)
         return released
@@ -250,7 +245,7 @@ class SpendLedger:
             return row
         self.budget_micros[row] = budget
         self.active[row] = 1 if is_active else 0
-        self._changes.append(CampaignChange(campaign_id, budget, is_active, "; ".join(changes),
+        self._journal.append(CampaignChange(campaign_id, budget, is_active, "; ".join(changes),
                                             reason or "(no reason given)", now_ms()))
         log.info("campaign %s: %s (%s)", campaign_id, "; ".join(changes), reason or "no reason")
         return row
@@ -259,19 +254,42 @@ class SpendLedger:
 
     async def flush(self) -> None:
         """Write everything journalled so far; returns once it (and all before it) is durable."""
+        journal, self._journal = self._journal, []
         if self.store is None:
-            self._reserves, self._closes, self._changes = [], [], []
             return
-        reserves, closes, changes = self._reserves, self._closes, self._changes
-        self._reserves, self._closes, self._changes = [], [], []
-        # Submitted even when empty: the writer is FIFO, so when this job is done,
-        # every earlier write, which may hold this caller's entries, is done too.
-        await asyncio.get_running_loop().run_in_executor(
-            self._writer, self.store.write, reserves, closes, changes)
+        # Appended even when empty: the writer is FIFO, so when this append is done,
+        # every earlier one, which may hold this caller's records, is done too.
+        await asyncio.wrap_future(self.store.append(journal))
+
+    def compact_if_needed(self) -> bool:
+        """Replace the log by a snapshot of the books once its segment is large; returns
+        whether a compaction was queued. Call right after flush(): the snapshot must
+        reflect exactly the records queued before it."""
+        if self.store is None or self.store.segment_size() < self.store.segment_bytes:
+            return False
+        if self._journal:
+            raise RuntimeError("compact_if_needed() with unflushed records")
+        ids = self.campaign_ids
+        budget, active = self.budget_micros.tolist(), self.active.tolist()
+        spent = self.spent_micros.tolist()
+        open_, closed, t = dict(self.open), list(self.closed.items()), now_ms()
+
+        def snapshot():
+            for c, cid in enumerate(ids):
+                yield CampaignChange(cid, budget[c], bool(active[c]), "snapshot", "compaction", t)
+                if spent[c]:
+                    yield Spent(cid, spent[c])
+            for rid, r in open_.items():
+                yield Reserve(rid, ids[r.campaign_row], r.user_key, r.price_cpm_micros,
+                              r.cost_micros, t, r.expires_unix_ms)
+            for rid, (state, row, price) in closed:  # settled cost 0: spend is in Spent
+                yield Close(rid, state, None, 0, t, ids[row], price)
+
+        self.store.compact(snapshot())
+        return True
 
     def close(self) -> None:
-        if self._writer is not None:
-            self._writer.shutdown(wait=True)
+        if self.store is not None:
             self.store.close()
 
     def violations(self) -> list[str]:
@@ -280,8 +298,8 @@ class SpendLedger:
         return [self.campaign_ids[c] for c in over]
 
 
-def open_store(path: Path | None, synchronous: str = "NORMAL") -> LedgerStore | None:
-    return None if path is None else LedgerStore(path, synchronous)
+def open_store(path: Path | None, sync: str = "fsync") -> LedgerLog | None:
+    return None if path is None else LedgerLog(path, sync)
 
 
 __all__ = ["SpendLedger", "Reservation", "NoticeResult", "LedgerError", "open_store", "OPEN"]

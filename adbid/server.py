@@ -182,10 +182,7 @@ class BidderService(bidder_pb2_grpc.BidderServicer):
         resp = bidder_pb2.ReportOutcomesResponse()
         late_before = ledger.late_wins
         for o in request.outcomes:
-            stored = None
-            if ledger.needs_store_lookup(o.request_id, o.type):
-                stored = await ledger.find_stored(o.request_id)
-            r = ledger.apply(o.request_id, o.type, o.clearing_price_cpm_micros, stored)
+            r = ledger.apply(o.request_id, o.type, o.clearing_price_cpm_micros)
             if r.released is not None:
                 core.release_frequency(r.released, int(time.time()))
             kind = bidder_pb2.OutcomeType.Name(o.type) if o.type in (1, 2, 3) else "UNKNOWN"
@@ -245,7 +242,7 @@ class AdminService(admin_pb2_grpc.AdminServicer):
             faiss_threads=p.retriever.threads, onnx_intra_op_threads=p.scorer.intra_op_threads,
             top_k=p.retriever.top_k, version=adbid.__version__, late_wins=led.late_wins,
             expired_reservations=led.expired,
-            ledger_path=str(led.store.path) if led.store else "(in memory)")
+            ledger_path=str(led.store.path) if led.store else "(in memory only)")
         resp.campaigns.extend(self._campaign_status(i) for i in range(len(p.campaign_ids)))
         for stage, s in p.timers.summary().items():
             resp.stages.add(stage=stage, count=s["count"], mean_us=s["mean_us"],
@@ -323,6 +320,8 @@ class BidServer:
                     log.info("released %d expired reservations", len(released))
                     metrics.EXPIRED.inc(len(released))
                 await ledger.flush()
+                if ledger.compact_if_needed():
+                    log.info("ledger compaction queued")
                 self.pipeline.update_pacing()
             except Exception:
                 log.exception("housekeeping failed")

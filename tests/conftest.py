@@ -84,7 +84,7 @@ def server_factory(tiny_world_dir, tmp_path) -> Iterator:
     started: list[ServerThread] = []
 
     def start(**overrides) -> ServerThread:
-        overrides.setdefault("ledger", tmp_path / f"ledger{len(started)}.sqlite")
+        overrides.setdefault("ledger", tmp_path / f"ledger{len(started)}")
         s = ServerThread(server_config(tiny_world_dir, **overrides)).start()
         started.append(s)
         return s

@@ -5,7 +5,8 @@ import pytest
 
 from adbid.campaigns import CampaignTable
 from adbid.ledger import LedgerError, SpendLedger
-from adbid.ledger_store import LedgerStore
+from adbid import ledger_log
+from adbid.ledger_log import LedgerLog
 from adbid.money import impression_cost_micros
 from adbid.v1 import bidder_pb2 as pb
 
@@ -68,48 +69,115 @@ def test_rejections_say_why():
     assert led.knows("r1") and led.reserved_micros[0] == 1000
 
 
-def test_expiry_releases_and_a_late_win_is_still_booked(tmp_path):
+def test_expiry_releases_and_a_late_win_is_still_booked():
+    led = ledger()
+    reserve(led, "r1", 0, 1_000_000, now_ms=0)
+    reserve(led, "r2", 0, 1_000_000, now_ms=5_000)
+    assert len(led.expire(now_unix_ms=12_000)) == 1
+    assert led.reserved_micros[0] == 1000 and "r2" in led.open
+    r = led.apply("r1", WIN, 800_000)
+    assert r.accepted and not r.duplicate and led.late_wins == 1
+    assert led.spent_micros[0] == 800
+    assert led.apply("r1", WIN, 800_000).duplicate and led.spent_micros[0] == 800
+    assert led.apply("r1", LOSS, 0).duplicate
+
+
+def run_session(path, steps, sync="write"):
+    """Open the ledger at `path`, run steps(led), flush, return the books (then close)."""
     async def go():
-        led = ledger(store=LedgerStore(tmp_path / "l.sqlite"))
-        reserve(led, "r1", 0, 1_000_000, now_ms=0)
-        reserve(led, "r2", 0, 1_000_000, now_ms=5_000)
-        assert len(led.expire(now_unix_ms=12_000)) == 1
+        led = ledger(store=LedgerLog(path, sync))
+        steps(led)
         await led.flush()
-        assert led.reserved_micros[0] == 1000 and "r2" in led.open
-        assert led.needs_store_lookup("r1", WIN)
-        r = led.apply("r1", WIN, 800_000, stored=await led.find_stored("r1"))
-        assert r.accepted and not r.duplicate and led.late_wins == 1
-        assert led.spent_micros[0] == 800
-        assert led.apply("r1", WIN, 800_000).duplicate and led.spent_micros[0] == 800
-        await led.flush()
+        books = (led.spent_micros.tolist(), led.reserved_micros.tolist(), sorted(led.open),
+                 led.budget_micros.tolist(), led.active.tolist())
         led.close()
-    asyncio.run(go())
+        return books
+    return asyncio.run(go())
+
+
+def books_of(path):
+    led = ledger(store=LedgerLog(path, "write"))
+    out = (led.spent_micros.tolist(), led.reserved_micros.tolist(), sorted(led.open),
+           led.budget_micros.tolist(), led.active.tolist())
+    led.close()
+    return out, led
 
 
 def test_books_survive_a_restart_exactly(tmp_path):
-    path = tmp_path / "ledger.sqlite"
+    path = tmp_path / "ledger"
 
-    async def first():
-        led = ledger(store=LedgerStore(path))
+    def steps(led):
         for i in range(5):
-            reserve(led, f"r{i}", i % 2, 1_000_000 + i, now_ms=10**12)
+            reserve(led, f"r{i}", i % 2, 1_000_000 + i, now_ms=10**13)
         led.apply("r0", WIN, 700_000)
         led.apply("r1", LOSS, 0)
         led.update_campaign("b", 2_000_000, False, "test")
-        await led.flush()
-        reserve(led, "unflushed", 0, 5_000_000, now_ms=10**12)  # never acknowledged
-        return led.spent_micros.copy(), led.reserved_micros.copy()
 
-    spent, reserved = asyncio.run(first())
-    led = ledger(store=LedgerStore(path))
-    assert led.spent_micros.tolist() == spent.tolist() == [700, 0]
-    # The unflushed reservation is gone; everything acknowledged is back.
-    assert led.reserved_micros.tolist() == [reserved[0] - 5000, reserved[1]]
-    assert set(led.open) == {"r2", "r3", "r4"}
-    assert led.budget_micros[1] == 2_000_000 and led.active[1] == 0
+    before = run_session(path, steps, sync="fsync")
+    after, led = books_of(path)
+    assert after == before
+    assert before[0] == [700, 0] and set(before[2]) == {"r2", "r3", "r4"}
+    assert before[3][1] == 2_000_000 and before[4][1] == 0
     assert led.apply("r0", WIN, 700_000).duplicate  # idempotent across the restart
-    assert led.store.totals()["a"]["spent"] == 700
-    led.close()
+    assert ledger_log.totals(path)["a"]["spent"] == 700
+
+
+def test_unflushed_records_are_not_in_the_books_after_a_restart(tmp_path):
+    path = tmp_path / "ledger"
+    run_session(path, lambda led: reserve(led, "acked", 0, 1_000_000, now_ms=10**13))
+
+    async def crash_before_flush():
+        led = ledger(store=LedgerLog(path, "write"))
+        reserve(led, "never-acked", 0, 5_000_000, now_ms=10**13)
+        led.store.close()  # "killed": the journal was never flushed
+    asyncio.run(crash_before_flush())
+    (_, reserved, open_, _, _), _ = books_of(path)
+    assert open_ == ["acked"] and reserved == [1000, 0]
+
+
+def test_a_torn_tail_is_cut_off_and_the_rest_replays(tmp_path):
+    path = tmp_path / "ledger"
+    run_session(path, lambda led: [reserve(led, f"r{i}", 0, 1_000_000, now_ms=10**13)
+                                   for i in range(3)])
+    seg = LedgerLog(path).segments()[-1]
+    whole = seg.read_bytes()
+    seg.write_bytes(whole + whole[:25])  # half a record, as a crash mid-write leaves it
+    (_, reserved, open_, _, _), _ = books_of(path)
+    assert open_ == ["r0", "r1", "r2"] and reserved[0] == 3000
+    assert seg.read_bytes() == whole  # truncated back to the last whole record
+    seg.write_bytes(whole[:-3])  # a record with a bad length/CRC at the end
+    (_, reserved, open_, _, _), _ = books_of(path)
+    assert open_ == ["r0", "r1"]
+
+
+def test_compaction_keeps_the_books_and_forgets_nothing_it_needs(tmp_path):
+    path = tmp_path / "ledger"
+
+    async def go():
+        led = ledger(store=LedgerLog(path, "write"))
+        led.store.segment_bytes = 2_000  # compact soon
+        for i in range(40):
+            reserve(led, f"r{i}", i % 2, 1_000_000 + i, now_ms=10**13)
+            if i % 3 == 0:
+                led.apply(f"r{i}", WIN, 500_000)
+            elif i % 3 == 1:
+                led.apply(f"r{i}", LOSS, 0)
+            await led.flush()
+            led.compact_if_needed()
+        led.update_campaign("a", 900_000, None, "after compaction")
+        await led.flush()
+        books = (led.spent_micros.tolist(), led.reserved_micros.tolist(), sorted(led.open),
+                 led.budget_micros.tolist(), led.active.tolist())
+        led.close()
+        return books
+
+    before = asyncio.run(go())
+    assert len(LedgerLog(path).segments()) == 1
+    after, led = books_of(path)
+    assert after == before
+    assert led.apply("r0", WIN, 500_000).duplicate  # closed ids survive compaction
+    t = ledger_log.totals(path)
+    assert [t[c]["spent"] for c in ("a", "b")] == before[0]
 
 
 def test_campaign_updates_are_validated():

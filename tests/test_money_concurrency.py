@@ -11,7 +11,7 @@ import grpc
 import numpy as np
 
 from adbid.demo_traffic import make_events
-from adbid.ledger_store import LedgerStore
+from adbid import ledger_log
 from adbid.money import impression_cost_micros
 from adbid.v1 import admin_pb2, admin_pb2_grpc, bidder_pb2 as pb, bidder_pb2_grpc
 
@@ -21,7 +21,7 @@ BATCH = 32
 
 
 def test_concurrent_bids_and_messy_notices_never_overspend_and_balance(server_factory, tmp_path):
-    server = server_factory(ledger=tmp_path / "money.sqlite")
+    server = server_factory(ledger=tmp_path / "money")
     with grpc.insecure_channel(server.target) as ch:
         admin = admin_pb2_grpc.AdminStub(ch)
         campaigns = admin.Status(admin_pb2.StatusRequest(), timeout=5).campaigns
@@ -112,8 +112,8 @@ def test_concurrent_bids_and_messy_notices_never_overspend_and_balance(server_fa
         assert c.spent_micros == acked_win_cost.get(c.campaign_id, 0), c.campaign_id
         exhausted += c.budget_micros - c.spent_micros - c.reserved_micros < 5_000
     assert exhausted >= 3, "some budgets should have run out under this load"
-    # The durable rows say the same, to the micro.
-    totals = LedgerStore(tmp_path / "money.sqlite").totals()
+    # The durable log says the same, to the micro.
+    totals = ledger_log.totals(tmp_path / "money")
     for c in final.campaigns:
         t = totals.get(c.campaign_id, {"spent": 0, "reserved": 0})
         assert (t["spent"], t["reserved"]) == (c.spent_micros, c.reserved_micros)

@@ -16,7 +16,8 @@ import grpc
 import numpy as np
 
 from adbid.demo_traffic import make_events
-from adbid.ledger_store import LATE_WON, OPEN, WON, LedgerStore
+from adbid import ledger_log
+from adbid.ledger_log import LATE_WON, OPEN, WON, Close, LedgerLog, Reserve
 from adbid.money import impression_cost_micros
 from adbid.v1 import bidder_pb2 as pb, bidder_pb2_grpc
 from adbid.world import World
@@ -41,7 +42,7 @@ def start(world: Path, ledger: Path, log: Path) -> tuple[subprocess.Popen, int]:
 
 
 def test_sigkill_under_load_loses_and_doubles_nothing(tiny_world_dir, tmp_path):
-    ledger = tmp_path / "crash.sqlite"
+    ledger = tmp_path / "crash"
     rng = random.Random(2026)
     np_rng = np.random.default_rng(2026)
     acked_bids: dict[str, str] = {}  # request id -> campaign, from answered Bid calls
@@ -124,9 +125,14 @@ def test_sigkill_under_load_loses_and_doubles_nothing(tiny_world_dir, tmp_path):
           f"acknowledged ({len(settled_cost)} wins), {redelivered[0]} notice deliveries "
           f"cut off and repeated")
     assert unanswered_batches or redelivered[0], "the kills never landed under load"
-    store = LedgerStore(ledger)
-    rows = {r[0]: r[1:] for r in store.db.execute(
-        "SELECT request_id, campaign_id, state, settled_cost_micros FROM reservation")}
+    rows: dict[str, tuple[str, int, int]] = {}  # request id -> (campaign, state, settled cost)
+    for rec in LedgerLog(ledger).replay():
+        if isinstance(rec, Reserve):
+            assert rec.request_id not in rows, "a reservation written twice"
+            rows[rec.request_id] = (rec.campaign_id, OPEN, 0)
+        elif isinstance(rec, Close):
+            cid, _, cost = rows[rec.request_id]
+            rows[rec.request_id] = (cid, rec.state, cost + rec.settled_cost_micros)
     # Every acknowledged bid is in the ledger; the only other rows are bids whose answer was lost.
     assert set(acked_bids) <= set(rows)
     lost_answers = set().union(*unanswered_batches) if unanswered_batches else set()
@@ -143,6 +149,6 @@ def test_sigkill_under_load_loses_and_doubles_nothing(tiny_world_dir, tmp_path):
         spent_by_campaign[acked_bids[rid]] = spent_by_campaign.get(acked_bids[rid], 0) + cost
     budgets = dict(zip(World.load(tiny_world_dir).campaigns.ids,
                        World.load(tiny_world_dir).campaigns.budget_micros.tolist()))
-    for cid, t in store.totals().items():
+    for cid, t in ledger_log.totals(ledger).items():
         assert t["spent"] == spent_by_campaign.get(cid, 0), cid
         assert t["spent"] + t["reserved"] <= budgets[cid], cid

@@ -1,0 +1,336 @@
+"""The spend ledger's durable store: an append-only log with group commit.
+
+Measured against SQLite in WAL mode on the ledger's own write pattern with
+random request ids (benchmarks/bench_ledger_store.py, 2 shared cores): 0.9 ms
+per batch of 256 bids and 150 notices (1.5 ms with fdatasync) against 12-13 ms
+for SQLite, whose B-tree inserts on random keys dominate. The log replays
+slower (about 7 us a record, in Python), so segments are compacted at 64 MiB,
+which bounds start-up replay to a few seconds.
+
+Files, in one directory:
+
+    segment-000001.log, segment-000002.log, ...   replayed in order at start-up
+
+A record is  u32 payload length | u32 crc32(payload) | payload. Replay stops at
+the first short or corrupt record (a torn tail after a crash) and truncates the
+file there. Payload kinds:
+
+    RESERVE   a bid's reservation        CLOSE     its settlement or release
+    CAMPAIGN  a budget or pause change   SPENT     committed spend (snapshots only)
+
+Durability (`sync`): "write" hands each group to the OS before acknowledging,
+which survives the process being killed (kill -9); "fsync" also fdatasyncs
+each group, which survives power loss. Writes from concurrent batches that
+queue up while a group is written go out together (group commit).
+
+Compaction: when the newest segment passes `segment_bytes`, the ledger writes
+its whole state (campaign overrides, spend, open reservations, recent closed
+ids) as a new segment, and the older segments are deleted.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import struct
+import threading
+import time
+import zlib
+from collections.abc import Iterator
+from concurrent.futures import Future
+from dataclasses import dataclass
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+OPEN, WON, LOST, EXPIRED, LATE_WON = 0, 1, 2, 3, 4
+STATE_NAMES = {OPEN: "open", WON: "won", LOST: "lost", EXPIRED: "expired", LATE_WON: "late won"}
+RESERVE, CLOSE, CAMPAIGN, SPENT = 1, 2, 3, 4
+SYNC_MODES = ("write", "fsync")
+
+_HEAD = struct.Struct("<II")
+_RESERVE = struct.Struct("<Bqqqqq")  # kind, user_key, price, cost, reserved_ms, expires_ms
+_CLOSE = struct.Struct("<BBqqq")  # kind, state, clearing (-1 = none), settled cost, closed_ms
+_CAMPAIGN = struct.Struct("<Bqbq")  # kind, budget, active, unix_ms
+_SPENT = struct.Struct("<Bq")
+_STR = struct.Struct("<H")
+
+
+def _s(text: str) -> bytes:
+    b = text.encode()
+    return _STR.pack(len(b)) + b
+
+
+def _frame(payload: bytes) -> bytes:
+    return _HEAD.pack(len(payload), zlib.crc32(payload)) + payload
+
+
+@dataclass
+class Reserve:
+    request_id: str
+    campaign_id: str
+    user_key: int
+    price_cpm_micros: int
+    cost_micros: int
+    reserved_unix_ms: int
+    expires_unix_ms: int
+
+    def encode(self) -> bytes:
+        return _frame(_RESERVE.pack(RESERVE, self.user_key, self.price_cpm_micros,
+                                    self.cost_micros, self.reserved_unix_ms, self.expires_unix_ms)
+                      + _s(self.request_id) + _s(self.campaign_id))
+
+
+@dataclass
+class Close:
+    request_id: str
+    state: int
+    clearing_cpm_micros: int | None
+    settled_cost_micros: int
+    closed_unix_ms: int
+    campaign_id: str = ""  # carried so that a replay without the RESERVE still knows it
+    price_cpm_micros: int = 0
+
+    def encode(self) -> bytes:
+        clearing = -1 if self.clearing_cpm_micros is None else self.clearing_cpm_micros
+        return _frame(_CLOSE.pack(CLOSE, self.state, clearing, self.settled_cost_micros,
+                                  self.closed_unix_ms)
+                      + _s(self.request_id) + _s(self.campaign_id)
+                      + struct.pack("<q", self.price_cpm_micros))
+
+
+@dataclass
+class CampaignChange:
+    campaign_id: str
+    budget_micros: int
+    active: bool
+    change: str
+    reason: str
+    unix_ms: int
+
+    def encode(self) -> bytes:
+        return _frame(_CAMPAIGN.pack(CAMPAIGN, self.budget_micros, int(self.active), self.unix_ms)
+                      + _s(self.campaign_id) + _s(self.change) + _s(self.reason))
+
+
+@dataclass
+class Spent:
+    campaign_id: str
+    spent_micros: int
+
+    def encode(self) -> bytes:
+        return _frame(_SPENT.pack(SPENT, self.spent_micros) + _s(self.campaign_id))
+
+
+def _strings(payload: bytes, offset: int, n: int) -> tuple[list[str], int]:
+    out = []
+    for _ in range(n):
+        (length,) = _STR.unpack_from(payload, offset)
+        offset += 2
+        out.append(payload[offset:offset + length].decode())
+        offset += length
+    return out, offset
+
+
+def decode(payload: bytes):
+    kind = payload[0]
+    if kind == RESERVE:
+        _, user_key, price, cost, at, expires = _RESERVE.unpack_from(payload)
+        (rid, cid), _ = _strings(payload, _RESERVE.size, 2)
+        return Reserve(rid, cid, user_key, price, cost, at, expires)
+    if kind == CLOSE:
+        _, state, clearing, cost, at = _CLOSE.unpack_from(payload)
+        (rid, cid), off = _strings(payload, _CLOSE.size, 2)
+        (price,) = struct.unpack_from("<q", payload, off)
+        return Close(rid, state, None if clearing < 0 else clearing, cost, at, cid, price)
+    if kind == CAMPAIGN:
+        _, budget, active, at = _CAMPAIGN.unpack_from(payload)
+        (cid, change, reason), _ = _strings(payload, _CAMPAIGN.size, 3)
+        return CampaignChange(cid, budget, bool(active), change, reason, at)
+    if kind == SPENT:
+        _, spent = _SPENT.unpack_from(payload)
+        (cid,), _ = _strings(payload, _SPENT.size, 1)
+        return Spent(cid, spent)
+    raise ValueError(f"unknown ledger record kind {kind}")
+
+
+class LedgerLog:
+    """Segments on disk plus one writer thread that group-commits appends."""
+
+    def __init__(self, directory: Path, sync: str = "fsync",
+                 segment_bytes: int = 64 << 20) -> None:
+        if sync not in SYNC_MODES:
+            raise ValueError(f"ledger sync must be one of {SYNC_MODES}, got {sync!r}")
+        self.path = Path(directory)
+        self.path.mkdir(parents=True, exist_ok=True)
+        self.sync = sync
+        self.segment_bytes = segment_bytes
+        self._fd: int | None = None
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self.groups = 0  # commits (os.write [+ fdatasync]) so far
+        self.appends = 0
+
+    # -- reading ------------------------------------------------------------------
+
+    def segments(self) -> list[Path]:
+        return sorted(self.path.glob("segment-*.log"))
+
+    def replay(self) -> Iterator:
+        """Every record in order; a torn or corrupt tail is reported and cut off."""
+        for seg in self.segments():
+            data = seg.read_bytes()
+            off = 0
+            while off < len(data):
+                if off + _HEAD.size > len(data):
+                    break
+                length, crc = _HEAD.unpack_from(data, off)
+                payload = data[off + _HEAD.size:off + _HEAD.size + length]
+                if len(payload) != length or zlib.crc32(payload) != crc:
+                    break
+                yield decode(payload)
+                off += _HEAD.size + length
+            if off < len(data):
+                log.warning("ledger %s: %d bytes of torn or corrupt tail cut off at %d",
+                            seg, len(data) - off, off)
+                with seg.open("r+b") as f:
+                    f.truncate(off)
+
+    # -- writing ------------------------------------------------------------------
+
+    def open(self) -> None:
+        """Start appending (after replay): to the newest segment, or a first one."""
+        segs = self.segments()
+        target = segs[-1] if segs else self.path / "segment-000001.log"
+        self._fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        self._segment = target
+        self._thread = threading.Thread(target=self._run, name="adbid-ledger", daemon=True)
+        self._thread.start()
+
+    def append(self, records: list) -> Future:
+        """Queue records; the future completes once they are durable."""
+        fut: Future = Future()
+        self._queue.put(("append", records, fut))
+        return fut
+
+    def compact(self, snapshot) -> Future:
+        """Queue a compaction: the `snapshot` records (an iterable, consumed on the writer
+        thread) become a new segment, and the older segments are deleted."""
+        fut: Future = Future()
+        self._queue.put(("compact", snapshot, fut))
+        return fut
+
+    def segment_size(self) -> int:
+        return os.fstat(self._fd).st_size if self._fd is not None else 0
+
+    def _run(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is None:
+                return
+            group = [item]
+            while True:  # group commit: everything queued meanwhile goes in the same write
+                try:
+                    nxt = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if nxt is None:
+                    self._queue.put(None)
+                    break
+                group.append(nxt)
+            try:
+                self._commit(group)
+            except BaseException as exc:  # noqa: BLE001 - handed to every waiter
+                log.exception("ledger write failed")
+                for _, _, fut in group:
+                    fut.set_exception(exc)
+            else:
+                for _, _, fut in group:
+                    fut.set_result(None)
+
+    def _commit(self, group: list) -> None:
+        data = bytearray()
+        for kind, records, _ in group:
+            if kind == "compact":  # write what came before it to the old segment first
+                self._write(bytes(data))
+                data.clear()
+                self._switch(records)
+            else:
+                for rec in records:
+                    data += rec.encode()
+                self.appends += 1
+        self._write(bytes(data))
+
+    def _write(self, data: bytes) -> None:
+        if not data:
+            return
+        view = memoryview(data)
+        while view:
+            view = view[os.write(self._fd, view):]
+        if self.sync == "fsync":
+            os.fdatasync(self._fd)
+        self.groups += 1
+
+    def _switch(self, snapshot: list) -> None:
+        old = self.segments()
+        number = int(old[-1].stem.split("-")[1]) + 1 if old else 1
+        target = self.path / f"segment-{number:06d}.log"
+        tmp = target.with_suffix(".tmp")
+        written = 0
+        with tmp.open("wb") as f:
+            for rec in snapshot:
+                f.write(rec.encode())
+                written += 1
+            f.flush()
+            os.fsync(f.fileno())
+        os.rename(tmp, target)
+        dir_fd = os.open(self.path, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+        os.close(self._fd)
+        self._fd = os.open(target, os.O_WRONLY | os.O_APPEND)
+        self._segment = target
+        for seg in old:
+            seg.unlink()
+        log.info("ledger compacted into %s (%d records); removed %d older segments", target.name,
+                 written, len(old))
+
+    def close(self) -> None:
+        if self._thread is not None:
+            self._queue.put(None)
+            self._thread.join()
+            self._thread = None
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+
+def totals(directory: Path) -> dict[str, dict[str, int]]:
+    """Per campaign, from the records alone: committed spend and open reservations.
+
+    Independent of the ledger's in-memory books: tests compare the two.
+    """
+    reserved: dict[str, tuple[str, int]] = {}
+    spent: dict[str, int] = {}
+    for rec in LedgerLog(directory).replay():
+        if isinstance(rec, Reserve):
+            reserved[rec.request_id] = (rec.campaign_id, rec.cost_micros)
+        elif isinstance(rec, Close):
+            reserved.pop(rec.request_id, None)
+            if rec.state in (WON, LATE_WON):
+                spent[rec.campaign_id] = spent.get(rec.campaign_id, 0) + rec.settled_cost_micros
+        elif isinstance(rec, Spent):
+            spent[rec.campaign_id] = spent.get(rec.campaign_id, 0) + rec.spent_micros
+    out: dict[str, dict[str, int]] = {}
+    for cid, s in spent.items():
+        out.setdefault(cid, {"spent": 0, "reserved": 0})["spent"] = s
+    for cid, cost in reserved.values():
+        out.setdefault(cid, {"spent": 0, "reserved": 0})["reserved"] += cost
+    return out
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
