@@ -154,3 +154,59 @@ def test_a_deadline_too_short_for_the_work_answers_deadline_no_bids(channel):
     reasons = {d.no_bid_reason for d in resp.decisions}
     if pb.NO_BID_REASON_DEADLINE in reasons:
         assert reasons == {pb.NO_BID_REASON_DEADLINE} and not any(d.bid for d in resp.decisions)
+
+
+def test_update_campaign_validates_and_applies(channel):
+    admin = admin_pb2_grpc.AdminStub(channel)
+    with pytest.raises(grpc.RpcError) as err:
+        admin.UpdateCampaign(admin_pb2.UpdateCampaignRequest(campaign_id="nope", active=False),
+                             timeout=5)
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND
+    resp = bid(channel, tiny_events(256, seed=21))
+    spent_cid = next(d.campaign_id for d in resp.decisions if d.bid)
+    with pytest.raises(grpc.RpcError) as err:
+        admin.UpdateCampaign(admin_pb2.UpdateCampaignRequest(campaign_id=spent_cid,
+                                                             budget_micros=0), timeout=5)
+    assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "below" in err.value.details()
+    # Pause every campaign: nothing bids, with the reason.
+    for c in status(channel).campaigns:
+        r = admin.UpdateCampaign(admin_pb2.UpdateCampaignRequest(
+            campaign_id=c.campaign_id, active=False, reason="test"), timeout=5)
+        assert not r.campaign.active
+    resp = bid(channel, tiny_events(64, seed=22))
+    assert not any(d.bid for d in resp.decisions)
+    assert pb.NO_BID_REASON_CAMPAIGN_INACTIVE in {d.no_bid_reason for d in resp.decisions}
+
+
+def test_publisher_blocks_reach_the_core(channel):
+    events = tiny_events(64, seed=23)
+    for e in events:
+        del e.blocked_categories[:]
+        e.blocked_categories.extend(f"IAB{i}" for i in range(1, 27))
+    resp = bid(channel, events)
+    assert not any(d.bid for d in resp.decisions)
+    assert {d.no_bid_reason for d in resp.decisions} <= {
+        pb.NO_BID_REASON_BLOCKED, pb.NO_BID_REASON_TARGETING, pb.NO_BID_REASON_NO_CANDIDATES,
+        pb.NO_BID_REASON_CAMPAIGN_INACTIVE, pb.NO_BID_REASON_FREQUENCY_CAP}
+    assert pb.NO_BID_REASON_BLOCKED in {d.no_bid_reason for d in resp.decisions}
+
+
+def test_frequency_caps_bind_through_the_server(server, channel):
+    core = server.server.pipeline.core
+    capped = np.flatnonzero(core.campaigns.freq_cap > 0)
+    assert len(capped), "the tiny world has frequency-capped campaigns"
+    # One user, many events: each capped campaign bids at most its cap for that user.
+    events = tiny_events(400, seed=24)
+    for e in events:
+        e.user_id = "u0000042"
+    wins: dict[str, int] = {}
+    for i in range(0, 400, 100):
+        for d in bid(channel, events[i:i + 100]).decisions:
+            if d.bid:
+                wins[d.campaign_id] = wins.get(d.campaign_id, 0) + 1
+    caps = {core.campaigns.ids[c]: int(core.campaigns.freq_cap[c]) for c in capped}
+    assert any(c in wins for c in caps)
+    for cid, n in wins.items():
+        if cid in caps:
+            assert n <= caps[cid], (cid, n, caps[cid])
