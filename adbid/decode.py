@@ -58,8 +58,11 @@ def _too_long(values: list[str], limit: int) -> list[int]:
     return [i for i, v in enumerate(values) if len(v) > limit]
 
 
-def decode(events: Sequence[pb.AdEvent]) -> EventBatch:
-    """Columns of a batch of events; validation problems land in EventBatch.errors."""
+def decode(events: Sequence[pb.AdEvent], errors: dict[int, str] | None = None) -> EventBatch:
+    """Columns of a batch of events; validation problems land in EventBatch.errors.
+
+    `errors`: problems already found (e.g. by parse_request), kept first.
+    """
     rid = [e.request_id for e in events]
     floor = np.array([e.floor_cpm_micros for e in events], dtype=np.int64)
     device = np.array([e.device_type for e in events], dtype=np.int64)
@@ -81,6 +84,7 @@ def decode(events: Sequence[pb.AdEvent]) -> EventBatch:
         site_domain=[e.site_domain for e in events],
         blocked_advertisers=[e.blocked_advertiser_domains for e in events],
         blocked_categories=[e.blocked_categories for e in events],
+        errors=dict(errors) if errors else {},
     )
     _validate(batch, auction, width, height)
     return batch
@@ -118,3 +122,56 @@ def _validate(b: EventBatch, auction: np.ndarray, width: np.ndarray, height: np.
     mark(np.flatnonzero(bad_size), f"slot size: width and height must be 0..{targeting.MAX_SLOT_PX}")
     if bad_device.any():
         b.device_type[bad_device] = 0  # keeps the model's device gather in range
+
+
+class UndecodableRequest(ValueError):
+    """The bytes are not a BidRequest at all."""
+
+
+def parse_request(data: bytes) -> tuple[pb.BidRequest, dict[int, str]]:
+    """Raw bytes -> (BidRequest, errors by event position).
+
+    The fast path is a plain parse. A request that fails it only because some
+    strings are not UTF-8 is salvaged: those events get an error naming the
+    field (and empty text), the others are decided as usual.
+    """
+    from google.protobuf.message import DecodeError
+
+    req = pb.BidRequest()
+    try:
+        req.ParseFromString(data)
+        return req, {}
+    except DecodeError:
+        pass
+    from adbid.v1 import lenient_pb2
+
+    loose = lenient_pb2.LenientBidRequest()
+    try:
+        loose.ParseFromString(data)
+    except DecodeError as exc:
+        raise UndecodableRequest(f"request: not an adbid.v1.BidRequest ({exc})") from None
+    errors: dict[int, str] = {}
+
+    def text(i: int, name: str, raw: bytes) -> str:
+        try:
+            return raw.decode("utf-8")
+        except UnicodeDecodeError:
+            errors.setdefault(i, f"{name}: not valid UTF-8")
+            return ""
+
+    req = pb.BidRequest(batch_id=loose.batch_id.decode("utf-8", "replace"),
+                        deadline_ms=loose.deadline_ms)
+    for i, e in enumerate(loose.events):
+        req.events.add(
+            request_id=text(i, "request_id", e.request_id) or f"(invalid #{i})",
+            user_id=text(i, "user_id", e.user_id),
+            context_text=text(i, "context_text", e.context_text),
+            timestamp_ms=e.timestamp_ms, floor_cpm_micros=e.floor_cpm_micros,
+            country=text(i, "country", e.country), device_type=e.device_type,
+            slot_width_px=e.slot_width_px, slot_height_px=e.slot_height_px,
+            site_domain=text(i, "site_domain", e.site_domain), auction_type=e.auction_type,
+            test=e.test,
+            blocked_advertiser_domains=[text(i, "blocked_advertiser_domains", d)
+                                        for d in e.blocked_advertiser_domains],
+            blocked_categories=[text(i, "blocked_categories", c) for c in e.blocked_categories])
+    return req, errors

@@ -23,6 +23,11 @@ STAGE_SECONDS = Histogram("adbid_stage_seconds", "Time per batch in each pipelin
 BATCH_EVENTS = Histogram("adbid_batch_events", "Events per batch",
                          buckets=(1, 8, 32, 64, 128, 256, 512, 1024, 2048, 4096))
 NOTICES = Counter("adbid_notices", "Outcome notices", ["type", "result"])
+SHED = Counter("adbid_shed_events", "Events answered DEADLINE because time ran out, by stage",
+               ["stage"])
+INFLIGHT = Gauge("adbid_inflight_batches", "Batches admitted and not yet answered")
+OVERLOAD = Counter("adbid_overload_rejections", "Batches refused at once: too many in flight")
+LATE_ANSWERS = Counter("adbid_late_answers", "Answers that left after their deadline (should be 0)")
 LATE_WINS = Counter("adbid_late_wins", "Wins booked after their reservation had expired")
 EXPIRED = Counter("adbid_expired_reservations", "Reservations released for want of a notice")
 PROVIDER = Info("adbid_execution_provider", "onnxruntime execution provider in use")

@@ -20,6 +20,7 @@ from adbid.decision import Decisions, DecisionCore
 from adbid.decode import EventBatch
 from adbid.ledger import SpendLedger, open_store
 from adbid.lookup import ContextEncoder, UserLookup, resolve
+from adbid import metrics
 from adbid.metrics import StageTimers
 from adbid.pacing import PacingController
 from adbid.retrieval import Retriever
@@ -28,6 +29,58 @@ from adbid.v1 import bidder_pb2 as pb
 from adbid.world import World
 
 log = logging.getLogger(__name__)
+
+FIXED_STAGE_S = 20e-6  # a stage never costs less than this, whatever the batch size
+
+
+class StageCost:
+    """Recent cost of one stage as a + b * events, fitted by recursive least squares with
+    forgetting (fixed per-batch costs such as an fsync and per-event costs both show)."""
+
+    def __init__(self, forgetting: float = 0.97) -> None:
+        self.lam = forgetting
+        self.theta = np.zeros(2)  # [seconds per batch, seconds per event]
+        self.p = np.eye(2) * 1e3
+        self.seen = 0
+
+    def observe(self, seconds: float, n_events: int) -> None:
+        x = np.array([1.0, float(n_events)])
+        px = self.p @ x
+        k = px / (self.lam + x @ px)
+        self.theta += k * (seconds - x @ self.theta)
+        self.p = (self.p - np.outer(k, px)) / self.lam
+        self.seen += 1
+
+    def expect(self, n_events: int) -> float:
+        if self.seen == 0:
+            return FIXED_STAGE_S
+        return max(FIXED_STAGE_S, float(self.theta[0] + self.theta[1] * n_events))
+
+
+class StageCosts:
+    """What each stage has recently cost, to decide whether a batch still fits its deadline."""
+
+    def __init__(self) -> None:
+        self.stages: dict[str, StageCost] = {}
+
+    def observe(self, stage: str, seconds: float, n_events: int) -> None:
+        self.stages.setdefault(stage, StageCost()).observe(seconds, n_events)
+
+    def expect(self, n_events: int, *stages: str) -> float:
+        return sum(self.stages[s].expect(n_events) if s in self.stages else FIXED_STAGE_S
+                   for s in stages)
+
+
+class Shed(Exception):
+    """A batch could not make its deadline at this stage."""
+
+    def __init__(self, stage: str) -> None:
+        super().__init__(stage)
+        self.stage = stage
+
+
+TAIL = ("decision", "ledger", "encode")  # what must still fit after the native stages
+ALL_STAGES = ("decode", "lookup", "retrieval", "scoring", *TAIL)
 
 
 class Pipeline:
@@ -50,36 +103,44 @@ class Pipeline:
         self.creative_ids = world.ad_creative_ids.tolist()
         self.timers = timers or StageTimers()
         self.executor = ThreadPoolExecutor(cfg.native_threads, thread_name_prefix="adbid-native")
-        # Recent native (retrieval + scoring) seconds per event, for deadline checks.
-        self._native_s_per_event = 0.0
+        self.costs = StageCosts()
+        self.inflight_batches = 0  # admitted and not yet answered
+        self.peak_inflight_batches = 0
 
     def close(self) -> None:
         self.executor.shutdown(wait=True)
         self.ledger.close()
 
     def _native(self, query: np.ndarray, user: np.ndarray, context: np.ndarray,
-                device: np.ndarray) -> tuple[np.ndarray, np.ndarray, float, float]:
+                device: np.ndarray, deadline: float,
+                submitted: float) -> tuple[np.ndarray, np.ndarray, float, float, float]:
+        """Retrieval then scoring, on an executor thread; raises Shed when time runs out."""
+        n, costs = len(query), self.costs
         t0 = time.perf_counter()
+        queued = t0 - submitted
+        if time.monotonic() + costs.expect(n, "retrieval", "scoring", *TAIL) > deadline:
+            raise Shed("queue")
         cand_ad = self.retriever.search(query)
         t1 = time.perf_counter()
+        if time.monotonic() + costs.expect(n, "scoring", *TAIL) > deadline:
+            raise Shed("scoring")
         score = self.scorer.score(user, context, device, cand_ad)
-        return cand_ad, score, t1 - t0, time.perf_counter() - t1
+        return cand_ad, score, queued, t1 - t0, time.perf_counter() - t1
 
     def update_pacing(self) -> None:
         self.pacing.update(time.time())
 
-    def expected_native_s(self, n_events: int) -> float:
-        return self._native_s_per_event * n_events
-
     async def decide(self, batch: EventBatch, deadline: float) -> Decisions:
         """Decide a decoded batch; `deadline` is a time.monotonic() instant.
 
-        Events that cannot be decided before the deadline get NO_BID_REASON_DEADLINE
-        and reserve nothing; invalid events get NO_BID_REASON_INVALID_EVENT. Returns
-        once the batch's reservations are durable in the ledger.
+        Before each costly stage the time left is checked against that stage's
+        recent cost (and what must follow it); when it does not fit, every event
+        gets NO_BID_REASON_DEADLINE and nothing is reserved. Invalid events get
+        NO_BID_REASON_INVALID_EVENT. Returns once the batch's reservations are
+        durable in the ledger.
         """
         n = len(batch)
-        timers = self.timers
+        timers, costs = self.timers, self.costs
         t0 = time.perf_counter()
         knows = self.ledger.knows
         for i, rid in enumerate(batch.request_id):
@@ -95,18 +156,24 @@ class Pipeline:
         resolve(batch, self.world.campaigns)
         t1 = time.perf_counter()
         timers.record("lookup", t1 - t0)
+        costs.observe("lookup", t1 - t0, n)
 
-        if time.monotonic() + self.expected_native_s(n) > deadline:
-            return self._no_bid(batch, blocked, pb.NO_BID_REASON_DEADLINE)
         loop = asyncio.get_running_loop()
-        cand_ad, score, t_retrieval, t_scoring = await loop.run_in_executor(
-            self.executor, self._native, query, user, context, batch.device_type)
-        timers.record("retrieval", t_retrieval)
-        timers.record("scoring", t_scoring)
-        if n:
-            per_event = (t_retrieval + t_scoring) / n
-            self._native_s_per_event += 0.2 * (per_event - self._native_s_per_event)
-        if time.monotonic() > deadline:
+        try:
+            if time.monotonic() + costs.expect(n, "retrieval", "scoring", *TAIL) > deadline:
+                raise Shed("retrieval")
+            cand_ad, score, queued, t_retrieval, t_scoring = await loop.run_in_executor(
+                self.executor, self._native, query, user, context, batch.device_type, deadline,
+                time.perf_counter())
+            timers.record("queue", queued)
+            timers.record("retrieval", t_retrieval)
+            timers.record("scoring", t_scoring)
+            costs.observe("retrieval", t_retrieval, n)
+            costs.observe("scoring", t_scoring, n)
+            if time.monotonic() + costs.expect(n, *TAIL) > deadline:
+                raise Shed("decision")
+        except Shed as shed:
+            metrics.SHED.labels(shed.stage).inc(n)
             return self._no_bid(batch, blocked, pb.NO_BID_REASON_DEADLINE)
 
         t2 = time.perf_counter()
@@ -119,8 +186,11 @@ class Pipeline:
         dec.reason[blocked] = pb.NO_BID_REASON_INVALID_EVENT
         t3 = time.perf_counter()
         timers.record("decision", t3 - t2)
+        costs.observe("decision", t3 - t2, n)
         await self.ledger.flush()
-        timers.record("ledger", time.perf_counter() - t3)
+        t4 = time.perf_counter()
+        timers.record("ledger", t4 - t3)
+        costs.observe("ledger", t4 - t3, n)
         return dec
 
     def _no_bid(self, batch: EventBatch, blocked: np.ndarray, reason: int) -> Decisions:

@@ -23,11 +23,11 @@ from prometheus_client import start_http_server
 import adbid
 from adbid import metrics
 from adbid.config import ServerConfig
-from adbid.decode import decode
+from adbid.decode import UndecodableRequest, decode, parse_request
 from adbid.demo_traffic import make_events
-from adbid.encode import encode
+from adbid.encode import all_no_bid, encode
 from adbid.ledger import LedgerError
-from adbid.pipeline import Pipeline
+from adbid.pipeline import ALL_STAGES, Pipeline
 from adbid.v1 import admin_pb2, admin_pb2_grpc, bidder_pb2, bidder_pb2_grpc
 from adbid.world import World
 
@@ -50,9 +50,20 @@ class NotFound(KeyError):
     """The request names something that does not exist (NOT_FOUND)."""
 
 
+class Overloaded(RuntimeError):
+    """Too much work in flight; refused at once (RESOURCE_EXHAUSTED)."""
+
+
+class Unmeetable(RuntimeError):
+    """Not even a no-bid answer fits before the deadline (DEADLINE_EXCEEDED, at once)."""
+
+
 # Exceptions a client caused, and the status each one maps to.
 CLIENT_ERRORS = {
     BadRequest: (grpc.StatusCode.INVALID_ARGUMENT, "invalid_request"),
+    UndecodableRequest: (grpc.StatusCode.INVALID_ARGUMENT, "undecodable_request"),
+    Overloaded: (grpc.StatusCode.RESOURCE_EXHAUSTED, "overload"),
+    Unmeetable: (grpc.StatusCode.DEADLINE_EXCEEDED, "deadline"),
     NotFound: (grpc.StatusCode.NOT_FOUND, "not_found"),
     LedgerError: (grpc.StatusCode.FAILED_PRECONDITION, "failed_precondition"),
 }
@@ -87,9 +98,21 @@ def rpc_errors(name: str):
 
 
 class BidderService(bidder_pb2_grpc.BidderServicer):
-    def __init__(self, pipeline: Pipeline, cfg: ServerConfig) -> None:
-        self.pipeline = pipeline
+    """Bid, BidStream and ReportOutcomes. Requests arrive as raw bytes (see `handlers`), so
+    that a message which does not parse gets INVALID_ARGUMENT with the reason."""
+
+    def __init__(self, owner: BidServer, cfg: ServerConfig) -> None:
+        self.owner = owner  # owner.pipeline is read once per request: reloads swap it
         self.cfg = cfg
+
+    def handlers(self) -> grpc.GenericRpcHandler:
+        out = bidder_pb2.BidResponse.SerializeToString
+        return grpc.method_handlers_generic_handler(SERVICE_NAMES[0], {
+            "Bid": grpc.unary_unary_rpc_method_handler(self.Bid, None, out),
+            "BidStream": grpc.stream_stream_rpc_method_handler(self.BidStream, None, out),
+            "ReportOutcomes": grpc.unary_unary_rpc_method_handler(
+                self.ReportOutcomes, None, bidder_pb2.ReportOutcomesResponse.SerializeToString),
+        })
 
     def _deadline(self, request: bidder_pb2.BidRequest, remaining_s: float | None) -> float:
         budgets = [b for b in (remaining_s, request.deadline_ms / 1000 if request.deadline_ms > 0
@@ -97,25 +120,46 @@ class BidderService(bidder_pb2_grpc.BidderServicer):
         budget = min(budgets) if budgets else self.cfg.default_deadline_ms / 1000
         return time.monotonic() + budget - SEND_MARGIN_S
 
-    async def bid(self, request: bidder_pb2.BidRequest, deadline: float) -> bidder_pb2.BidResponse:
+    async def bid(self, request: bidder_pb2.BidRequest, deadline: float,
+                  errors: dict[int, str] | None = None) -> bidder_pb2.BidResponse:
         t0 = time.perf_counter()
         n = len(request.events)
         if n > self.cfg.max_batch_events:
             raise BadRequest(f"events: batch of {n} is above the maximum of "
                              f"{self.cfg.max_batch_events}")
-        timers = self.pipeline.timers
-        batch = decode(request.events)
+        p = self.owner.pipeline
+        timers, costs = p.timers, p.costs
+        left = deadline - time.monotonic()
+        if left < costs.expect(n, "encode"):
+            metrics.SHED.labels("arrival").inc(n)
+            raise Unmeetable(f"deadline: {max(left, 0) * 1e3:.2f} ms left cannot cover an answer "
+                             f"for {n} events")
+        if left < costs.expect(n, *ALL_STAGES):
+            metrics.SHED.labels("arrival").inc(n)
+            return all_no_bid(request.batch_id, [e.request_id for e in request.events],
+                              bidder_pb2.NO_BID_REASON_DEADLINE, p.world.version)
+        batch = decode(request.events, errors)
         t1 = time.perf_counter()
         timers.record("decode", t1 - t0)
-        dec = await self.pipeline.decide(batch, deadline)
+        costs.observe("decode", t1 - t0, n)
+        p.inflight_batches += 1
+        p.peak_inflight_batches = max(p.peak_inflight_batches, p.inflight_batches)
+        metrics.INFLIGHT.inc()
+        try:
+            dec = await p.decide(batch, deadline)
+        finally:
+            p.inflight_batches -= 1
+            metrics.INFLIGHT.dec()
         t2 = time.perf_counter()
-        p = self.pipeline
         resp = encode(request.batch_id, batch, dec, p.campaign_ids, p.creative_ids,
                       p.world.version)
         t3 = time.perf_counter()
         timers.record("encode", t3 - t2)
+        p.costs.observe("encode", t3 - t2, n)
         timers.record("total", t3 - t0)
         resp.server_latency_us = int((t3 - t0) * 1e6)
+        if time.monotonic() > deadline + SEND_MARGIN_S:
+            metrics.LATE_ANSWERS.inc()
         metrics.EVENTS.inc(n)
         metrics.BATCH_EVENTS.observe(n)
         bids = int(dec.bid.sum())
@@ -127,24 +171,48 @@ class BidderService(bidder_pb2_grpc.BidderServicer):
                     metrics.NO_BIDS.labels(REASON_NAMES.get(reason, str(reason))).inc(count)
         return resp
 
+    def _admit(self) -> bool:
+        return self.owner.pipeline.inflight_batches < self.cfg.max_inflight_batches
+
     @rpc_errors("Bid")
-    async def Bid(self, request, context):
-        return await self.bid(request, self._deadline(request, context.time_remaining()))
+    async def Bid(self, raw: bytes, context):
+        request, errors = parse_request(raw)
+        if not self._admit():
+            metrics.OVERLOAD.inc()
+            raise Overloaded(f"{self.cfg.max_inflight_batches} batches in flight; retry later")
+        return await self.bid(request, self._deadline(request, context.time_remaining()), errors)
 
     async def BidStream(self, request_iterator, context) -> AsyncIterator[bidder_pb2.BidResponse]:
-        """Batches are decided concurrently (up to max_stream_inflight); replies carry batch_id."""
+        """Batches are decided concurrently (up to max_stream_inflight); replies carry batch_id.
+
+        A batch that cannot be taken (overload, bad message) gets a reply too: the stream
+        itself never fails because of one batch."""
         replies: asyncio.Queue = asyncio.Queue()
         slots = asyncio.Semaphore(self.cfg.max_stream_inflight)
         tasks: set[asyncio.Task] = set()
+        version = self.owner.pipeline.world.version
 
-        async def one(request: bidder_pb2.BidRequest, deadline: float) -> None:
+        def refuse(request: bidder_pb2.BidRequest, reason: int, error: str = ""):
+            reply = bidder_pb2.BidResponse(batch_id=request.batch_id, world_version=version)
+            for e in request.events:
+                reply.decisions.add(request_id=e.request_id, no_bid_reason=reason, error=error)
+            return reply
+
+        async def one(raw: bytes, remaining: float | None) -> None:
+            request = bidder_pb2.BidRequest()
             try:
-                reply = await self.bid(request, deadline)
-            except BadRequest as exc:
-                reply = bidder_pb2.BidResponse(batch_id=request.batch_id)
-                for e in request.events:
-                    reply.decisions.add(request_id=e.request_id, error=str(exc),
-                                        no_bid_reason=bidder_pb2.NO_BID_REASON_INVALID_EVENT)
+                request, errors = parse_request(raw)
+                if not self._admit():
+                    metrics.OVERLOAD.inc()
+                    metrics.SHED.labels("admission").inc(len(request.events))
+                    reply = refuse(request, bidder_pb2.NO_BID_REASON_DEADLINE)
+                else:
+                    reply = await self.bid(request, self._deadline(request, remaining), errors)
+            except (BadRequest, UndecodableRequest) as exc:
+                metrics.ERRORS.labels("invalid_request").inc()
+                reply = refuse(request, bidder_pb2.NO_BID_REASON_INVALID_EVENT, str(exc))
+            except Unmeetable as exc:
+                reply = refuse(request, bidder_pb2.NO_BID_REASON_DEADLINE, str(exc))
             except Exception:
                 log.exception("BidStream batch %r failed", request.batch_id)
                 metrics.ERRORS.labels("internal").inc()
@@ -155,10 +223,9 @@ class BidderService(bidder_pb2_grpc.BidderServicer):
 
         async def read() -> None:
             try:
-                async for request in request_iterator:
+                async for raw in request_iterator:
                     await slots.acquire()
-                    deadline = self._deadline(request, context.time_remaining())
-                    task = asyncio.create_task(one(request, deadline))
+                    task = asyncio.create_task(one(raw, context.time_remaining()))
                     tasks.add(task)
                     task.add_done_callback(tasks.discard)
                 while tasks:
@@ -176,9 +243,19 @@ class BidderService(bidder_pb2_grpc.BidderServicer):
             reader.cancel()
 
     @rpc_errors("ReportOutcomes")
-    async def ReportOutcomes(self, request, context):
+    async def ReportOutcomes(self, raw: bytes, context):
         """Apply the notices, make them durable, then acknowledge them."""
-        ledger, core = self.pipeline.ledger, self.pipeline.core
+        request = bidder_pb2.ReportOutcomesRequest()
+        try:
+            request.ParseFromString(raw)
+        except Exception as exc:
+            raise UndecodableRequest(f"request: not an adbid.v1.ReportOutcomesRequest ({exc})") \
+                from None
+        if len(request.outcomes) > self.cfg.max_batch_events:
+            raise BadRequest(f"outcomes: {len(request.outcomes)} is above the maximum of "
+                             f"{self.cfg.max_batch_events}")
+        p = self.owner.pipeline
+        ledger, core = p.ledger, p.core
         resp = bidder_pb2.ReportOutcomesResponse()
         late_before = ledger.late_wins
         for o in request.outcomes:
@@ -196,10 +273,14 @@ class BidderService(bidder_pb2_grpc.BidderServicer):
 
 
 class AdminService(admin_pb2_grpc.AdminServicer):
-    def __init__(self, pipeline: Pipeline, cfg: ServerConfig, started_at: float) -> None:
-        self.pipeline = pipeline
+    def __init__(self, owner: BidServer, cfg: ServerConfig, started_at: float) -> None:
+        self.owner = owner
         self.cfg = cfg
         self.started_at = started_at
+
+    @property
+    def pipeline(self) -> Pipeline:
+        return self.owner.pipeline
 
     def _campaign_status(self, row: int) -> admin_pb2.CampaignStatus:
         p = self.pipeline
@@ -273,9 +354,10 @@ class BidServer:
             ("grpc.max_receive_message_length", limit), ("grpc.max_send_message_length", limit),
             ("grpc.so_reuseport", 0)])
         self.health = health.aio.HealthServicer()
-        bidder_pb2_grpc.add_BidderServicer_to_server(BidderService(self.pipeline, cfg), self.server)
-        admin_pb2_grpc.add_AdminServicer_to_server(
-            AdminService(self.pipeline, cfg, self.started_at), self.server)
+        self.bidder = BidderService(self, cfg)
+        self.server.add_generic_rpc_handlers((self.bidder.handlers(),))
+        admin_pb2_grpc.add_AdminServicer_to_server(AdminService(self, cfg, self.started_at),
+                                                   self.server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection(
             (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server)
@@ -303,9 +385,8 @@ class BidServer:
         """One batch of test traffic (no budget effects) through every stage."""
         n = max(1, min(64, self.cfg.max_batch_events))
         events = make_events(n, np.random.default_rng(0), test=True, id_prefix="warmup-")
-        service = BidderService(self.pipeline, self.cfg)
-        resp = await service.bid(bidder_pb2.BidRequest(batch_id="warm-up", events=events),
-                                 time.monotonic() + 30.0)
+        resp = await self.bidder.bid(bidder_pb2.BidRequest(batch_id="warm-up", events=events),
+                                     time.monotonic() + 30.0)
         log.info("warm-up: %d events, %d bids, %d us", len(events),
                  sum(d.bid for d in resp.decisions), resp.server_latency_us)
 
