@@ -222,6 +222,28 @@ def status(
 
 
 @app.command()
+def reload(
+    world: str = typer.Argument("", help="World directory to serve (default: the current one)."),
+    target: str = typer.Option("127.0.0.1:50051", envvar="ADBID_TARGET", help="Server address."),
+) -> None:
+    """Load a world into a running server: validated, warmed up, swapped in atomically."""
+    import grpc
+
+    from adbid.v1 import admin_pb2, admin_pb2_grpc
+
+    path = str(Path(world).resolve()) if world else ""
+    with grpc.insecure_channel(target) as channel:
+        try:
+            r = admin_pb2_grpc.AdminStub(channel).Reload(
+                admin_pb2.ReloadRequest(world_path=path), timeout=120)
+        except grpc.RpcError as exc:
+            console.print(f"[red]refused:[/red] {exc.code().name}: {exc.details()}")
+            raise typer.Exit(1) from None
+    console.print(f"now serving [bold]{r.world_version}[/bold] (was {r.previous_version}); "
+                  f"loaded, validated and warmed up in {r.load_ms:.0f} ms")
+
+
+@app.command()
 def campaign(
     campaign_id: str = typer.Argument(..., help="Campaign to change."),
     budget: float = typer.Option(None, help="New total budget, in currency units (e.g. 250.5)."),

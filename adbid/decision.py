@@ -39,14 +39,16 @@ class DecisionCore:
     frequency table; the only writer of reservations and frequency counts."""
 
     def __init__(self, campaigns: CampaignTable, ad_campaign: np.ndarray, ledger: SpendLedger,
-                 shading: float, frequency_slots: int = 1 << 20) -> None:
+                 shading: float, frequency_slots: int = 1 << 20,
+                 frequency: _decision.FrequencyTable | None = None) -> None:
         if not 0.0 < shading <= 1.0:
             raise ValueError(f"shading must be in (0, 1], got {shading}")
         self.campaigns = campaigns
         self.ad_campaign = np.ascontiguousarray(ad_campaign, dtype=np.int32)
         self.ledger = ledger
         self.shading = float(shading)
-        self.frequency = _decision.FrequencyTable(frequency_slots)
+        # Shared across reloads: counters are keyed by (user, campaign row), and rows only grow.
+        self.frequency = frequency or _decision.FrequencyTable(frequency_slots)
         # Written by the pacing controller; 1.0 = no throttling.
         self.pacing = np.ones(len(campaigns), dtype=np.float64)
 

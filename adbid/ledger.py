@@ -122,6 +122,31 @@ class SpendLedger:
         if over := self.violations():
             log.error("ledger: spent + reserved exceeds the budget for %s", over[:10])
 
+    def extend(self, campaigns: CampaignTable) -> None:
+        """Bind to a (reloaded) world's campaigns: the current ones must come first, in
+        order; new ones are appended with the world's budget. Existing campaigns keep the
+        ledger's budget and pause state (change those with UpdateCampaign)."""
+        old = self.campaign_ids
+        new = campaigns.ids
+        if new[:len(old)] != old:
+            missing = next((i for i, cid in enumerate(old) if i >= len(new) or new[i] != cid))
+            raise LedgerError(
+                f"campaigns: row {missing} is {old[missing]!r} in the running world and "
+                f"{new[missing] if missing < len(new) else 'absent'!r} in the new one; a new "
+                "world may add campaigns at the end, or deactivate them, but not remove or "
+                "reorder them")
+        extra = len(new) - len(old)
+        if extra == 0:
+            return
+        grow = lambda a, tail: np.concatenate([a, tail.astype(a.dtype)])  # noqa: E731
+        self.budget_micros = grow(self.budget_micros, campaigns.budget_micros[len(old):])
+        self.active = grow(self.active, campaigns.active[len(old):])
+        self.spent_micros = grow(self.spent_micros, np.zeros(extra))
+        self.reserved_micros = grow(self.reserved_micros, np.zeros(extra))
+        self.campaign_ids = new
+        self.row_of = campaigns.row_of
+        log.info("ledger: %d campaigns added by the new world", extra)
+
     def _remember(self, request_id: str, state: int, row: int, price: int) -> None:
         closed = self.closed
         closed[request_id] = (state, row, price)

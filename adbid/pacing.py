@@ -55,6 +55,21 @@ class PacingController:
         self._last_s = now_s
         self._day = None
 
+    def inherit(self, old: PacingController) -> None:
+        """Carry the controller state of the campaigns both worlds have (the old rows)."""
+        n = min(len(old._rate), len(self._rate))
+        self._rate[:n] = old._rate[:n]
+        self._integral[:n] = old._integral[:n]
+        self.multipliers[:n] = old.multipliers[:n]
+        if old._last_committed is not None:
+            self._last_committed = np.zeros(len(self._rate))
+            self._last_committed[:n] = old._last_committed[:n]
+            self._last_s = old._last_s
+        if old._day is not None:
+            self._day = old._day
+            self._day_base = np.zeros(len(self._rate))
+            self._day_base[:n] = old._day_base[:n]
+
     def _flight(self, now_s: float) -> tuple[np.ndarray, np.ndarray]:
         day_start = math.floor(now_s / DAY_S) * DAY_S
         start = np.where(self.daily, day_start, self.start_s)

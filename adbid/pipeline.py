@@ -18,7 +18,7 @@ import numpy as np
 from adbid.config import ServerConfig
 from adbid.decision import Decisions, DecisionCore
 from adbid.decode import EventBatch
-from adbid.ledger import SpendLedger, open_store
+from adbid.ledger import SpendLedger
 from adbid.lookup import ContextEncoder, UserLookup, resolve
 from adbid import metrics
 from adbid.metrics import StageTimers
@@ -83,33 +83,54 @@ TAIL = ("decision", "ledger", "encode")  # what must still fit after the native 
 ALL_STAGES = ("decode", "lookup", "retrieval", "scoring", *TAIL)
 
 
-class Pipeline:
-    def __init__(self, world: World, cfg: ServerConfig, timers: StageTimers | None = None) -> None:
+class NativeStages:
+    """The expensive, world-specific parts: embedding stores, FAISS, the onnxruntime
+    session. Built off the event loop (start-up, reload); holds no money state."""
+
+    def __init__(self, world: World, cfg: ServerConfig) -> None:
         self.world = world
-        self.cfg = cfg
         self.users = UserLookup(world)
         self.contexts = ContextEncoder(world)
         self.retriever = Retriever(world.ad_index, cfg.top_k, cfg.faiss_threads)
         self.scorer = Scorer(world.model_path, world.dim, world.ad_index.ntotal,
                              intra_op_threads=cfg.onnx_threads, spinning=cfg.onnx_spinning,
                              use_gpu=cfg.use_gpu, require_gpu=cfg.require_gpu)
-        self.ledger = SpendLedger(world.campaigns, open_store(cfg.ledger, cfg.ledger_sync),
-                                  cfg.reservation_ttl_s)
-        self.core = DecisionCore(world.campaigns, world.ad_campaign, self.ledger, cfg.shading,
-                                 cfg.frequency_slots)
-        self.pacing = PacingController(world.campaigns, self.ledger, self.core.pacing,
+
+
+class Pipeline:
+    """One world's stages bound to the process's ledger. Built on the event-loop thread.
+
+    `previous`: the pipeline being replaced by a reload; its frequency counters,
+    pacing state and stage costs carry over, and the shared ledger is extended
+    with the new world's campaigns (which must extend the old campaign list).
+    """
+
+    def __init__(self, stages: NativeStages, cfg: ServerConfig, ledger: SpendLedger,
+                 previous: Pipeline | None = None) -> None:
+        world = stages.world
+        self.world, self.cfg, self.stages = world, cfg, stages
+        self.users, self.contexts = stages.users, stages.contexts
+        self.retriever, self.scorer = stages.retriever, stages.scorer
+        ledger.extend(world.campaigns)
+        self.ledger = ledger
+        self.core = DecisionCore(world.campaigns, world.ad_campaign, ledger, cfg.shading,
+                                 cfg.frequency_slots,
+                                 frequency=previous.core.frequency if previous else None)
+        self.pacing = PacingController(world.campaigns, ledger, self.core.pacing,
                                        now_s=time.time())
+        if previous is not None:
+            self.pacing.inherit(previous.pacing)
         self.campaign_ids = list(world.campaigns.ids)
         self.creative_ids = world.ad_creative_ids.tolist()
-        self.timers = timers or StageTimers()
+        self.timers = previous.timers if previous else StageTimers()
+        self.costs = previous.costs if previous else StageCosts()
         self.executor = ThreadPoolExecutor(cfg.native_threads, thread_name_prefix="adbid-native")
-        self.costs = StageCosts()
         self.inflight_batches = 0  # admitted and not yet answered
         self.peak_inflight_batches = 0
 
     def close(self) -> None:
+        """Stop this pipeline's threads (the ledger is the server's, closed separately)."""
         self.executor.shutdown(wait=True)
-        self.ledger.close()
 
     def _native(self, query: np.ndarray, user: np.ndarray, context: np.ndarray,
                 device: np.ndarray, deadline: float,

@@ -26,8 +26,8 @@ from adbid.config import ServerConfig
 from adbid.decode import UndecodableRequest, decode, parse_request
 from adbid.demo_traffic import make_events
 from adbid.encode import all_no_bid, encode
-from adbid.ledger import LedgerError
-from adbid.pipeline import ALL_STAGES, Pipeline
+from adbid.ledger import LedgerError, SpendLedger, open_store
+from adbid.pipeline import ALL_STAGES, NativeStages, Pipeline
 from adbid.v1 import admin_pb2, admin_pb2_grpc, bidder_pb2, bidder_pb2_grpc
 from adbid.world import World
 
@@ -54,6 +54,10 @@ class Overloaded(RuntimeError):
     """Too much work in flight; refused at once (RESOURCE_EXHAUSTED)."""
 
 
+class ReloadRefused(RuntimeError):
+    """A world that failed validation; the running one keeps serving (FAILED_PRECONDITION)."""
+
+
 class Unmeetable(RuntimeError):
     """Not even a no-bid answer fits before the deadline (DEADLINE_EXCEEDED, at once)."""
 
@@ -66,6 +70,7 @@ CLIENT_ERRORS = {
     Unmeetable: (grpc.StatusCode.DEADLINE_EXCEEDED, "deadline"),
     NotFound: (grpc.StatusCode.NOT_FOUND, "not_found"),
     LedgerError: (grpc.StatusCode.FAILED_PRECONDITION, "failed_precondition"),
+    ReloadRefused: (grpc.StatusCode.FAILED_PRECONDITION, "reload_refused"),
 }
 
 
@@ -121,13 +126,14 @@ class BidderService(bidder_pb2_grpc.BidderServicer):
         return time.monotonic() + budget - SEND_MARGIN_S
 
     async def bid(self, request: bidder_pb2.BidRequest, deadline: float,
-                  errors: dict[int, str] | None = None) -> bidder_pb2.BidResponse:
+                  errors: dict[int, str] | None = None,
+                  pipeline: Pipeline | None = None) -> bidder_pb2.BidResponse:
         t0 = time.perf_counter()
         n = len(request.events)
         if n > self.cfg.max_batch_events:
             raise BadRequest(f"events: batch of {n} is above the maximum of "
                              f"{self.cfg.max_batch_events}")
-        p = self.owner.pipeline
+        p = pipeline or self.owner.pipeline
         timers, costs = p.timers, p.costs
         left = deadline - time.monotonic()
         if left < costs.expect(n, "encode"):
@@ -308,6 +314,15 @@ class AdminService(admin_pb2_grpc.AdminServicer):
         await ledger.flush()
         return admin_pb2.UpdateCampaignResponse(campaign=self._campaign_status(row))
 
+    @rpc_errors("Reload")
+    async def Reload(self, request, context):
+        old = self.pipeline.world.version
+        t0 = time.perf_counter()
+        await self.owner.reload(request.world_path or str(self.pipeline.world.path))
+        return admin_pb2.ReloadResponse(world_version=self.pipeline.world.version,
+                                        previous_version=old,
+                                        load_ms=(time.perf_counter() - t0) * 1e3)
+
     @rpc_errors("Status")
     async def Status(self, request, context):
         p = self.pipeline
@@ -345,8 +360,12 @@ class BidServer:
     async def start(self) -> int:
         cfg = self.cfg
         self.started_at = time.monotonic()
-        world = self.world or World.load(cfg.world)
-        self.pipeline = Pipeline(world, cfg)
+        world = self.world or await asyncio.to_thread(World.load, cfg.world)
+        stages = await asyncio.to_thread(NativeStages, world, cfg)
+        self.ledger = SpendLedger(world.campaigns, open_store(cfg.ledger, cfg.ledger_sync),
+                                  cfg.reservation_ttl_s)
+        self.pipeline = Pipeline(stages, cfg, self.ledger)
+        self._reload_lock = asyncio.Lock()
         metrics.PROVIDER.info({"provider": self.pipeline.scorer.provider})
         metrics.WORLD.info({"version": world.version, "path": str(world.path)})
         limit = cfg.max_message_bytes
@@ -366,7 +385,7 @@ class BidServer:
         if self.port == 0:
             raise OSError(f"cannot listen on {cfg.host}:{cfg.port}")
         await self.server.start()
-        await self._warm_up()
+        await self._warm_up(self.pipeline)
         if cfg.metrics_port:
             self._metrics_http, _ = start_http_server(max(cfg.metrics_port, 0), addr=cfg.host)
             self.metrics_port = self._metrics_http.server_port
@@ -381,18 +400,50 @@ class BidServer:
         for name in ("", *SERVICE_NAMES):
             await self.health.set(name, status)
 
-    async def _warm_up(self) -> None:
-        """One batch of test traffic (no budget effects) through every stage."""
+    async def _warm_up(self, pipeline: Pipeline) -> None:
+        """One batch of test traffic (no budget effects) through every stage of `pipeline`."""
         n = max(1, min(64, self.cfg.max_batch_events))
         events = make_events(n, np.random.default_rng(0), test=True, id_prefix="warmup-")
         resp = await self.bidder.bid(bidder_pb2.BidRequest(batch_id="warm-up", events=events),
-                                     time.monotonic() + 30.0)
-        log.info("warm-up: %d events, %d bids, %d us", len(events),
+                                     time.monotonic() + 30.0, pipeline=pipeline)
+        if len(resp.decisions) != n or any(d.no_bid_reason == bidder_pb2.NO_BID_REASON_DEADLINE
+                                           for d in resp.decisions):
+            raise RuntimeError(f"warm-up answered {len(resp.decisions)} of {n} events")
+        log.info("warm-up on %s: %d events, %d bids, %d us", pipeline.world.version, n,
                  sum(d.bid for d in resp.decisions), resp.server_latency_us)
+
+    async def reload(self, path: str) -> None:
+        """Load, validate and warm a world beside the current one, then swap it in.
+
+        Raises ReloadRefused with the reason; the running world is untouched then.
+        """
+        async with self._reload_lock:
+            old = self.pipeline
+            try:
+                world = await asyncio.to_thread(World.load, path)
+                stages = await asyncio.to_thread(NativeStages, world, self.cfg)
+                new = Pipeline(stages, self.cfg, self.ledger, previous=old)
+                await self._warm_up(new)
+            except Exception as exc:  # any failure refuses the world: the old one keeps serving
+                metrics.ERRORS.labels("reload_refused").inc()
+                log.error("reload of %s refused: %s", path, exc)
+                raise ReloadRefused(f"world {path} refused: {exc}") from None
+            self.pipeline = new
+            metrics.WORLD.info({"version": world.version, "path": str(world.path)})
+            metrics.PROVIDER.info({"provider": new.scorer.provider})
+            log.info("reloaded: now serving %s (was %s)", world.version, old.world.version)
+            self._tasks.append(asyncio.create_task(self._retire(old)))
+
+    async def _retire(self, old: Pipeline) -> None:
+        """Close a replaced pipeline once its in-flight batches have finished."""
+        deadline = time.monotonic() + 60
+        while old.inflight_batches and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        await asyncio.to_thread(old.close)
 
     async def _housekeeping(self) -> None:
         """Once a second: release expired reservations, update pacing, publish gauges."""
-        ledger = self.pipeline.ledger
+        ledger = self.ledger
         while True:
             await asyncio.sleep(1.0)
             try:
@@ -423,6 +474,8 @@ class BidServer:
         if self._metrics_http is not None:
             self._metrics_http.shutdown()
         self.pipeline.close()
+        await self.ledger.flush()
+        self.ledger.close()
         log.info("stopped")
 
 

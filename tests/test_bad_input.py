@@ -13,6 +13,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 
 from adbid import metrics
 from adbid.demo_traffic import make_events
+from adbid.pipeline import ALL_STAGES
 from adbid.v1 import bidder_pb2 as pb, bidder_pb2_grpc, lenient_pb2
 
 BID = "/adbid.v1.Bidder/Bid"
@@ -90,13 +91,18 @@ def test_too_many_batches_in_flight_are_refused_not_queued(server_factory):
     assert s.server.pipeline.peak_inflight_batches == 1  # no backlog ever built up
 
 
-def test_deadlines_shed_with_no_late_answers(channel):
+def test_deadlines_shed_with_no_late_answers(server, channel):
     late_before = metrics.LATE_ANSWERS._value.get()
     shed_before = sum(m.get() for m in [c._value for c in metrics.SHED._metrics.values()])
     stub = bidder_pb2_grpc.BidderStub(channel)
     stub.Bid(pb.BidRequest(events=events(1024, 1)), timeout=10)  # learn the stage costs
-    # 5 ms is enough to answer 2048 events, not to decide them: all DEADLINE, nothing reserved.
-    resp = stub.Bid(pb.BidRequest(events=events(2048, 2), deadline_ms=5), timeout=10)
+    # A deadline that covers answering 2048 events but not deciding them (by the server's
+    # own cost estimates): all DEADLINE, nothing reserved.
+    costs = server.server.pipeline.costs
+    answer_s, full_s = costs.expect(2048, "encode"), costs.expect(2048, *ALL_STAGES)
+    deadline_ms = int((answer_s + 0.002) * 1000) + 1
+    assert deadline_ms / 1000 < full_s
+    resp = stub.Bid(pb.BidRequest(events=events(2048, 2), deadline_ms=deadline_ms), timeout=10)
     assert len(resp.decisions) == 2048
     assert {d.no_bid_reason for d in resp.decisions} == {pb.NO_BID_REASON_DEADLINE}
     assert not any(d.bid for d in resp.decisions)
