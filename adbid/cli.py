@@ -19,6 +19,32 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, help=(
     "no-bid per event out."))
 console = Console()
 DEFAULTS = ServerConfig()
+ADMIN_TARGET = f"{DEFAULTS.admin_host}:{DEFAULTS.admin_port}"
+TargetOpt = typer.Option("127.0.0.1:50051", envvar="ADBID_TARGET", help="Bidder address.")
+AdminTargetOpt = typer.Option(ADMIN_TARGET, envvar="ADBID_ADMIN_TARGET",
+                              help="Admin address (the server's --admin-host:--admin-port).")
+TokenOpt = typer.Option("", envvar="ADBID_ADMIN_TOKEN", help="Admin bearer token, if required.")
+TlsCaOpt = typer.Option(None, envvar="ADBID_TLS_CA", help="PEM CA to verify the server (TLS).")
+TlsCertOpt = typer.Option(None, envvar="ADBID_TLS_CLIENT_CERT",
+                          help="PEM client certificate (mutual TLS).")
+TlsKeyOpt = typer.Option(None, envvar="ADBID_TLS_CLIENT_KEY", help="PEM key of the client cert.")
+
+
+def _channel(target: str, ca: Path | None = None, cert: Path | None = None,
+             key: Path | None = None):
+    import grpc
+
+    if ca is None and cert is None:
+        return grpc.insecure_channel(target)
+    creds = grpc.ssl_channel_credentials(
+        root_certificates=ca.read_bytes() if ca else None,
+        private_key=key.read_bytes() if key else None,
+        certificate_chain=cert.read_bytes() if cert else None)
+    return grpc.secure_channel(target, creds)
+
+
+def _auth(token: str) -> list[tuple[str, str]]:
+    return [("authorization", f"Bearer {token}")] if token else []
 
 
 def _logging(verbose: bool) -> None:
@@ -85,6 +111,18 @@ def serve(
                                   help="Largest batch accepted, in events."),
     deadline_ms: int = typer.Option(DEFAULTS.default_deadline_ms, envvar="ADBID_DEADLINE_MS",
                                     help="Deadline when the call carries none."),
+    admin_host: str = typer.Option(DEFAULTS.admin_host, envvar="ADBID_ADMIN_HOST",
+                                   help="Address of the Admin service's own port."),
+    admin_port: int = typer.Option(DEFAULTS.admin_port, envvar="ADBID_ADMIN_PORT",
+                                   help="Admin port (0 = any; -1 = on the main port, which "
+                                        "needs --admin-token unless --host is loopback)."),
+    admin_token: str = typer.Option("", envvar="ADBID_ADMIN_TOKEN",
+                                    help="Require 'authorization: Bearer TOKEN' on Admin calls."),
+    tls_cert: Path = typer.Option(None, envvar="ADBID_TLS_CERT",
+                                  help="PEM certificate chain: TLS on the gRPC port."),
+    tls_key: Path = typer.Option(None, envvar="ADBID_TLS_KEY", help="PEM key of --tls-cert."),
+    tls_client_ca: Path = typer.Option(None, envvar="ADBID_TLS_CLIENT_CA",
+                                       help="PEM CA: require client certificates (mutual TLS)."),
     ledger: Path = typer.Option(default_ledger_path(), envvar="ADBID_LEDGER",
                                 help="Spend ledger directory (append-only log); created if "
                                      "missing, replayed at start-up."),
@@ -107,8 +145,11 @@ def serve(
                        onnx_spinning=onnx_spinning, native_threads=native_threads, use_gpu=gpu,
                        require_gpu=require_gpu, shading=shading, max_batch_events=max_batch,
                        default_deadline_ms=deadline_ms, reservation_ttl_s=reservation_ttl_s,
-                       ledger=ledger, ledger_sync=ledger_sync, frequency_slots=frequency_slots)
-    logging.getLogger("adbid").info("configuration: %s", json.dumps(cfg.as_dict()))
+                       ledger=ledger, ledger_sync=ledger_sync, frequency_slots=frequency_slots,
+                       admin_host=admin_host, admin_port=admin_port, admin_token=admin_token,
+                       tls_cert=tls_cert, tls_key=tls_key, tls_client_ca=tls_client_ca)
+    shown = {**cfg.as_dict(), "admin_token": "(set)" if cfg.admin_token else ""}
+    logging.getLogger("adbid").info("configuration: %s", json.dumps(shown))
     from adbid.scoring import GpuUnavailableError
     from adbid.server import run
     from adbid.world import WorldError
@@ -139,12 +180,15 @@ def demo_world(
 
 @app.command()
 def bid(
-    target: str = typer.Option("127.0.0.1:50051", envvar="ADBID_TARGET", help="Server address."),
+    target: str = TargetOpt,
     events: int = typer.Option(8, help="Events in the batch."),
     seed: int = typer.Option(1, help="Seed of the demo events."),
     test: bool = typer.Option(False, help="Mark events as test traffic (no budget effects)."),
     timeout_ms: int = typer.Option(1000, help="gRPC deadline."),
     rows: int = typer.Option(20, help="Decisions to print (0 = all)."),
+    tls_ca: Path = TlsCaOpt,
+    tls_cert: Path = TlsCertOpt,
+    tls_key: Path = TlsKeyOpt,
 ) -> None:
     """Send a batch of demo events to a running server and print the decisions."""
     import grpc
@@ -154,7 +198,7 @@ def bid(
     from adbid.v1 import bidder_pb2, bidder_pb2_grpc
 
     batch = make_events(events, np.random.default_rng(seed), test=test)
-    with grpc.insecure_channel(target) as channel:
+    with _channel(target, tls_ca, tls_cert, tls_key) as channel:
         stub = bidder_pb2_grpc.BidderStub(channel)
         try:
             resp = stub.Bid(bidder_pb2.BidRequest(batch_id=f"cli-{seed}", events=batch),
@@ -181,8 +225,9 @@ def bid(
 
 @app.command()
 def status(
-    target: str = typer.Option("127.0.0.1:50051", envvar="ADBID_TARGET", help="Server address."),
+    target: str = AdminTargetOpt,
     campaigns: int = typer.Option(10, help="Campaigns to list, by spend (0 = none)."),
+    token: str = TokenOpt,
 ) -> None:
     """Show what a running server serves: world, provider, model AUC, stage latencies, spend."""
     import grpc
@@ -191,7 +236,8 @@ def status(
 
     with grpc.insecure_channel(target) as channel:
         try:
-            s = admin_pb2_grpc.AdminStub(channel).Status(admin_pb2.StatusRequest(), timeout=5)
+            s = admin_pb2_grpc.AdminStub(channel).Status(admin_pb2.StatusRequest(), timeout=5,
+                                                         metadata=_auth(token))
         except grpc.RpcError as exc:
             console.print(f"[red]error:[/red] {exc.code().name}: {exc.details()}")
             raise typer.Exit(1) from None
@@ -224,7 +270,8 @@ def status(
 @app.command()
 def reload(
     world: str = typer.Argument("", help="World directory to serve (default: the current one)."),
-    target: str = typer.Option("127.0.0.1:50051", envvar="ADBID_TARGET", help="Server address."),
+    target: str = AdminTargetOpt,
+    token: str = TokenOpt,
 ) -> None:
     """Load a world into a running server: validated, warmed up, swapped in atomically."""
     import grpc
@@ -235,7 +282,7 @@ def reload(
     with grpc.insecure_channel(target) as channel:
         try:
             r = admin_pb2_grpc.AdminStub(channel).Reload(
-                admin_pb2.ReloadRequest(world_path=path), timeout=120)
+                admin_pb2.ReloadRequest(world_path=path), timeout=120, metadata=_auth(token))
         except grpc.RpcError as exc:
             console.print(f"[red]refused:[/red] {exc.code().name}: {exc.details()}")
             raise typer.Exit(1) from None
@@ -249,7 +296,8 @@ def campaign(
     budget: float = typer.Option(None, help="New total budget, in currency units (e.g. 250.5)."),
     pause: bool = typer.Option(None, "--pause/--resume", help="Pause or resume bidding."),
     reason: str = typer.Option("", help="Who or why; written to the ledger's change log."),
-    target: str = typer.Option("127.0.0.1:50051", envvar="ADBID_TARGET", help="Server address."),
+    target: str = AdminTargetOpt,
+    token: str = TokenOpt,
 ) -> None:
     """Change a campaign's budget or pause it on a running server (durable, logged)."""
     import grpc
@@ -266,7 +314,8 @@ def campaign(
         req.active = not pause
     with grpc.insecure_channel(target) as channel:
         try:
-            c = admin_pb2_grpc.AdminStub(channel).UpdateCampaign(req, timeout=5).campaign
+            c = admin_pb2_grpc.AdminStub(channel).UpdateCampaign(req, timeout=5,
+                                                                 metadata=_auth(token)).campaign
         except grpc.RpcError as exc:
             console.print(f"[red]error:[/red] {exc.code().name}: {exc.details()}")
             raise typer.Exit(1) from None

@@ -32,6 +32,12 @@ class ServerConfig:
     host: str = "127.0.0.1"
     port: int = 50051  # 0 = pick a free port
     metrics_port: int = 9464  # Prometheus /metrics on host; 0 = off, -1 = any free port
+    admin_host: str = "127.0.0.1"  # the Admin service listens here, apart from bidding traffic
+    admin_port: int = 50052  # 0 = any free port; -1 = on the main port (needs a token off loopback)
+    admin_token: str = ""  # when set, every Admin call needs "authorization: Bearer <token>"
+    tls_cert: Path | None = None  # PEM certificate chain for the gRPC port (TLS on when set)
+    tls_key: Path | None = None  # PEM private key for tls_cert
+    tls_client_ca: Path | None = None  # PEM CA bundle: clients must present a cert it signed
     top_k: int = 16  # candidates retrieved per event
     faiss_threads: int = 1  # OpenMP threads for FAISS search
     onnx_threads: int = 1  # onnxruntime intra-op threads

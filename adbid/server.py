@@ -9,6 +9,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import hmac
+import ipaddress
 import logging
 import signal
 import time
@@ -58,6 +60,10 @@ class ReloadRefused(RuntimeError):
     """A world that failed validation; the running one keeps serving (FAILED_PRECONDITION)."""
 
 
+class Unauthenticated(PermissionError):
+    """An Admin call without the right bearer token (UNAUTHENTICATED)."""
+
+
 class Unmeetable(RuntimeError):
     """Not even a no-bid answer fits before the deadline (DEADLINE_EXCEEDED, at once)."""
 
@@ -71,6 +77,7 @@ CLIENT_ERRORS = {
     NotFound: (grpc.StatusCode.NOT_FOUND, "not_found"),
     LedgerError: (grpc.StatusCode.FAILED_PRECONDITION, "failed_precondition"),
     ReloadRefused: (grpc.StatusCode.FAILED_PRECONDITION, "reload_refused"),
+    Unauthenticated: (grpc.StatusCode.UNAUTHENTICATED, "unauthenticated"),
 }
 
 
@@ -278,6 +285,21 @@ class BidderService(bidder_pb2_grpc.BidderServicer):
         return resp
 
 
+def admin_only(fn):
+    """Check the bearer token (when one is configured) before an Admin method runs."""
+
+    @functools.wraps(fn)
+    async def checked(self, request, context):
+        token = self.cfg.admin_token
+        if token:
+            given = dict(context.invocation_metadata()).get("authorization", "")
+            if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
+                raise Unauthenticated("authorization: missing or wrong bearer token")
+        return await fn(self, request, context)
+
+    return checked
+
+
 class AdminService(admin_pb2_grpc.AdminServicer):
     def __init__(self, owner: BidServer, cfg: ServerConfig, started_at: float) -> None:
         self.owner = owner
@@ -300,6 +322,7 @@ class AdminService(admin_pb2_grpc.AdminServicer):
             planned_spend_micros=int(p.pacing.planned_micros[row]))
 
     @rpc_errors("UpdateCampaign")
+    @admin_only
     async def UpdateCampaign(self, request, context):
         """Validate, write to the ledger, apply; answers with the campaign after the change."""
         ledger = self.pipeline.ledger
@@ -315,6 +338,7 @@ class AdminService(admin_pb2_grpc.AdminServicer):
         return admin_pb2.UpdateCampaignResponse(campaign=self._campaign_status(row))
 
     @rpc_errors("Reload")
+    @admin_only
     async def Reload(self, request, context):
         old = self.pipeline.world.version
         t0 = time.perf_counter()
@@ -324,6 +348,7 @@ class AdminService(admin_pb2_grpc.AdminServicer):
                                         load_ms=(time.perf_counter() - t0) * 1e3)
 
     @rpc_errors("Status")
+    @admin_only
     async def Status(self, request, context):
         p = self.pipeline
         w, led, model = p.world, p.ledger, p.world.manifest.get("model", {})
@@ -359,6 +384,10 @@ class BidServer:
 
     async def start(self) -> int:
         cfg = self.cfg
+        if cfg.admin_port < 0 and not cfg.admin_token and not is_loopback(cfg.host):
+            raise OSError(f"Admin on the main port {cfg.host}:{cfg.port} needs --admin-token "
+                          "(or keep it on its own loopback port with --admin-port)")
+        credentials = tls_credentials(cfg)  # fail on a bad TLS setup before loading anything
         self.started_at = time.monotonic()
         world = self.world or await asyncio.to_thread(World.load, cfg.world)
         stages = await asyncio.to_thread(NativeStages, world, cfg)
@@ -368,22 +397,39 @@ class BidServer:
         self._reload_lock = asyncio.Lock()
         metrics.PROVIDER.info({"provider": self.pipeline.scorer.provider})
         metrics.WORLD.info({"version": world.version, "path": str(world.path)})
+        admin_on_main = cfg.admin_port < 0
         limit = cfg.max_message_bytes
-        self.server = grpc.aio.server(options=[
-            ("grpc.max_receive_message_length", limit), ("grpc.max_send_message_length", limit),
-            ("grpc.so_reuseport", 0)])
+        options = [("grpc.max_receive_message_length", limit),
+                   ("grpc.max_send_message_length", limit), ("grpc.so_reuseport", 0)]
+        self.server = grpc.aio.server(options=options)
         self.health = health.aio.HealthServicer()
         self.bidder = BidderService(self, cfg)
         self.server.add_generic_rpc_handlers((self.bidder.handlers(),))
-        admin_pb2_grpc.add_AdminServicer_to_server(AdminService(self, cfg, self.started_at),
-                                                   self.server)
-        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
-        reflection.enable_server_reflection(
-            (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server)
+        admin = AdminService(self, cfg, self.started_at)
+        self.admin_server = None if admin_on_main else grpc.aio.server(options=options)
+        admin_target = self.server if admin_on_main else self.admin_server
+        admin_pb2_grpc.add_AdminServicer_to_server(admin, admin_target)
+        main_services = SERVICE_NAMES if admin_on_main else SERVICE_NAMES[:1]
+        for srv, names in ((self.server, main_services),
+                           (self.admin_server, SERVICE_NAMES[1:])):
+            if srv is None:
+                continue
+            health_pb2_grpc.add_HealthServicer_to_server(self.health, srv)
+            reflection.enable_server_reflection(
+                (*names, health.SERVICE_NAME, reflection.SERVICE_NAME), srv)
         await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
-        self.port = self.server.add_insecure_port(f"{cfg.host}:{cfg.port}")
+        address = f"{cfg.host}:{cfg.port}"
+        self.port = (self.server.add_secure_port(address, credentials) if credentials
+                     else self.server.add_insecure_port(address))
         if self.port == 0:
-            raise OSError(f"cannot listen on {cfg.host}:{cfg.port}")
+            raise OSError(f"cannot listen on {address}")
+        self.admin_port = self.port
+        if self.admin_server is not None:
+            self.admin_port = self.admin_server.add_insecure_port(
+                f"{cfg.admin_host}:{cfg.admin_port}")
+            if self.admin_port == 0:
+                raise OSError(f"cannot listen on {cfg.admin_host}:{cfg.admin_port} (admin)")
+            await self.admin_server.start()
         await self.server.start()
         await self._warm_up(self.pipeline)
         if cfg.metrics_port:
@@ -391,9 +437,13 @@ class BidServer:
             self.metrics_port = self._metrics_http.server_port
         self._tasks.append(asyncio.create_task(self._housekeeping()))
         await self._set_health(health_pb2.HealthCheckResponse.SERVING)
-        log.info("serving world %s on %s:%d (metrics %s), provider %s", world.version, cfg.host,
-                 self.port, f"http://{cfg.host}:{self.metrics_port}/metrics"
-                 if self.metrics_port else "off", self.pipeline.scorer.provider)
+        log.info("serving world %s on %s:%d (%s), admin on %s:%d%s, metrics %s, provider %s",
+                 world.version, cfg.host, self.port,
+                 "mutual TLS" if cfg.tls_client_ca else "TLS" if credentials else "plaintext",
+                 cfg.admin_host if self.admin_server else cfg.host, self.admin_port,
+                 " (token required)" if cfg.admin_token else "",
+                 f"http://{cfg.host}:{self.metrics_port}/metrics" if self.metrics_port else "off",
+                 self.pipeline.scorer.provider)
         return self.port
 
     async def _set_health(self, status) -> None:
@@ -470,13 +520,38 @@ class BidServer:
         await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
         for task in self._tasks:
             task.cancel()
-        await self.server.stop(self.cfg.grace_s if grace_s is None else grace_s)
+        grace = self.cfg.grace_s if grace_s is None else grace_s
+        if self.admin_server is not None:
+            await self.admin_server.stop(grace)
+        await self.server.stop(grace)
         if self._metrics_http is not None:
             self._metrics_http.shutdown()
         self.pipeline.close()
         await self.ledger.flush()
         self.ledger.close()
         log.info("stopped")
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def tls_credentials(cfg: ServerConfig) -> grpc.ServerCredentials | None:
+    """TLS when a certificate is configured; mutual TLS when a client CA is too."""
+    if not cfg.tls_cert and not cfg.tls_key:
+        if cfg.tls_client_ca:
+            raise OSError("--tls-client-ca needs --tls-cert and --tls-key")
+        return None
+    if not (cfg.tls_cert and cfg.tls_key):
+        raise OSError("TLS needs both --tls-cert and --tls-key")
+    ca = cfg.tls_client_ca.read_bytes() if cfg.tls_client_ca else None
+    return grpc.ssl_server_credentials([(cfg.tls_key.read_bytes(), cfg.tls_cert.read_bytes())],
+                                       root_certificates=ca, require_client_auth=ca is not None)
 
 
 def run(cfg: ServerConfig) -> None:

@@ -75,8 +75,10 @@ class ServerThread:
 
 
 def server_config(world_dir: Path, ledger: Path | None, **overrides) -> ServerConfig:
+    # Admin on the main (loopback) port, so that one channel reaches everything.
     return replace(ServerConfig(world=world_dir, ledger=ledger, host="127.0.0.1", port=0,
-                                metrics_port=0, default_deadline_ms=2000), **overrides)
+                                metrics_port=0, admin_port=-1, default_deadline_ms=2000),
+                   **overrides)
 
 
 @pytest.fixture

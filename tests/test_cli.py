@@ -22,22 +22,23 @@ def test_help_lists_the_commands():
 def test_serve_bid_status_and_sigterm(tiny_world_dir, tmp_path):
     env = {**os.environ, "ADBID_HOME": str(tmp_path)}
     proc = subprocess.Popen([BIN, "serve", "--world", str(tiny_world_dir), "--port", "0",
-                             "--metrics-port", "0"], stderr=subprocess.PIPE, text=True, env=env)
+                             "--metrics-port", "0", "--admin-port", "0"],
+                            stderr=subprocess.PIPE, text=True, env=env)
     try:
-        port, deadline, lines = None, time.monotonic() + 60, []
-        while port is None and time.monotonic() < deadline:
+        ports, deadline, lines = None, time.monotonic() + 60, []
+        while ports is None and time.monotonic() < deadline:
             line = proc.stderr.readline()
             lines.append(line)
-            if m := re.search(r"on 127\.0\.0\.1:(\d+)", line):
-                port = int(m.group(1))
+            if m := re.search(r"on 127\.0\.0\.1:(\d+) .*admin on 127\.0\.0\.1:(\d+)", line):
+                ports = int(m.group(1)), int(m.group(2))
             assert line or proc.poll() is None, "".join(lines)
-        assert port, "".join(lines)
-        target = ["--target", f"127.0.0.1:{port}"]
-        out = subprocess.run([BIN, "bid", *target, "--events", "5", "--test"], capture_output=True,
-                             text=True, check=True, env=env).stdout
-        assert "5 decisions" in out and "/ 5 events" in out
-        out = subprocess.run([BIN, "status", *target], capture_output=True, text=True, check=True,
+        assert ports, "".join(lines)
+        out = subprocess.run([BIN, "bid", "--target", f"127.0.0.1:{ports[0]}", "--events", "5",
+                              "--test"], capture_output=True, text=True, check=True,
                              env=env).stdout
+        assert "5 decisions" in out and "/ 5 events" in out
+        out = subprocess.run([BIN, "status", "--target", f"127.0.0.1:{ports[1]}"],
+                             capture_output=True, text=True, check=True, env=env).stdout
         assert "CPUExecutionProvider" in out and "demo-s7-" in out
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(30) == 0

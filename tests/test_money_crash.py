@@ -29,7 +29,8 @@ KILLS = 10
 def start(world: Path, ledger: Path, log: Path) -> tuple[subprocess.Popen, int]:
     with log.open("w") as f:
         proc = subprocess.Popen([BIN, "serve", "--world", str(world), "--ledger", str(ledger),
-                                 "--port", "0", "--metrics-port", "0"], stderr=f,
+                                 "--port", "0", "--metrics-port", "0", "--admin-port", "0"],
+                                stderr=f,
                                 stdout=subprocess.DEVNULL)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
