@@ -48,10 +48,9 @@ def _auth(token: str) -> list[tuple[str, str]]:
 
 
 def _logging(verbose: bool) -> None:
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    # faiss's loader reports at INFO that an optional AVX2 build is absent; not news.
-    logging.getLogger("faiss.loader").setLevel(logging.WARNING)
+    from adbid import logs
+
+    logs.setup("text", verbose)
 
 
 def _ensure_world(world: Path, seed: int) -> None:
@@ -83,8 +82,19 @@ def _build_demo(out: Path, seed: int, spec_overrides: dict | None) -> dict:
     return manifest
 
 
+# serve's parameter name -> ServerConfig field, where the two differ.
+_FIELD_OF = {"gpu": "use_gpu", "max_batch": "max_batch_events", "deadline_ms":
+             "default_deadline_ms", "max_inflight": "max_inflight_batches"}
+
+
 @app.command()
 def serve(
+    ctx: typer.Context,
+    config: Path = typer.Option(None, "--config", "-c", envvar="ADBID_CONFIG",
+                                help="TOML file of settings (keys as in adbid.config."
+                                     "ServerConfig); flags and ADBID_* variables win over it."),
+    log_format: str = typer.Option("auto", envvar="ADBID_LOG_FORMAT",
+                                   help="json, text, or auto (text on a terminal)."),
     world: Path = typer.Option(DEFAULTS.world, envvar="ADBID_WORLD",
                                help="World directory. The default one is built if missing."),
     host: str = typer.Option(DEFAULTS.host, envvar="ADBID_HOST", help="Address to listen on."),
@@ -111,6 +121,9 @@ def serve(
                                   help="Largest batch accepted, in events."),
     deadline_ms: int = typer.Option(DEFAULTS.default_deadline_ms, envvar="ADBID_DEADLINE_MS",
                                     help="Deadline when the call carries none."),
+    max_inflight: int = typer.Option(DEFAULTS.max_inflight_batches, envvar="ADBID_MAX_INFLIGHT",
+                                     help="Batches admitted at once; more are refused at once "
+                                          "(RESOURCE_EXHAUSTED)."),
     admin_host: str = typer.Option(DEFAULTS.admin_host, envvar="ADBID_ADMIN_HOST",
                                    help="Address of the Admin service's own port."),
     admin_port: int = typer.Option(DEFAULTS.admin_port, envvar="ADBID_ADMIN_PORT",
@@ -138,18 +151,29 @@ def serve(
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug logging."),
 ) -> None:
     """Serve bids over gRPC. With no options: the demo world on 127.0.0.1:50051."""
-    _logging(verbose)
-    _ensure_world(world, seed)
-    cfg = ServerConfig(world=world, host=host, port=port, metrics_port=metrics_port, top_k=top_k,
-                       faiss_threads=faiss_threads, onnx_threads=onnx_threads,
-                       onnx_spinning=onnx_spinning, native_threads=native_threads, use_gpu=gpu,
-                       require_gpu=require_gpu, shading=shading, max_batch_events=max_batch,
-                       default_deadline_ms=deadline_ms, reservation_ttl_s=reservation_ttl_s,
-                       ledger=ledger, ledger_sync=ledger_sync, frequency_slots=frequency_slots,
-                       admin_host=admin_host, admin_port=admin_port, admin_token=admin_token,
-                       tls_cert=tls_cert, tls_key=tls_key, tls_client_ca=tls_client_ca)
+    from adbid import logs
+    from adbid.config import read_config_file
+
+    logs.setup(log_format, verbose)
+    values = {k: v for k, v in ctx.params.items()
+              if k not in ("ctx", "config", "log_format", "seed", "verbose")}
+    settings = {_FIELD_OF.get(k, k): v for k, v in values.items()}
+    if config is not None:
+        try:
+            from_file = read_config_file(config)
+        except ValueError as exc:
+            raise typer.BadParameter(str(exc), param_hint="--config") from None
+        param_of = {_FIELD_OF.get(k, k): k for k in values}
+        for key, value in from_file.items():
+            param = param_of.get(key)
+            source = ctx.get_parameter_source(param) if param else None
+            if source is None or source.name == "DEFAULT":  # flags and ADBID_* win
+                settings[key] = value
+    _ensure_world(settings["world"], seed)
+    cfg = ServerConfig(**settings)
     shown = {**cfg.as_dict(), "admin_token": "(set)" if cfg.admin_token else ""}
-    logging.getLogger("adbid").info("configuration: %s", json.dumps(shown))
+    logging.getLogger("adbid").info("configuration: %s", json.dumps(shown),
+                                    extra={"config": shown, "config_file": str(config or "")})
     from adbid.scoring import GpuUnavailableError
     from adbid.server import run
     from adbid.world import WorldError

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 
@@ -56,3 +56,41 @@ class ServerConfig:
 
     def as_dict(self) -> dict[str, object]:
         return {k: str(v) if isinstance(v, Path) else v for k, v in asdict(self).items()}
+
+
+def read_config_file(path: Path) -> dict[str, object]:
+    """A TOML file of ServerConfig fields (top-level keys, snake_case) -> validated values.
+
+    Unknown keys and wrong types are refused with the key's name.
+    """
+    import tomllib
+
+    try:
+        data = tomllib.loads(path.read_text())
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise ValueError(f"config file {path}: {exc}") from None
+    known = {f.name: f for f in fields(ServerConfig)}
+    unknown = sorted(set(data) - set(known))
+    if unknown:
+        raise ValueError(f"config file {path}: unknown keys {unknown}; known: {sorted(known)}")
+    out: dict[str, object] = {}
+    for key, value in data.items():
+        default = getattr(ServerConfig(), key)
+        if isinstance(default, Path) or key in ("ledger", "tls_cert", "tls_key", "tls_client_ca"):
+            if not isinstance(value, str):
+                raise ValueError(f"config file {path}: {key} must be a path string")
+            out[key] = Path(value)
+        elif isinstance(default, bool):
+            if not isinstance(value, bool):
+                raise ValueError(f"config file {path}: {key} must be true or false")
+            out[key] = value
+        elif isinstance(default, (int, float)):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or (
+                    isinstance(default, int) and not isinstance(value, int)):
+                raise ValueError(f"config file {path}: {key} must be a {type(default).__name__}")
+            out[key] = value
+        else:
+            if not isinstance(value, str):
+                raise ValueError(f"config file {path}: {key} must be a string")
+            out[key] = value
+    return out

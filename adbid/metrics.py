@@ -63,3 +63,25 @@ class StageTimers:
                           "p50_us": h.get_value_at_percentile(50),
                           "p99_us": h.get_value_at_percentile(99)}
         return out
+
+
+def _zero_known_series() -> None:
+    """Export every known label combination at 0 from the start, so that dashboards and
+    alerts see a zero instead of no data."""
+    from adbid.v1 import bidder_pb2
+
+    for kind in ("invalid_request", "undecodable_request", "not_found", "failed_precondition",
+                 "overload", "deadline", "reload_refused", "unauthenticated", "internal",
+                 "housekeeping"):
+        ERRORS.labels(kind)
+    for stage in ("arrival", "admission", "queue", "retrieval", "scoring", "decision"):
+        SHED.labels(stage)
+    for value in bidder_pb2.NoBidReason.values():
+        if value:
+            NO_BIDS.labels(bidder_pb2.NoBidReason.Name(value))
+    for kind in ("OUTCOME_TYPE_WIN", "OUTCOME_TYPE_LOSS", "OUTCOME_TYPE_BILLING"):
+        for result in ("accepted", "duplicate", "rejected"):
+            NOTICES.labels(kind, result)
+
+
+_zero_known_series()

@@ -23,7 +23,7 @@ from grpc_reflection.v1alpha import reflection
 from prometheus_client import start_http_server
 
 import adbid
-from adbid import metrics
+from adbid import logs, metrics
 from adbid.config import ServerConfig
 from adbid.decode import UndecodableRequest, decode, parse_request
 from adbid.demo_traffic import make_events
@@ -116,6 +116,7 @@ class BidderService(bidder_pb2_grpc.BidderServicer):
     def __init__(self, owner: BidServer, cfg: ServerConfig) -> None:
         self.owner = owner  # owner.pipeline is read once per request: reloads swap it
         self.cfg = cfg
+        self._batches = 0
 
     def handlers(self) -> grpc.GenericRpcHandler:
         out = bidder_pb2.BidResponse.SerializeToString
@@ -141,6 +142,16 @@ class BidderService(bidder_pb2_grpc.BidderServicer):
             raise BadRequest(f"events: batch of {n} is above the maximum of "
                              f"{self.cfg.max_batch_events}")
         p = pipeline or self.owner.pipeline
+        self._batches += 1
+        rid_token = logs.request_id.set(request.batch_id or f"batch-{self._batches}")
+        try:
+            return await self._bid(request, deadline, errors, p, t0, n)
+        finally:
+            logs.request_id.reset(rid_token)
+
+    async def _bid(self, request: bidder_pb2.BidRequest, deadline: float,
+                   errors: dict[int, str] | None, p: Pipeline, t0: float,
+                   n: int) -> bidder_pb2.BidResponse:
         timers, costs = p.timers, p.costs
         left = deadline - time.monotonic()
         if left < costs.expect(n, "encode"):
@@ -173,10 +184,13 @@ class BidderService(bidder_pb2_grpc.BidderServicer):
         resp.server_latency_us = int((t3 - t0) * 1e6)
         if time.monotonic() > deadline + SEND_MARGIN_S:
             metrics.LATE_ANSWERS.inc()
+            log.warning("answer left %.2f ms after its deadline", (time.monotonic() - deadline
+                                                                   - SEND_MARGIN_S) * 1e3)
         metrics.EVENTS.inc(n)
         metrics.BATCH_EVENTS.observe(n)
         bids = int(dec.bid.sum())
         metrics.BIDS.inc(bids)
+        log.debug("batch: %d events, %d bids, %d us", n, bids, resp.server_latency_us)
         if bids < n:
             counts = np.bincount(dec.reason, minlength=len(REASON_NAMES))
             for reason, count in enumerate(counts.tolist()):
@@ -259,6 +273,8 @@ class BidderService(bidder_pb2_grpc.BidderServicer):
     async def ReportOutcomes(self, raw: bytes, context):
         """Apply the notices, make them durable, then acknowledge them."""
         request = bidder_pb2.ReportOutcomesRequest()
+        self._batches += 1
+        logs.request_id.set(f"notices-{self._batches}")
         try:
             request.ParseFromString(raw)
         except Exception as exc:
@@ -454,6 +470,7 @@ class BidServer:
         """One batch of test traffic (no budget effects) through every stage of `pipeline`."""
         n = max(1, min(64, self.cfg.max_batch_events))
         events = make_events(n, np.random.default_rng(0), test=True, id_prefix="warmup-")
+        logs.request_id.set("warm-up")
         resp = await self.bidder.bid(bidder_pb2.BidRequest(batch_id="warm-up", events=events),
                                      time.monotonic() + 30.0, pipeline=pipeline)
         if len(resp.decisions) != n or any(d.no_bid_reason == bidder_pb2.NO_BID_REASON_DEADLINE
@@ -461,6 +478,7 @@ class BidServer:
             raise RuntimeError(f"warm-up answered {len(resp.decisions)} of {n} events")
         log.info("warm-up on %s: %d events, %d bids, %d us", pipeline.world.version, n,
                  sum(d.bid for d in resp.decisions), resp.server_latency_us)
+        logs.request_id.set("")
 
     async def reload(self, path: str) -> None:
         """Load, validate and warm a world beside the current one, then swap it in.

@@ -1,0 +1,87 @@
+"""Metrics on the Prometheus port, the dashboard's queries, JSON logs, the config file."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+
+from adbid.demo_traffic import make_events
+from adbid.v1 import bidder_pb2 as pb, bidder_pb2_grpc
+
+ROOT = Path(__file__).parent.parent
+BIN = Path(sys.executable).parent / "adbid"
+REQUIRED = ["adbid_requests_total", "adbid_events_total", "adbid_bids_total",
+            "adbid_no_bids_total", "adbid_errors_total", "adbid_stage_seconds_bucket",
+            "adbid_batch_events_bucket", "adbid_execution_provider_info", "adbid_world_info",
+            "adbid_shed_events_total", "adbid_campaign_spent_micros"]
+
+
+def scrape(port: int) -> str:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+        return r.read().decode()
+
+
+def test_metrics_cover_what_an_operator_needs_and_the_dashboard_uses(server_factory):
+    s = server_factory(metrics_port=-1)
+    import grpc
+
+    with grpc.insecure_channel(s.target) as ch:
+        stub = bidder_pb2_grpc.BidderStub(ch)
+        stub.Bid(pb.BidRequest(events=make_events(64, np.random.default_rng(0), n_users=2_000)),
+                 timeout=5)
+    s.call(s.server.pipeline.ledger.flush())
+    time.sleep(1.2)  # one housekeeping round publishes the campaign gauges
+    text = scrape(s.server.metrics_port)
+    present = set(re.findall(r"^(adbid_[a-z_]+)", text, re.M))
+    for name in REQUIRED:
+        assert name in present, name
+    for stage in ("decode", "lookup", "retrieval", "scoring", "decision", "encode", "total"):
+        assert f'adbid_stage_seconds_count{{stage="{stage}"}}' in text
+    assert 'provider="CPUExecutionProvider"' in text
+    dashboard = json.loads((ROOT / "docs" / "grafana-dashboard.json").read_text())
+    used = {m for p in dashboard["panels"] for t in p["targets"]
+            for m in re.findall(r"\b(adbid_[a-z_]+)", t["expr"])}
+    assert used and not {m for m in used if m not in present}, used - present
+
+
+def test_json_logs_and_a_config_file(tiny_world_dir, tmp_path):
+    cfg = tmp_path / "adbid.toml"
+    cfg.write_text(f'world = "{tiny_world_dir}"\nport = 0\nmetrics_port = 0\nadmin_port = 0\n'
+                   f'top_k = 7\nshading = 0.5\nledger = "{tmp_path / "ledger"}"\n')
+    env = {**os.environ, "ADBID_HOME": str(tmp_path), "ADBID_SHADING": "0.6"}
+    log = tmp_path / "serve.log"
+    with log.open("w") as f:
+        proc = subprocess.Popen([BIN, "serve", "--config", str(cfg), "--top-k", "9"],
+                                stderr=f, env=env)
+    try:
+        deadline = time.monotonic() + 60
+        while "serving world" not in log.read_text() and time.monotonic() < deadline:
+            assert proc.poll() is None, log.read_text()
+            time.sleep(0.1)
+        lines = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
+    finally:
+        proc.terminate()
+        proc.wait(30)
+    assert all({"time", "level", "logger", "message"} <= set(x) for x in lines)
+    config = next(x for x in lines if x["message"].startswith("configuration"))["config"]
+    # flag > environment > file > default
+    assert config["top_k"] == 9 and config["shading"] == 0.6
+    assert config["world"] == str(tiny_world_dir) and config["port"] == 0
+    warm = next(x for x in lines if x["message"].startswith("warm-up"))
+    assert warm["request_id"] == "warm-up"
+
+
+def test_a_bad_config_file_is_refused_with_the_key(tmp_path):
+    cfg = tmp_path / "bad.toml"
+    cfg.write_text('prot = 5\n')
+    r = subprocess.run([BIN, "serve", "--config", str(cfg)], capture_output=True, text=True,
+                       env={**os.environ, "ADBID_HOME": str(tmp_path)})
+    assert r.returncode != 0 and "prot" in r.stdout + r.stderr
