@@ -33,42 +33,72 @@ log = logging.getLogger(__name__)
 FIXED_STAGE_S = 20e-6  # a stage never costs less than this, whatever the batch size
 
 
+TAIL_MARGIN = 3.0  # estimates add this many mean absolute residuals: deadlines are about tails
+
+
 class StageCost:
     """Recent cost of one stage as a + b * events, fitted by recursive least squares with
-    forgetting (fixed per-batch costs such as an fsync and per-event costs both show)."""
+    forgetting (fixed per-batch costs such as a sync and per-event costs both show), plus a
+    margin for its recent scatter, since a deadline is missed in the tail, not the mean."""
 
     def __init__(self, forgetting: float = 0.97) -> None:
         self.lam = forgetting
         self.theta = np.zeros(2)  # [seconds per batch, seconds per event]
         self.p = np.eye(2) * 1e3
+        self.scatter_s = 0.0  # EWMA of |observed - predicted|
         self.seen = 0
 
     def observe(self, seconds: float, n_events: int) -> None:
         x = np.array([1.0, float(n_events)])
+        residual = seconds - float(x @ self.theta)
+        if self.seen:
+            self.scatter_s += 0.1 * (abs(residual) - self.scatter_s)
         px = self.p @ x
         k = px / (self.lam + x @ px)
-        self.theta += k * (seconds - x @ self.theta)
+        self.theta += k * residual
         self.p = (self.p - np.outer(k, px)) / self.lam
         self.seen += 1
 
     def expect(self, n_events: int) -> float:
+        """The mean cost for a batch of this size (seconds)."""
         if self.seen == 0:
             return FIXED_STAGE_S
         return max(FIXED_STAGE_S, float(self.theta[0] + self.theta[1] * n_events))
 
 
 class StageCosts:
-    """What each stage has recently cost, to decide whether a batch still fits its deadline."""
+    """What each stage, and a whole batch end to end, has recently cost; to decide whether a
+    batch still fits its deadline.
+
+    Stage means add up; their tails do not (summing per-stage margins sheds everything
+    under contention), so one margin is added: the scatter of the end-to-end time.
+    """
 
     def __init__(self) -> None:
         self.stages: dict[str, StageCost] = {}
 
+    def reset(self) -> None:
+        self.stages.clear()
+
     def observe(self, stage: str, seconds: float, n_events: int) -> None:
         self.stages.setdefault(stage, StageCost()).observe(seconds, n_events)
 
+    def margin(self) -> float:
+        total = self.stages.get("total")
+        return TAIL_MARGIN * total.scatter_s if total else 0.0
+
     def expect(self, n_events: int, *stages: str) -> float:
-        return sum(self.stages[s].expect(n_events) if s in self.stages else FIXED_STAGE_S
-                   for s in stages)
+        """Mean cost of these stages for a batch of n events, plus the tail margin."""
+        return self.margin() + sum(self.stages[s].expect(n_events) if s in self.stages
+                                   else FIXED_STAGE_S for s in stages)
+
+    def expect_total(self, n_events: int) -> float:
+        """A whole batch, decode to encode, as admitted batches have recently taken (with
+        whatever contention there was), plus the tail margin."""
+        total = self.stages.get("total")
+        if total is None:
+            return self.expect(n_events, *ALL_STAGES)
+        return total.expect(n_events) + self.margin()
 
 
 class Shed(Exception):
@@ -127,6 +157,9 @@ class Pipeline:
         self.executor = ThreadPoolExecutor(cfg.native_threads, thread_name_prefix="adbid-native")
         self.inflight_batches = 0  # admitted and not yet answered
         self.peak_inflight_batches = 0
+        self.shed_batches = 0  # answered DEADLINE for want of time, at any stage
+        self.completed_batches = 0  # decided in full
+        self.typical_batch = 256  # recent batch size (EWMA), for recalibration
 
     def close(self) -> None:
         """Stop this pipeline's threads (the ledger is the server's, closed separately)."""
@@ -195,6 +228,7 @@ class Pipeline:
                 raise Shed("decision")
         except Shed as shed:
             metrics.SHED.labels(shed.stage).inc(n)
+            self.shed_batches += 1
             return self._no_bid(batch, blocked, pb.NO_BID_REASON_DEADLINE)
 
         t2 = time.perf_counter()
@@ -212,6 +246,8 @@ class Pipeline:
         t4 = time.perf_counter()
         timers.record("ledger", t4 - t3)
         costs.observe("ledger", t4 - t3, n)
+        self.completed_batches += 1
+        self.typical_batch = max(1, int(0.9 * self.typical_batch + 0.1 * n))
         return dec
 
     def _no_bid(self, batch: EventBatch, blocked: np.ndarray, reason: int) -> Decisions:

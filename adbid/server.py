@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import gc
 import hmac
 import ipaddress
 import logging
@@ -29,7 +30,7 @@ from adbid.decode import UndecodableRequest, decode, parse_request
 from adbid.demo_traffic import make_events
 from adbid.encode import all_no_bid, encode
 from adbid.ledger import LedgerError, SpendLedger, open_store
-from adbid.pipeline import ALL_STAGES, NativeStages, Pipeline
+from adbid.pipeline import NativeStages, Pipeline
 from adbid.v1 import admin_pb2, admin_pb2_grpc, bidder_pb2, bidder_pb2_grpc
 from adbid.world import World
 
@@ -158,8 +159,9 @@ class BidderService(bidder_pb2_grpc.BidderServicer):
             metrics.SHED.labels("arrival").inc(n)
             raise Unmeetable(f"deadline: {max(left, 0) * 1e3:.2f} ms left cannot cover an answer "
                              f"for {n} events")
-        if left < costs.expect(n, *ALL_STAGES):
+        if left < costs.expect_total(n):
             metrics.SHED.labels("arrival").inc(n)
+            p.shed_batches += 1
             return all_no_bid(request.batch_id, [e.request_id for e in request.events],
                               bidder_pb2.NO_BID_REASON_DEADLINE, p.world.version)
         batch = decode(request.events, errors)
@@ -181,6 +183,8 @@ class BidderService(bidder_pb2_grpc.BidderServicer):
         timers.record("encode", t3 - t2)
         p.costs.observe("encode", t3 - t2, n)
         timers.record("total", t3 - t0)
+        if dec.bid.any() or not (dec.reason == bidder_pb2.NO_BID_REASON_DEADLINE).any():
+            costs.observe("total", t3 - t0, n)  # decided in full: a sample of the real cost
         resp.server_latency_us = int((t3 - t0) * 1e6)
         if time.monotonic() > deadline + SEND_MARGIN_S:
             metrics.LATE_ANSWERS.inc()
@@ -451,7 +455,12 @@ class BidServer:
         if cfg.metrics_port:
             self._metrics_http, _ = start_http_server(max(cfg.metrics_port, 0), addr=cfg.host)
             self.metrics_port = self._metrics_http.server_port
+        self._last_counts = (0, 0)
         self._tasks.append(asyncio.create_task(self._housekeeping()))
+        # Everything loaded so far lives as long as the process: keep it out of the cyclic
+        # collector's scans, whose full passes otherwise pause the event loop.
+        gc.collect()
+        gc.freeze()
         await self._set_health(health_pb2.HealthCheckResponse.SERVING)
         log.info("serving world %s on %s:%d (%s), admin on %s:%d%s, metrics %s, provider %s",
                  world.version, cfg.host, self.port,
@@ -466,19 +475,44 @@ class BidServer:
         for name in ("", *SERVICE_NAMES):
             await self.health.set(name, status)
 
-    async def _warm_up(self, pipeline: Pipeline) -> None:
-        """One batch of test traffic (no budget effects) through every stage of `pipeline`."""
-        n = max(1, min(64, self.cfg.max_batch_events))
-        events = make_events(n, np.random.default_rng(0), test=True, id_prefix="warmup-")
-        logs.request_id.set("warm-up")
-        resp = await self.bidder.bid(bidder_pb2.BidRequest(batch_id="warm-up", events=events),
+    async def _test_batch(self, pipeline: Pipeline, n: int, seed: int) -> bidder_pb2.BidResponse:
+        """Synthetic test traffic (no budget, frequency or spend effects) through every stage."""
+        events = make_events(n, np.random.default_rng(seed), test=True, id_prefix="calibrate-")
+        return await self.bidder.bid(bidder_pb2.BidRequest(batch_id="calibration", events=events),
                                      time.monotonic() + 30.0, pipeline=pipeline)
-        if len(resp.decisions) != n or any(d.no_bid_reason == bidder_pb2.NO_BID_REASON_DEADLINE
-                                           for d in resp.decisions):
-            raise RuntimeError(f"warm-up answered {len(resp.decisions)} of {n} events")
-        log.info("warm-up on %s: %d events, %d bids, %d us", pipeline.world.version, n,
-                 sum(d.bid for d in resp.decisions), resp.server_latency_us)
+
+    async def _warm_up(self, pipeline: Pipeline) -> None:
+        """Two passes of test batches of several sizes through `pipeline`: the first warms
+        caches and is forgotten, the second seeds the stage-cost model (per batch and per
+        event), on which every deadline check depends."""
+        logs.request_id.set("warm-up")
+        cap = max(1, self.cfg.max_batch_events)
+        sizes = sorted({min(cap, n) for n in (1, 16, 64, 256, 1024)})
+        for warm_pass in range(2):
+            if warm_pass == 1:
+                pipeline.costs.reset()
+            for i, n in enumerate(sizes):
+                resp = await self._test_batch(pipeline, n, seed=warm_pass * 100 + i)
+                if len(resp.decisions) != n or any(
+                        d.no_bid_reason == bidder_pb2.NO_BID_REASON_DEADLINE
+                        for d in resp.decisions):
+                    raise RuntimeError(f"warm-up answered {len(resp.decisions)} of {n} events")
+        log.info("warm-up on %s: batches of %s events, %d us for the last",
+                 pipeline.world.version, sizes, resp.server_latency_us)
         logs.request_id.set("")
+
+    async def _recalibrate_if_starved(self) -> None:
+        """When the last second shed batches and completed none, the cost model may be
+        stale (it only learns from admitted batches); one test batch refreshes it."""
+        p = self.pipeline
+        shed, done = p.shed_batches, p.completed_batches
+        last_shed, last_done = self._last_counts
+        self._last_counts = (shed, done)
+        if shed > last_shed and done == last_done and p.inflight_batches == 0:
+            logs.request_id.set("calibration")
+            await self._test_batch(p, p.typical_batch, seed=int(time.time()))
+            log.info("recalibrated stage costs after a second of shedding only")
+            logs.request_id.set("")
 
     async def reload(self, path: str) -> None:
         """Load, validate and warm a world beside the current one, then swap it in.
@@ -523,6 +557,7 @@ class BidServer:
                 if ledger.compact_if_needed():
                     log.info("ledger compaction queued")
                 self.pipeline.update_pacing()
+                await self._recalibrate_if_starved()
             except Exception:
                 log.exception("housekeeping failed")
                 metrics.ERRORS.labels("housekeeping").inc()

@@ -1,0 +1,217 @@
+"""The load generator behind `adbid bench`: open- and closed-loop load over real gRPC.
+
+Open loop: batches arrive at a fixed mean rate with exponential gaps (Poisson),
+whatever the server does, and each latency is measured from the arrival the
+schedule planned, not from when the client got round to sending. A server
+that falls behind therefore shows its queueing in the tail (no coordinated
+omission). Closed loop: `concurrency` callers, each sending its next batch when
+the last is answered.
+
+Requests are serialized once from 64 template batches; each send swaps a
+16-character placeholder for a fresh prefix, so that every request id is
+unique (the ledger refuses reused ones) at the cost of one bytes.replace.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+
+import grpc
+import numpy as np
+from hdrh.histogram import HdrHistogram
+
+from adbid.demo_traffic import make_events
+from adbid.v1 import admin_pb2, admin_pb2_grpc, bidder_pb2 as pb
+
+PLACEHOLDER = "@" * 16
+BID = "/adbid.v1.Bidder/Bid"
+
+
+@dataclass
+class LoadSpec:
+    target: str = "127.0.0.1:50051"
+    admin_target: str = ""  # for the server's stage breakdown; "" = skip
+    rate: float = 0.0  # batches/s, open loop; 0 = closed loop at `concurrency`
+    concurrency: int = 4
+    batch: int = 256
+    deadline_ms: float = 10.0
+    duration_s: float = 10.0
+    max_requests: int = 1_000_000
+    test_traffic: bool = False  # True: no budget effects (and no ledger writes)
+    n_users: int = 100_000
+    seed: int = 1
+    max_outstanding: int = 4096  # open loop: arrivals beyond this are counted as dropped
+
+
+@dataclass
+class LoadResult:
+    spec: dict
+    elapsed_s: float = 0.0
+    sent: int = 0
+    answered: int = 0
+    dropped: int = 0  # never sent: the client had max_outstanding calls open
+    errors: dict = field(default_factory=dict)  # status code -> count
+    events: int = 0
+    decided_events: int = 0  # answered events not shed for the deadline
+    bids: int = 0
+    shed_events: int = 0  # NO_BID_REASON_DEADLINE
+    late: int = 0  # answered, but after the deadline
+    latency_us: dict = field(default_factory=dict)  # p50/p90/p99/p99.9/max of answered calls
+    client_lag_p99_us: float = 0.0  # how far behind its schedule the client sent
+    server_stages: dict = field(default_factory=dict)
+
+    @property
+    def requests_per_s(self) -> float:
+        return self.answered / self.elapsed_s if self.elapsed_s else 0.0
+
+    @property
+    def events_per_s(self) -> float:
+        return self.events / self.elapsed_s if self.elapsed_s else 0.0
+
+    @property
+    def goodput_events_per_s(self) -> float:
+        return self.decided_events / self.elapsed_s if self.elapsed_s else 0.0
+
+    def as_dict(self) -> dict:
+        d = asdict(self)
+        d.update(requests_per_s=self.requests_per_s, events_per_s=self.events_per_s,
+                 goodput_events_per_s=self.goodput_events_per_s,
+                 bid_rate=self.bids / self.events if self.events else 0.0)
+        return d
+
+
+class _Templates:
+    def __init__(self, spec: LoadSpec) -> None:
+        rng = np.random.default_rng(spec.seed)
+        self.data = [pb.BidRequest(events=make_events(
+            spec.batch, rng, n_users=spec.n_users, test=spec.test_traffic,
+            id_prefix=PLACEHOLDER), deadline_ms=int(np.ceil(spec.deadline_ms))
+        ).SerializeToString() for _ in range(64)]
+        self.n = 0
+        self.run = f"{random.getrandbits(24):06x}"
+
+    def next(self) -> bytes:
+        self.n += 1
+        prefix = f"{self.run}{self.n:010x}".encode()
+        return self.data[self.n % len(self.data)].replace(PLACEHOLDER.encode(), prefix)
+
+
+class _Recorder:
+    def __init__(self, spec: LoadSpec) -> None:
+        self.spec = spec
+        self.hist = HdrHistogram(1, 60_000_000, 3)
+        self.lag = HdrHistogram(1, 60_000_000, 3)
+        self.result = LoadResult(spec=asdict(spec))
+        self.errors: Counter = Counter()
+
+    def answered(self, resp: pb.BidResponse, latency_s: float) -> None:
+        r = self.result
+        r.answered += 1
+        self.hist.record_value(max(1, int(latency_s * 1e6)))
+        if latency_s * 1000 > self.spec.deadline_ms:
+            r.late += 1
+        n = len(resp.decisions)
+        shed = sum(1 for d in resp.decisions if d.no_bid_reason == pb.NO_BID_REASON_DEADLINE)
+        r.events += n
+        r.shed_events += shed
+        r.decided_events += n - shed
+        r.bids += sum(1 for d in resp.decisions if d.bid)
+
+    def failed(self, code: grpc.StatusCode) -> None:
+        self.errors[code.name] += 1
+
+    def finish(self, elapsed_s: float) -> LoadResult:
+        r = self.result
+        r.elapsed_s = elapsed_s
+        r.errors = dict(self.errors)
+        h = self.hist
+        if h.get_total_count():
+            r.latency_us = {"p50": h.get_value_at_percentile(50),
+                            "p90": h.get_value_at_percentile(90),
+                            "p99": h.get_value_at_percentile(99),
+                            "p99.9": h.get_value_at_percentile(99.9), "max": h.get_max_value()}
+        r.client_lag_p99_us = self.lag.get_value_at_percentile(99) if self.lag.get_total_count() \
+            else 0.0
+        return r
+
+
+async def _call(bid, data: bytes, timeout_s: float, rec: _Recorder, scheduled: float) -> None:
+    try:
+        resp = await bid(data, timeout=timeout_s)
+    except grpc.aio.AioRpcError as exc:
+        rec.failed(exc.code())
+        return
+    rec.answered(resp, time.perf_counter() - scheduled)
+
+
+async def run(spec: LoadSpec) -> LoadResult:
+    """One bounded run (duration_s and max_requests); open loop when spec.rate > 0."""
+    templates = _Templates(spec)
+    rec = _Recorder(spec)
+    timeout_s = spec.deadline_ms / 1000
+    async with grpc.aio.insecure_channel(spec.target) as channel:
+        bid = channel.unary_unary(BID, request_serializer=None,
+                                  response_deserializer=pb.BidResponse.FromString)
+        await channel.channel_ready()
+        start = time.perf_counter()
+        stop_at = start + spec.duration_s
+        if spec.rate > 0:
+            rng = random.Random(spec.seed)
+            tasks: set[asyncio.Task] = set()
+            scheduled = start
+            while scheduled < stop_at and rec.result.sent + rec.result.dropped < spec.max_requests:
+                scheduled += rng.expovariate(spec.rate)
+                delay = scheduled - time.perf_counter()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                if len(tasks) >= spec.max_outstanding:
+                    rec.result.dropped += 1
+                    continue
+                rec.lag.record_value(max(1, int((time.perf_counter() - scheduled) * 1e6)))
+                rec.result.sent += 1
+                t = asyncio.create_task(_call(bid, templates.next(), timeout_s, rec, scheduled))
+                tasks.add(t)
+                t.add_done_callback(tasks.discard)
+            if tasks:
+                await asyncio.wait(tasks)
+        else:
+            async def caller() -> None:
+                while time.perf_counter() < stop_at and rec.result.sent < spec.max_requests:
+                    rec.result.sent += 1
+                    await _call(bid, templates.next(), timeout_s, rec, time.perf_counter())
+
+            await asyncio.gather(*(caller() for _ in range(spec.concurrency)))
+        result = rec.finish(time.perf_counter() - start)
+    if spec.admin_target:
+        result.server_stages = await server_stages(spec.admin_target)
+    return result
+
+
+async def server_stages(admin_target: str) -> dict:
+    """The server's own per-stage latency (lifetime), from Admin.Status."""
+    async with grpc.aio.insecure_channel(admin_target) as channel:
+        s = await admin_pb2_grpc.AdminStub(channel).Status(admin_pb2.StatusRequest(), timeout=5)
+    return {st.stage: {"count": st.count, "mean_us": st.mean_us, "p50_us": st.p50_us,
+                       "p99_us": st.p99_us} for st in s.stages}
+
+
+def sweep(spec: LoadSpec, target_p99_ms: float, start_rate: float, factor: float = 1.4,
+          max_steps: int = 12) -> tuple[list[LoadResult], LoadResult | None]:
+    """Raise the open-loop rate geometrically until p99 (or errors, or shedding) breaks the
+    target; returns every step and the best one that met it."""
+    steps, best, rate = [], None, start_rate
+    for _ in range(max_steps):
+        r = asyncio.run(run(LoadSpec(**{**asdict(spec), "rate": rate, "admin_target": ""})))
+        steps.append(r)
+        p99_ms = r.latency_us.get("p99", float("inf")) / 1000
+        ok = (p99_ms <= target_p99_ms and not r.errors and not r.dropped
+              and r.shed_events <= 0.001 * max(r.events, 1))
+        if not ok:
+            break
+        best = r
+        rate *= factor
+    return steps, best
