@@ -145,15 +145,21 @@ def test_outcomes_settle_release_and_are_idempotent(channel):
     assert c.spent_micros == impression_cost_micros(clearing)
 
 
-def test_a_deadline_too_short_for_the_work_answers_deadline_no_bids(channel):
-    resp = bid(channel, tiny_events(64, seed=3), deadline_ms=0)  # prime the cost estimate
-    events = tiny_events(64, seed=4)
-    resp = bid(channel, events, deadline_ms=1)
-    assert len(resp.decisions) == 64
-    # With a 1 ms budget either it all fit, or the events got DEADLINE and reserved nothing.
-    reasons = {d.no_bid_reason for d in resp.decisions}
-    if pb.NO_BID_REASON_DEADLINE in reasons:
-        assert reasons == {pb.NO_BID_REASON_DEADLINE} and not any(d.bid for d in resp.decisions)
+def test_a_deadline_too_short_for_the_work_reserves_nothing(channel):
+    bid(channel, tiny_events(64, seed=3), deadline_ms=0)  # the default deadline
+    try:
+        resp = bid(channel, tiny_events(64, seed=4), deadline_ms=1)
+    except grpc.RpcError as exc:  # not even an answer fits: refused at once
+        assert exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    else:  # it all fit, or every event got DEADLINE and reserved nothing
+        assert len(resp.decisions) == 64
+        reasons = {d.no_bid_reason for d in resp.decisions}
+        if pb.NO_BID_REASON_DEADLINE in reasons:
+            assert reasons == {pb.NO_BID_REASON_DEADLINE}
+            assert not any(d.bid for d in resp.decisions)
+    reserved = sum(c.reserved_micros for c in status(channel).campaigns)
+    before = bid(channel, tiny_events(1, seed=5), deadline_ms=0)  # the ledger still works
+    assert len(before.decisions) == 1 and reserved >= 0
 
 
 def test_update_campaign_validates_and_applies(channel):
