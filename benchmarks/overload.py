@@ -1,0 +1,69 @@
+"""Overload: 1x, 2x and 4x the sustainable load against a real server.
+
+The sustainable rate is the highest open-loop rate (Poisson arrivals) whose p99
+stays inside the deadline with nothing shed, found by a sweep. Each load level
+then runs for --duration-s and reports: answered p50/p99, calls that missed
+their deadline (DEADLINE_EXCEEDED at the client), answers the server sent after
+their deadline (adbid_late_answers_total, must be 0), shed events, and goodput
+(events decided in full per second).
+
+    python benchmarks/overload.py [--batch 64] [--deadline-ms 20] [--duration-s 10]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+from common import machine, write  # noqa: E402
+from serverproc import Server  # noqa: E402
+
+from adbid.loadgen import LoadSpec, run, sweep  # noqa: E402
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--deadline-ms", type=float, default=20.0)
+    ap.add_argument("--duration-s", type=float, default=10.0)
+    ap.add_argument("--start-rate", type=float, default=20.0)
+    a = ap.parse_args()
+    with Server() as srv:
+        spec = LoadSpec(target=srv.target, batch=a.batch, deadline_ms=a.deadline_ms,
+                        duration_s=min(a.duration_s, 5.0))
+        steps, best = sweep(spec, a.deadline_ms, a.start_rate, factor=1.3)
+        if best is None:
+            raise SystemExit(f"no rate met p99 <= {a.deadline_ms} ms; steps: "
+                             f"{[s.latency_us for s in steps]}")
+        sustainable = best.spec["rate"]
+        print(f"sustainable: {sustainable:.0f} batches/s of {a.batch} "
+              f"({best.goodput_events_per_s:,.0f} events/s), p99 "
+              f"{best.latency_us['p99'] / 1000:.2f} ms")
+        runs = []
+        for mult in (1, 2, 4):
+            late_before = srv.metric("adbid_late_answers_total")
+            r = asyncio.run(run(LoadSpec(**{**spec.__dict__, "rate": sustainable * mult,
+                                            "duration_s": a.duration_s, "seed": 10 + mult})))
+            late = srv.metric("adbid_late_answers_total") - late_before
+            d = r.as_dict()
+            row = {"load": f"{mult}x", "offered_batches_per_s": sustainable * mult,
+                   "answered": r.answered, "p50_ms": r.latency_us.get("p50", 0) / 1000,
+                   "p99_ms": r.latency_us.get("p99", 0) / 1000,
+                   "missed_deadline": r.errors.get("DEADLINE_EXCEEDED", 0),
+                   "late_answers_server": late, "errors": r.errors, "dropped": r.dropped,
+                   "shed_events": r.shed_events, "goodput_events_per_s": d["goodput_events_per_s"],
+                   "client_lag_p99_ms": r.client_lag_p99_us / 1000}
+            runs.append(row)
+            print(f"{mult}x: offered {sustainable * mult:6.0f}/s, answered p50 {row['p50_ms']:.2f}"
+                  f" ms, p99 {row['p99_ms']:.2f} ms, missed deadline {row['missed_deadline']},"
+                  f" late (server) {late:.0f}, shed {r.shed_events:,}, goodput "
+                  f"{row['goodput_events_per_s']:,.0f} events/s, client lag p99 "
+                  f"{row['client_lag_p99_ms']:.1f} ms")
+        print(f"-> {write('overload', {'machine': machine(), 'batch': a.batch, 'deadline_ms': a.deadline_ms, 'sustainable_batches_per_s': sustainable, 'sweep': [s.as_dict() for s in steps], 'runs': runs})}")
+
+
+if __name__ == "__main__":
+    main()

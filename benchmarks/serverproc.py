@@ -1,0 +1,66 @@
+"""Start and stop a real `adbid serve` process for benchmarks (loopback, temporary ledger)."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+BIN = Path(sys.executable).parent / "adbid"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    def __init__(self, *args: str) -> None:
+        self.dir = Path(tempfile.mkdtemp(prefix="adbid-bench-"))
+        self.metrics_port = free_port()
+        self.log = self.dir / "serve.log"
+        with self.log.open("w") as f:
+            self.proc = subprocess.Popen(
+                [BIN, "serve", "--port", "0", "--admin-port", "0", "--metrics-port",
+                 str(self.metrics_port), "--ledger", str(self.dir / "ledger"),
+                 "--log-format", "text", *args], stderr=f, stdout=subprocess.DEVNULL)
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:
+            if m := re.search(r"on 127\.0\.0\.1:(\d+) .*admin on 127\.0\.0\.1:(\d+)",
+                              self.log.read_text()):
+                self.target = f"127.0.0.1:{m.group(1)}"
+                self.admin_target = f"127.0.0.1:{m.group(2)}"
+                return
+            if self.proc.poll() is not None:
+                raise RuntimeError(self.log.read_text())
+            time.sleep(0.2)
+        self.stop()
+        raise RuntimeError("server did not start")
+
+    def metric(self, name: str) -> float:
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics") as r:
+            text = r.read().decode()
+        return sum(float(v) for v in re.findall(rf"^{name}(?:{{[^}}]*}})? (\S+)$", text, re.M))
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    def __enter__(self) -> Server:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
