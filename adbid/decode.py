@@ -61,29 +61,34 @@ def _too_long(values: list[str], limit: int) -> list[int]:
 def decode(events: Sequence[pb.AdEvent], errors: dict[int, str] | None = None) -> EventBatch:
     """Columns of a batch of events; validation problems land in EventBatch.errors.
 
-    `errors`: problems already found (e.g. by parse_request), kept first.
+    `errors`: problems already found (e.g. by parse_request), kept first. One pass over
+    the messages reads every field (each pass over a repeated message field costs about
+    0.2 us an event), then the rows are transposed into columns.
     """
-    rid = [e.request_id for e in events]
-    floor = np.array([e.floor_cpm_micros for e in events], dtype=np.int64)
-    device = np.array([e.device_type for e in events], dtype=np.int64)
-    auction = np.array([e.auction_type for e in events], dtype=np.int64)
-    width = np.array([e.slot_width_px for e in events], dtype=np.int64)
-    height = np.array([e.slot_height_px for e in events], dtype=np.int64)
-    countries = [e.country for e in events]
+    rows = [(e.request_id, e.user_id, e.context_text, e.floor_cpm_micros, e.device_type,
+             e.auction_type, e.slot_width_px, e.slot_height_px, e.country, e.test,
+             e.site_domain, e.blocked_advertiser_domains, e.blocked_categories) for e in events]
+    (rid, user, context, floor, device, auction, width, height, country, test, site, badv,
+     bcat) = zip(*rows) if rows else ((),) * 13
+    floor = np.array(floor, dtype=np.int64)
+    device = np.array(device, dtype=np.int64)
+    auction = np.array(auction, dtype=np.int64)
+    width = np.array(width, dtype=np.int64)
+    height = np.array(height, dtype=np.int64)
     batch = EventBatch(
-        request_id=rid,
-        user_id=[e.user_id for e in events],
-        context_text=[e.context_text for e in events],
+        request_id=list(rid),
+        user_id=list(user),
+        context_text=list(context),
         floor_micros=floor,
         first_price=(auction == pb.AUCTION_TYPE_FIRST_PRICE).astype(np.uint8),
         device_type=device,
-        country_bit=targeting.country_bits(countries),
+        country_bit=targeting.country_bits(country),
         device_bit=targeting.device_bits(device),
         size_bit=targeting.size_bits(width, height),
-        is_test=np.array([e.test for e in events], dtype=np.uint8),
-        site_domain=[e.site_domain for e in events],
-        blocked_advertisers=[e.blocked_advertiser_domains for e in events],
-        blocked_categories=[e.blocked_categories for e in events],
+        is_test=np.array(test, dtype=np.uint8),
+        site_domain=list(site),
+        blocked_advertisers=list(badv),
+        blocked_categories=list(bcat),
         errors=dict(errors) if errors else {},
     )
     _validate(batch, auction, width, height)

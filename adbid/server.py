@@ -155,11 +155,11 @@ class BidderService(bidder_pb2_grpc.BidderServicer):
                    n: int) -> bidder_pb2.BidResponse:
         timers, costs = p.timers, p.costs
         left = deadline - time.monotonic()
-        if left < costs.expect(n, "encode"):
+        if n and left < costs.expect(n, "encode"):
             metrics.SHED.labels("arrival").inc(n)
             raise Unmeetable(f"deadline: {max(left, 0) * 1e3:.2f} ms left cannot cover an answer "
                              f"for {n} events")
-        if left < costs.expect_total(n):
+        if n and left < costs.expect_total(n):
             metrics.SHED.labels("arrival").inc(n)
             p.shed_batches += 1
             return all_no_bid(request.batch_id, [e.request_id for e in request.events],

@@ -145,8 +145,10 @@ def test_fuzzed_requests_never_break_the_server(server, channel):
             return
         try:
             resp = stub.Bid(pb.BidRequest(events=evs, deadline_ms=deadline_ms), timeout=10)
-        except grpc.RpcError as exc:  # only a clear refusal of the whole batch is allowed
-            assert exc.code() == grpc.StatusCode.INVALID_ARGUMENT, exc
+        except grpc.RpcError as exc:  # only a clear refusal of the whole batch is allowed:
+            # a bad message, or a deadline_ms too short for even an answer
+            assert exc.code() in (grpc.StatusCode.INVALID_ARGUMENT,
+                                  grpc.StatusCode.DEADLINE_EXCEEDED), exc
             return
         assert [d.request_id for d in resp.decisions] == [e.request_id or d.request_id
                                                          for e, d in zip(evs, resp.decisions)]

@@ -1,0 +1,124 @@
+"""The compute limit: the bare native work per batch, and the server measured against it.
+
+In-process, on the same demo-world batches and thread settings as the server
+(FAISS 1 OpenMP thread, onnxruntime 1 intra-op thread): FAISS search +
+onnxruntime run + the compiled decision loop, nothing else. That is what a
+perfect server would spend per batch; its events/s on one core is the ceiling.
+
+Then a real `adbid serve` process is driven closed-loop over gRPC (client in
+this process, on the same 2 cores): concurrency 1 gives the server's own
+per-stage costs without contention, concurrency --concurrency its throughput.
+Reported: compute-limit events/s, server events/s and their ratio, and the
+server's overhead per event (everything but the three native calls).
+
+    python benchmarks/compute_limit.py [--batch 256] [--duration-s 10]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).parent))
+from common import machine, write  # noqa: E402
+from serverproc import Server  # noqa: E402
+
+from adbid.config import ServerConfig, default_world_dir  # noqa: E402
+from adbid.decode import decode  # noqa: E402
+from adbid.demo_traffic import make_events  # noqa: E402
+from adbid.ledger import SpendLedger  # noqa: E402
+from adbid.loadgen import LoadSpec, run, server_stages  # noqa: E402
+from adbid.lookup import resolve  # noqa: E402
+from adbid.pipeline import NativeStages, Pipeline  # noqa: E402
+from adbid.v1 import bidder_pb2 as pb  # noqa: E402
+from adbid.world import World  # noqa: E402
+
+
+def native_costs(batch: int, repeats: int) -> dict:
+    world = World.load(default_world_dir())
+    cfg = ServerConfig(world=world.path, ledger=None)
+    p = Pipeline(NativeStages(world, cfg), cfg, SpendLedger(world.campaigns, None))
+    rng = np.random.default_rng(0)
+    inputs = []
+    for _ in range(16):
+        req = pb.BidRequest(events=make_events(batch, rng, test=True))
+        b = decode(req.events)
+        u = p.users.embeddings(p.users.rows(b.user_id))
+        c = p.contexts.embeddings(b.context_text)
+        resolve(b, world.campaigns)
+        inputs.append((b, u + c, u, c))
+    per = {"retrieval": [], "scoring": [], "decision": []}
+    for _ in range(repeats):
+        for b, q, u, c in inputs:
+            t0 = time.perf_counter()
+            cand = p.retriever.search(q)
+            t1 = time.perf_counter()
+            score = p.scorer.score(u, c, b.device_type, cand)
+            t2 = time.perf_counter()
+            p.core.decide(b, cand, score)
+            t3 = time.perf_counter()
+            per["retrieval"].append(t1 - t0)
+            per["scoring"].append(t2 - t1)
+            per["decision"].append(t3 - t2)
+    out = {k: {"median_us": statistics.median(v) * 1e6, "min_us": min(v) * 1e6,
+               "max_us": max(v) * 1e6} for k, v in per.items()}
+    native = sum(out[k]["median_us"] for k in out)
+    out["native_us_per_batch"] = native
+    out["compute_limit_events_per_s_1core"] = batch / native * 1e6
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--batch", type=int, default=256)
+    ap.add_argument("--duration-s", type=float, default=10.0)
+    ap.add_argument("--concurrency", type=int, default=4)
+    ap.add_argument("--deadline-ms", type=float, default=100.0)
+    ap.add_argument("--repeats", type=int, default=10)
+    a = ap.parse_args()
+    limit = native_costs(a.batch, a.repeats)
+    print(f"native per batch of {a.batch}: retrieval {limit['retrieval']['median_us']:.0f} us, "
+          f"scoring {limit['scoring']['median_us']:.0f} us, decision "
+          f"{limit['decision']['median_us']:.0f} us -> compute limit "
+          f"{limit['compute_limit_events_per_s_1core']:,.0f} events/s on one core")
+    result = {"machine": machine(), "batch": a.batch, "native": limit, "server": {}}
+    with Server() as srv:
+        for conc in (1, a.concurrency):
+            r = asyncio.run(run(LoadSpec(target=srv.target, concurrency=conc, batch=a.batch,
+                                         deadline_ms=a.deadline_ms, duration_s=a.duration_s,
+                                         seed=conc)))
+            stages = asyncio.run(server_stages(srv.admin_target))
+            d = r.as_dict()
+            result["server"][f"c{conc}"] = {"run": d, "stages": stages}
+            print(f"closed loop c={conc}: {d['goodput_events_per_s']:,.0f} events/s decided, "
+                  f"p50 {r.latency_us.get('p50', 0) / 1000:.2f} ms, p99 "
+                  f"{r.latency_us.get('p99', 0) / 1000:.2f} ms, shed {r.shed_events}, "
+                  f"errors {r.errors}")
+        light = result["server"]["c1"]
+        s = light["stages"]
+        total = s["total"]["mean_us"]
+        native_in_server = s["retrieval"]["mean_us"] + s["scoring"]["mean_us"] + \
+            limit["decision"]["median_us"]
+        overhead = (total - native_in_server) / a.batch
+        e2e = result["server"][f"c{a.concurrency}"]["run"]["goodput_events_per_s"]
+        result["summary"] = {
+            "compute_limit_events_per_s_1core": limit["compute_limit_events_per_s_1core"],
+            "server_events_per_s": e2e,
+            "fraction_of_limit_1core": e2e / limit["compute_limit_events_per_s_1core"],
+            "server_overhead_us_per_event": overhead,
+            "server_stage_mean_us_c1": {k: v["mean_us"] for k, v in s.items()}}
+        print(f"server {e2e:,.0f} events/s = {result['summary']['fraction_of_limit_1core']:.0%}"
+              f" of the one-core compute limit; server overhead {overhead:.2f} us/event "
+              f"(stages at c=1: " + ", ".join(f"{k} {v['mean_us']:.0f}" for k, v in s.items())
+              + " us per batch)")
+    print(f"-> {write('compute_limit', result)}")
+
+
+if __name__ == "__main__":
+    main()
