@@ -24,6 +24,7 @@ import asyncio
 import logging
 from collections import OrderedDict
 from dataclasses import dataclass
+from itertools import repeat
 from pathlib import Path
 from typing import NamedTuple
 
@@ -31,7 +32,7 @@ import numpy as np
 
 from adbid.campaigns import CampaignTable
 from adbid.ledger_log import (EXPIRED, LATE_WON, LOST, OPEN, WON, CampaignChange, Close,
-                              LedgerLog, Reserve, Spent, now_ms)
+                              LedgerLog, Reserve, ReserveBatch, Spent, now_ms)
 from adbid.money import impression_cost_micros
 from adbid.v1 import bidder_pb2 as pb
 
@@ -168,12 +169,14 @@ class SpendLedger:
         """Journal the reservations the decision core just made (non-test bids only)."""
         now = now_ms() if now_unix_ms is None else now_unix_ms
         expires = now + self.reservation_ttl_ms
+        rows = campaign_rows.tolist()
+        prices = price_cpm_micros.tolist()
+        costs = ((price_cpm_micros + 999) // 1000).tolist()  # impression_cost_micros, vectorized
+        users = user_keys.astype(np.int64).tolist()
+        self.open.update(zip(request_ids, zip(rows, prices, costs, repeat(expires), users)))
         ids = self.campaign_ids
-        for rid, c, p, u in zip(request_ids, campaign_rows.tolist(), price_cpm_micros.tolist(),
-                                user_keys.astype(np.int64).tolist()):
-            cost = impression_cost_micros(p)
-            self.open[rid] = (c, p, cost, expires, u)
-            self._journal.append(Reserve(rid, ids[c], u, p, cost, now, expires))
+        self._journal.append(ReserveBatch(list(request_ids), [ids[c] for c in rows], users,
+                                          prices, costs, now, expires))
 
     def knows(self, request_id: str) -> bool:
         """Has this request id bid before (open, or closed recently)? Such ids cannot bid again."""

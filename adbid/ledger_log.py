@@ -17,6 +17,8 @@ file there. Payload kinds:
 
     RESERVE   a bid's reservation        CLOSE     its settlement or release
     CAMPAIGN  a budget or pause change   SPENT     committed spend (snapshots only)
+    RESERVE_BATCH  a batch's reservations as packed columns (what bidding writes: one
+                   record and one CRC a batch; replayed as individual RESERVEs)
 
 Durability (`sync`): "write" (the default) hands each group to the OS before
 acknowledging, which survives the process being killed (kill -9); "fsync"
@@ -48,7 +50,7 @@ log = logging.getLogger(__name__)
 
 OPEN, WON, LOST, EXPIRED, LATE_WON = 0, 1, 2, 3, 4
 STATE_NAMES = {OPEN: "open", WON: "won", LOST: "lost", EXPIRED: "expired", LATE_WON: "late won"}
-RESERVE, CLOSE, CAMPAIGN, SPENT = 1, 2, 3, 4
+RESERVE, CLOSE, CAMPAIGN, SPENT, RESERVE_BATCH = 1, 2, 3, 4, 5
 SYNC_MODES = ("write", "fsync")
 
 _HEAD = struct.Struct("<II")
@@ -57,6 +59,7 @@ _CLOSE = struct.Struct("<BBqqq")  # kind, state, clearing (-1 = none), settled c
 _CAMPAIGN = struct.Struct("<Bqbq")  # kind, budget, active, unix_ms
 _SPENT = struct.Struct("<Bq")
 _STR = struct.Struct("<H")
+_BATCH = struct.Struct("<BIqq")  # kind, count, reserved_ms, expires_ms
 
 
 def _s(text: str) -> bytes:
@@ -82,6 +85,52 @@ class Reserve:
         return _frame(_RESERVE.pack(RESERVE, self.user_key, self.price_cpm_micros,
                                     self.cost_micros, self.reserved_unix_ms, self.expires_unix_ms)
                       + _s(self.request_id) + _s(self.campaign_id))
+
+
+@dataclass
+class ReserveBatch:
+    """The reservations of one batch of bids, sharing their times."""
+
+    request_ids: list[str]
+    campaign_ids: list[str]
+    user_keys: list[int]
+    prices_cpm_micros: list[int]
+    costs_micros: list[int]
+    reserved_unix_ms: int
+    expires_unix_ms: int
+
+    def encode(self) -> bytes:
+        import numpy as np
+
+        rid = [r.encode() for r in self.request_ids]
+        cid = [c.encode() for c in self.campaign_ids]
+        return _frame(b"".join((
+            _BATCH.pack(RESERVE_BATCH, len(rid), self.reserved_unix_ms, self.expires_unix_ms),
+            np.array(self.user_keys, dtype="<i8").tobytes(),
+            np.array(self.prices_cpm_micros, dtype="<i8").tobytes(),
+            np.array(self.costs_micros, dtype="<i8").tobytes(),
+            np.array([len(x) for x in rid], dtype="<u2").tobytes(),
+            np.array([len(x) for x in cid], dtype="<u2").tobytes(),
+            *rid, *cid)))
+
+    @staticmethod
+    def expand(payload: bytes) -> Iterator[Reserve]:
+        import numpy as np
+
+        _, n, at, expires = _BATCH.unpack_from(payload)
+        off = _BATCH.size
+        cols = []
+        for dtype, size in (("<i8", 8), ("<i8", 8), ("<i8", 8), ("<u2", 2), ("<u2", 2)):
+            cols.append(np.frombuffer(payload, dtype=dtype, count=n, offset=off).tolist())
+            off += n * size
+        users, prices, costs, rid_len, cid_len = cols
+        rids, cids = [], []
+        for lengths, out in ((rid_len, rids), (cid_len, cids)):
+            for length in lengths:
+                out.append(payload[off:off + length].decode())
+                off += length
+        for i in range(n):
+            yield Reserve(rids[i], cids[i], users[i], prices[i], costs[i], at, expires)
 
 
 @dataclass
@@ -192,7 +241,10 @@ class LedgerLog:
                 payload = data[off + _HEAD.size:off + _HEAD.size + length]
                 if len(payload) != length or zlib.crc32(payload) != crc:
                     break
-                yield decode(payload)
+                if payload[0] == RESERVE_BATCH:
+                    yield from ReserveBatch.expand(payload)
+                else:
+                    yield decode(payload)
                 off += _HEAD.size + length
             if off < len(data):
                 log.warning("ledger %s: %d bytes of torn or corrupt tail cut off at %d",

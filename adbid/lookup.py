@@ -38,10 +38,12 @@ def resolve(batch: EventBatch, campaigns: CampaignTable) -> None:
     cat_mask = np.zeros(n, dtype=np.uint64)
     adv_lists: list[list[int]] = [[]] * n
     advertisers = campaigns.advertiser_ids
-    for i, (badv, bcat) in enumerate(zip(batch.blocked_advertisers, batch.blocked_categories)):
-        if bcat:
+    blocks = [i for i, (badv, bcat) in enumerate(zip(batch.blocked_advertisers,
+                                                      batch.blocked_categories)) if badv or bcat]
+    for i in blocks:  # most events carry no block lists
+        if bcat := batch.blocked_categories[i]:
             cat_mask[i] = targeting.category_mask(bcat)
-        if badv:
+        if badv := batch.blocked_advertisers[i]:
             adv_lists[i] = [a for d in badv if (a := advertisers.get(d)) is not None]
     batch.blocked_category_mask = cat_mask
     batch.blocked_adv_ptr, batch.blocked_adv_ids = targeting.csr(adv_lists)

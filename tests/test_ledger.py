@@ -196,3 +196,17 @@ def test_invariant_check_names_overspent_campaigns():
     assert led.violations() == []
     led.spent_micros[1] = 1001
     assert led.violations() == ["b"]
+
+
+def test_a_batch_of_reservations_round_trips_through_the_log(tmp_path):
+    from adbid.ledger_log import Reserve, ReserveBatch
+
+    batch = ReserveBatch(["r1", "日本-2", ""], ["a", "b", "a"], [-5, 2**62, 0], [1, 2, 3],
+                         [4, 5, 6], 10, 20)
+    log = LedgerLog(tmp_path / "l", "write")
+    log.open()
+    log.append([batch, ReserveBatch([], [], [], [], [], 1, 2)]).result()
+    log.close()
+    assert list(LedgerLog(tmp_path / "l").replay()) == [
+        Reserve("r1", "a", -5, 1, 4, 10, 20), Reserve("日本-2", "b", 2**62, 2, 5, 10, 20),
+        Reserve("", "a", 0, 3, 6, 10, 20)]
