@@ -208,9 +208,13 @@ def sweep(spec: LoadSpec, target_p99_ms: float, start_rate: float, factor: float
         r = asyncio.run(run(LoadSpec(**{**asdict(spec), "rate": rate, "admin_target": ""})))
         steps.append(r)
         p99_ms = r.latency_us.get("p99", float("inf")) / 1000
-        ok = (p99_ms <= target_p99_ms and not r.errors and not r.dropped
-              and r.shed_events <= 0.001 * max(r.events, 1))
-        if not ok:
+        why = [w for w, bad in (
+            (f"p99 {p99_ms:.2f} ms > {target_p99_ms:g} ms", p99_ms > target_p99_ms),
+            (f"errors {r.errors}", bool(r.errors)), (f"{r.dropped} dropped", r.dropped > 0),
+            (f"{r.shed_events} events shed", r.shed_events > 0.001 * max(r.events, 1)))
+            if bad]
+        r.spec["sweep_stop"] = "; ".join(why)
+        if why:
             break
         best = r
         rate *= factor

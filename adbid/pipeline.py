@@ -84,8 +84,16 @@ class StageCosts:
         self.stages.setdefault(stage, StageCost()).observe(seconds, n_events)
 
     def margin(self) -> float:
+        """TAIL_MARGIN scatters of the end-to-end time, capped at half its mean: under heavy
+        contention the scatter balloons and an uncapped margin sheds everything."""
         total = self.stages.get("total")
-        return TAIL_MARGIN * total.scatter_s if total else 0.0
+        if total is None:
+            return 0.0
+        return min(TAIL_MARGIN * total.scatter_s, 0.5 * total.expect(256))
+
+    def mean(self, n_events: int, stage: str) -> float:
+        """One stage's mean cost, no margin."""
+        return self.stages[stage].expect(n_events) if stage in self.stages else FIXED_STAGE_S
 
     def expect(self, n_events: int, *stages: str) -> float:
         """Mean cost of these stages for a batch of n events, plus the tail margin."""

@@ -155,7 +155,7 @@ class BidderService(bidder_pb2_grpc.BidderServicer):
                    n: int) -> bidder_pb2.BidResponse:
         timers, costs = p.timers, p.costs
         left = deadline - time.monotonic()
-        if n and left < costs.expect(n, "encode"):
+        if n and left < costs.mean(n, "encode"):
             metrics.SHED.labels("arrival").inc(n)
             raise Unmeetable(f"deadline: {max(left, 0) * 1e3:.2f} ms left cannot cover an answer "
                              f"for {n} events")

@@ -26,6 +26,7 @@ def make_case(rng: np.random.Generator, batch: int, k: int, n_ads=3000, n_camps=
     def masks(p):
         return np.where(rng.random(n_camps) < p, np.uint64(targeting.ALL_BITS),
                         rng.integers(1, 1 << 62, n_camps).astype(np.uint64)).astype(np.uint64)
+    no_lists = np.zeros(n_camps + 1, np.int32)
     return dict(
         cand_ad=rng.integers(0, n_ads, (batch, k)).astype(np.int64),
         score=(rng.beta(1, 12, (batch, k))).astype(np.float32),
@@ -34,15 +35,27 @@ def make_case(rng: np.random.Generator, batch: int, k: int, n_ads=3000, n_camps=
         country_id=rng.integers(0, 30, batch).astype(np.int32),
         device_id=rng.integers(1, 5, batch).astype(np.int32),
         size_id=rng.integers(0, 10, batch).astype(np.int32),
+        site_id=rng.integers(-1, 50, batch).astype(np.int32),
+        blocked_category_mask=np.where(rng.random(batch) < 0.1, 1 << 24, 0).astype(np.uint64),
+        blocked_adv_ptr=np.zeros(batch + 1, np.int32), blocked_adv_ids=np.zeros(0, np.int32),
+        user_key=rng.integers(0, 1 << 62, batch).astype(np.uint64),
+        user_known=(rng.random(batch) < 0.9).astype(np.uint8),
         is_test=np.zeros(batch, np.uint8),
         ad_campaign=rng.integers(0, n_camps, n_ads).astype(np.int32),
         camp_active=(rng.random(n_camps) < 0.97).astype(np.uint8),
         camp_value_per_action_micros=(rng.integers(20, 400, n_camps) * 1000).astype(np.int64),
         camp_pacing=np.ones(n_camps),
         camp_country_mask=masks(0.65), camp_device_mask=masks(0.75), camp_size_mask=masks(0.75),
+        camp_category_mask=(np.uint64(1) << rng.integers(0, 26, n_camps).astype(np.uint64)),
+        camp_advertiser_id=(np.arange(n_camps) // 3).astype(np.int32),
+        camp_site_allow_ptr=no_lists, camp_site_allow_ids=np.zeros(0, np.int32),
+        camp_site_block_ptr=no_lists, camp_site_block_ids=np.zeros(0, np.int32),
+        camp_freq_cap=np.where(rng.random(n_camps) < 0.3, 5, 0).astype(np.int32),
+        camp_freq_window_s=np.full(n_camps, 86_400, np.int64),
         camp_budget_micros=np.full(n_camps, 10**15, np.int64),
         camp_spent_micros=np.zeros(n_camps, np.int64),
         camp_reserved_micros=np.zeros(n_camps, np.int64),
+        now_s=1_000_000,
         shading=0.85,
     )
 
@@ -52,7 +65,9 @@ def timer(impl, case: dict, calls: int):
 
     def once() -> float:
         reserved = case["camp_reserved_micros"].copy()
-        args = {**case, "camp_reserved_micros": reserved}
+        freq = (_decision.FrequencyTable(1 << 16) if impl is _decision.decide_batch
+                else ref.FrequencyDict())
+        args = {**case, "camp_reserved_micros": reserved, "freq": freq}
         t0 = time.perf_counter()
         for _ in range(calls):
             impl(**args, out_k=outs[0], out_price_micros=outs[1], out_value_micros=outs[2],
@@ -74,6 +89,7 @@ def main() -> None:
     reference = repeat(timer(ref.decide_batch, case, 1), max(3, a.repeats // 3))
     outs = ref.empty_outputs(a.batch)
     ref.decide_batch(**{**case, "camp_reserved_micros": case["camp_reserved_micros"].copy()},
+                     freq=ref.FrequencyDict(),
                      out_k=outs[0], out_price_micros=outs[1], out_value_micros=outs[2],
                      out_reason=outs[3])
     result = {

@@ -1,0 +1,97 @@
+"""Peer (a): the naive per-event pattern a team would write first.
+
+A plain gRPC server (thread pool) on the same proto, world, index and model as
+adbid, answering one event per call: the user's embedding from a dict, one
+FAISS query, one onnxruntime run for that event's candidates, and the decision
+in plain Python (adbid's reference rules), with an in-memory budget. No
+batching, no compiled loop, no durable ledger (which only flatters it).
+
+    python benchmarks/peers/naive_server.py --world DIR --port N
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import threading
+from concurrent import futures
+
+import grpc
+import numpy as np
+
+from adbid import decision_reference as ref
+from adbid.config import ServerConfig
+from adbid.decode import decode
+from adbid.ledger import SpendLedger
+from adbid.lookup import resolve
+from adbid.pipeline import NativeStages
+from adbid.v1 import bidder_pb2 as pb, bidder_pb2_grpc
+from adbid.world import World
+
+
+class NaiveBidder(bidder_pb2_grpc.BidderServicer):
+    def __init__(self, world: World) -> None:
+        self.world = world
+        self.stages = NativeStages(world, ServerConfig(world=world.path, ledger=None))
+        self.ledger = SpendLedger(world.campaigns, None)
+        self.freq = ref.FrequencyDict()
+        self.lock = threading.Lock()
+        self.campaign_ids = list(world.campaigns.ids)
+        self.creatives = world.ad_creative_ids.tolist()
+
+    def Bid(self, request, context):
+        resp = pb.BidResponse(batch_id=request.batch_id, world_version=self.world.version)
+        for event in request.events:  # one at a time, as the pattern goes
+            b = decode([event])
+            s = self.stages
+            rows = s.users.rows(b.user_id)
+            user, ctx = s.users.embeddings(rows), s.contexts.embeddings(b.context_text)
+            resolve(b, self.world.campaigns)
+            cand = s.retriever.search(user + ctx)
+            score = s.scorer.score(user, ctx, b.device_type, cand)
+            c, led = self.world.campaigns, self.ledger
+            outs = ref.empty_outputs(1)
+            with self.lock:
+                ref.decide_batch(
+                    cand, score, b.floor_micros, b.first_price, b.country_bit, b.device_bit,
+                    b.size_bit, b.site_id, b.blocked_category_mask, b.blocked_adv_ptr,
+                    b.blocked_adv_ids, b.user_key, b.user_known, b.is_test,
+                    self.world.ad_campaign, led.active, c.value_per_action_micros,
+                    np.ones(len(c)), c.country_mask, c.device_mask, c.size_mask,
+                    c.category_mask, c.advertiser_id, c.site_allow_ptr, c.site_allow_ids,
+                    c.site_block_ptr, c.site_block_ids, c.freq_cap, c.freq_window_s,
+                    led.budget_micros, led.spent_micros, led.reserved_micros, self.freq, 0,
+                    0.85, *outs)
+            k, price, value, reason = (int(x[0]) for x in outs)
+            if k >= 0:
+                ad = int(cand[0, k])
+                resp.decisions.add(request_id=event.request_id, bid=True,
+                                   price_cpm_micros=price, value_cpm_micros=value,
+                                   campaign_id=self.campaign_ids[self.world.ad_campaign[ad]],
+                                   creative_id=self.creatives[ad], score=float(score[0, k]))
+            else:
+                resp.decisions.add(request_id=event.request_id, no_bid_reason=reason)
+        return resp
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--world", required=True)
+    ap.add_argument("--port", type=int, required=True)
+    ap.add_argument("--threads", type=int, default=4)
+    a = ap.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    server = grpc.server(futures.ThreadPoolExecutor(a.threads))
+    bidder_pb2_grpc.add_BidderServicer_to_server(NaiveBidder(World.load(a.world)), server)
+    server.add_insecure_port(f"127.0.0.1:{a.port}")
+    server.start()
+    print(f"naive peer on 127.0.0.1:{a.port}", flush=True)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    stop.wait()
+    server.stop(1)
+
+
+if __name__ == "__main__":
+    main()
