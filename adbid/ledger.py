@@ -244,7 +244,14 @@ class SpendLedger:
     def expire(self, now_unix_ms: int | None = None) -> list[Reservation]:
         """Release reservations past their window; returns them."""
         now = now_ms() if now_unix_ms is None else now_unix_ms
-        gone = [rid for rid, r in self.open.items() if r[EXPIRES] <= now]
+        # Reservations enter `open` in expiry order (now + a fixed TTL; replay keeps log
+        # order), so the scan stops at the first live one instead of walking them all
+        # once a second on the event loop.
+        gone = []
+        for rid, r in self.open.items():
+            if r[EXPIRES] > now:
+                break
+            gone.append(rid)
         released = []
         for rid in gone:
             res = self.open[rid]

@@ -200,18 +200,23 @@ async def server_stages(admin_target: str) -> dict:
 
 
 def sweep(spec: LoadSpec, target_p99_ms: float, start_rate: float, factor: float = 1.4,
-          max_steps: int = 12) -> tuple[list[LoadResult], LoadResult | None]:
-    """Raise the open-loop rate geometrically until p99 (or errors, or shedding) breaks the
-    target; returns every step and the best one that met it."""
+          max_steps: int = 12, max_shed: float = 0.001) -> tuple[list[LoadResult],
+                                                                  LoadResult | None]:
+    """Raise the open-loop rate geometrically until p99, errors, drops or shedding (above
+    `max_shed` of the events) break the target; returns every step and the best one that
+    met it. Each step's spec["sweep_stop"] says why it failed ("" if it did not)."""
     steps, best, rate = [], None, start_rate
     for _ in range(max_steps):
-        r = asyncio.run(run(LoadSpec(**{**asdict(spec), "rate": rate, "admin_target": ""})))
+        # At least ~300 answers a step, or "p99" is one outlier.
+        duration = max(spec.duration_s, 300 / rate)
+        r = asyncio.run(run(LoadSpec(**{**asdict(spec), "rate": rate, "admin_target": "",
+                                        "duration_s": duration})))
         steps.append(r)
         p99_ms = r.latency_us.get("p99", float("inf")) / 1000
         why = [w for w, bad in (
             (f"p99 {p99_ms:.2f} ms > {target_p99_ms:g} ms", p99_ms > target_p99_ms),
             (f"errors {r.errors}", bool(r.errors)), (f"{r.dropped} dropped", r.dropped > 0),
-            (f"{r.shed_events} events shed", r.shed_events > 0.001 * max(r.events, 1)))
+            (f"{r.shed_events} events shed", r.shed_events > max_shed * max(r.events, 1)))
             if bad]
         r.spec["sweep_stop"] = "; ".join(why)
         if why:

@@ -32,7 +32,11 @@ from adbid.loadgen import LoadSpec, run, sweep  # noqa: E402
 def best_rate(target: str, batch: int, target_p99_ms: float, start: float, duration_s: float):
     spec = LoadSpec(target=target, batch=batch, deadline_ms=max(target_p99_ms * 3, 30),
                     duration_s=duration_s)
-    steps, best = sweep(spec, target_p99_ms, start, factor=1.3, max_steps=16)
+    steps, best = sweep(spec, target_p99_ms, start, factor=1.3, max_steps=16, max_shed=0.01)
+    for st in steps:
+        print(f"  {target}: {st.spec['rate']:7.1f} calls/s, p99 "
+              f"{st.latency_us.get('p99', 0) / 1000:.2f} ms, goodput "
+              f"{st.goodput_events_per_s:,.0f} events/s  {st.spec['sweep_stop']}")
     return steps, best
 
 
