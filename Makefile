@@ -5,8 +5,10 @@
 #   make serve GPU=1      same, with onnxruntime-gpu in a separate venv (.venv-gpu)
 #   make test             run the test suite
 #   make bench            decision-core benchmark (Cython vs Python reference)
+#   make bench-all        every benchmark in benchmarks/ (minutes; see README, Performance)
 #   make debug            rebuild the core with bounds checks and line tracing
 #   make annotate         cython -a report of the decision loop (ext/decision.html)
+#   make lint             ruff: undefined names, unused imports, syntax
 #   make proto            regenerate the gRPC stubs
 #   make clean            remove everything generated
 
@@ -25,7 +27,7 @@ SOURCES := pyproject.toml setup.py $(wildcard ext/*.pyx ext/*.pxd proto/adbid/v1
 ARGS ?=
 PYTEST_ARGS ?=
 
-.PHONY: setup serve test bench debug annotate proto lint clean
+.PHONY: setup serve test bench bench-all debug annotate proto lint clean
 
 setup: $(STAMP)
 
@@ -45,14 +47,27 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(PY) benchmarks/bench_decision.py $(ARGS)
 
+# The server-level benchmarks start their own servers; each writes JSON under
+# benchmarks/results/ (and the pacing one a plot).
+bench-all: $(STAMP)
+	$(PY) benchmarks/bench_decision.py
+	$(PY) benchmarks/compute_limit.py
+	$(PY) benchmarks/overload.py --batch 64 --base-rate 250
+	$(PY) benchmarks/peers.py --batch 64
+	$(PY) benchmarks/pacing_day.py
+	$(PY) benchmarks/bench_ledger_store.py
+
 debug: $(STAMP)
 	ADBID_DEBUG=1 $(PY) setup.py build_ext --inplace --force
 
 annotate: $(STAMP)
 	$(VENV)/bin/cython -a -3 ext/decision.pyx -o ext/decision.c && echo "wrote ext/decision.html"
 
+lint: $(STAMP)
+	$(PY) -m ruff check adbid tests benchmarks --select F,E9
+
 proto: $(STAMP)
-	$(PY) -c "import setup" 2>/dev/null || $(PY) setup.py build_ext --inplace
+	$(PY) setup.py build_ext --inplace
 
 clean:
 	rm -rf build *.egg-info adbid/*.so adbid/v1/*_pb2*.py adbid/v1/*_pb2.pyi ext/*.c ext/*.html .venv .venv-gpu .pytest_cache .hypothesis

@@ -47,6 +47,27 @@ def _auth(token: str) -> list[tuple[str, str]]:
     return [("authorization", f"Bearer {token}")] if token else []
 
 
+def _rpc(call):
+    """Make one RPC; a gRPC failure becomes a one-line error and exit status 1."""
+    import grpc
+
+    try:
+        return call()
+    except grpc.RpcError as exc:
+        console.print(f"[red]error:[/red] {exc.code().name}: {exc.details()}")
+        raise typer.Exit(1) from None
+
+
+def _admin(target: str, token: str, method: str, request, timeout_s: float = 5.0):
+    """Call one Admin method on `target`, with the bearer token when one is given."""
+    from adbid.v1 import admin_pb2_grpc
+
+    with _channel(target) as channel:
+        stub = admin_pb2_grpc.AdminStub(channel)
+        return _rpc(lambda: getattr(stub, method)(request, timeout=timeout_s,
+                                                  metadata=_auth(token)))
+
+
 def _logging(verbose: bool) -> None:
     from adbid import logs
 
@@ -216,7 +237,6 @@ def bid(
     tls_key: Path = TlsKeyOpt,
 ) -> None:
     """Send a batch of demo events to a running server and print the decisions."""
-    import grpc
     import numpy as np
 
     from adbid.demo_traffic import make_events
@@ -225,12 +245,8 @@ def bid(
     batch = make_events(events, np.random.default_rng(seed), test=test)
     with _channel(target, tls_ca, tls_cert, tls_key) as channel:
         stub = bidder_pb2_grpc.BidderStub(channel)
-        try:
-            resp = stub.Bid(bidder_pb2.BidRequest(batch_id=f"cli-{seed}", events=batch),
-                            timeout=timeout_ms / 1000)
-        except grpc.RpcError as exc:
-            console.print(f"[red]error:[/red] {exc.code().name}: {exc.details()}")
-            raise typer.Exit(1) from None
+        resp = _rpc(lambda: stub.Bid(bidder_pb2.BidRequest(batch_id=f"cli-{seed}", events=batch),
+                                     timeout=timeout_ms / 1000))
     table = Table(title=f"{len(resp.decisions)} decisions, world {resp.world_version}, "
                         f"server {resp.server_latency_us} us")
     for col in ("request", "user", "floor CPM", "bid CPM", "value CPM", "campaign", "creative",
@@ -255,17 +271,9 @@ def status(
     token: str = TokenOpt,
 ) -> None:
     """Show what a running server serves: world, provider, model AUC, stage latencies, spend."""
-    import grpc
+    from adbid.v1 import admin_pb2
 
-    from adbid.v1 import admin_pb2, admin_pb2_grpc
-
-    with grpc.insecure_channel(target) as channel:
-        try:
-            s = admin_pb2_grpc.AdminStub(channel).Status(admin_pb2.StatusRequest(), timeout=5,
-                                                         metadata=_auth(token))
-        except grpc.RpcError as exc:
-            console.print(f"[red]error:[/red] {exc.code().name}: {exc.details()}")
-            raise typer.Exit(1) from None
+    s = _admin(target, token, "Status", admin_pb2.StatusRequest())
     console.print(f"adbid {s.version}, up {s.uptime_s:.0f} s; world [bold]{s.world_version}[/bold]"
                   f" ({s.world_path}): {s.users:,} users, {s.ads:,} ads, "
                   f"{s.campaigns_count} campaigns")
@@ -369,18 +377,10 @@ def reload(
     token: str = TokenOpt,
 ) -> None:
     """Load a world into a running server: validated, warmed up, swapped in atomically."""
-    import grpc
-
-    from adbid.v1 import admin_pb2, admin_pb2_grpc
+    from adbid.v1 import admin_pb2
 
     path = str(Path(world).resolve()) if world else ""
-    with grpc.insecure_channel(target) as channel:
-        try:
-            r = admin_pb2_grpc.AdminStub(channel).Reload(
-                admin_pb2.ReloadRequest(world_path=path), timeout=120, metadata=_auth(token))
-        except grpc.RpcError as exc:
-            console.print(f"[red]refused:[/red] {exc.code().name}: {exc.details()}")
-            raise typer.Exit(1) from None
+    r = _admin(target, token, "Reload", admin_pb2.ReloadRequest(world_path=path), 120)
     console.print(f"now serving [bold]{r.world_version}[/bold] (was {r.previous_version}); "
                   f"loaded, validated and warmed up in {r.load_ms:.0f} ms")
 
@@ -395,10 +395,8 @@ def campaign(
     token: str = TokenOpt,
 ) -> None:
     """Change a campaign's budget or pause it on a running server (durable, logged)."""
-    import grpc
-
     from adbid.money import MICROS_PER_UNIT
-    from adbid.v1 import admin_pb2, admin_pb2_grpc
+    from adbid.v1 import admin_pb2
 
     if budget is None and pause is None:
         raise typer.BadParameter("give --budget, --pause or --resume")
@@ -407,13 +405,7 @@ def campaign(
         req.budget_micros = round(budget * MICROS_PER_UNIT)
     if pause is not None:
         req.active = not pause
-    with grpc.insecure_channel(target) as channel:
-        try:
-            c = admin_pb2_grpc.AdminStub(channel).UpdateCampaign(req, timeout=5,
-                                                                 metadata=_auth(token)).campaign
-        except grpc.RpcError as exc:
-            console.print(f"[red]error:[/red] {exc.code().name}: {exc.details()}")
-            raise typer.Exit(1) from None
+    c = _admin(target, token, "UpdateCampaign", req).campaign
     console.print(f"{c.campaign_id}: {'active' if c.active else 'paused'}, budget "
                   f"{c.budget_micros / 1e6:.2f}, spent {c.spent_micros / 1e6:.4f}, reserved "
                   f"{c.reserved_micros / 1e6:.4f}")

@@ -15,7 +15,6 @@ from adbid import _decision
 from adbid.campaigns import CampaignTable
 from adbid.decode import EventBatch
 from adbid.ledger import Reservation, SpendLedger
-from adbid.v1 import bidder_pb2 as pb
 
 _ERRORS = {1: "an ad points at a campaign row outside the campaign table"}
 

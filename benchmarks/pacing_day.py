@@ -18,7 +18,6 @@ by the end of the day.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -28,10 +27,9 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).parent))
 from common import RESULTS, machine, write  # noqa: E402
 
-from adbid import _decision, targeting  # noqa: E402
+from adbid import _decision  # noqa: E402
 from adbid.campaigns import CampaignTable  # noqa: E402
 from adbid.ledger import SpendLedger  # noqa: E402
-from adbid.money import impression_cost_micros  # noqa: E402
 from adbid.pacing import DAY_S, PacingController  # noqa: E402
 from adbid.v1 import bidder_pb2 as pb  # noqa: E402
 
