@@ -340,18 +340,20 @@ def bench(
     except Exception as exc:  # noqa: BLE001 - the breakdown is a bonus; say why it is missing
         console.print(f"[yellow]no stage breakdown from {admin_target}: {exc}[/yellow]")
         stages = {}
-    table = Table(title=f"adbid bench: batch {batch}, deadline {deadline_ms:g} ms")
-    for col in ("offered/s", "answered/s", "events/s", "goodput/s", "p50 ms", "p90 ms",
-                "p99 ms", "p99.9 ms", "shed", "late", "errors", "bid rate"):
-        table.add_column(col)
+    table = Table(title=f"adbid bench: batch {batch}, deadline {deadline_ms:g} ms; "
+                        "latency in ms; events per second")
+    for col in ("load", "calls/s", "events/s", "goodput", "p50", "p90", "p99", "p99.9",
+                "shed", "late", "errors", "bids"):
+        table.add_column(col, no_wrap=True)
     for r in results:
         d, lat = r.as_dict(), r.latency_us
-        table.add_row(f"{r.spec['rate']:.0f}" if r.spec["rate"] else f"c={concurrency}",
+        table.add_row(f"{r.spec['rate']:.0f}/s" if r.spec["rate"] else f"c={concurrency}",
                       f"{d['requests_per_s']:.0f}", f"{d['events_per_s']:,.0f}",
                       f"{d['goodput_events_per_s']:,.0f}",
-                      *(f"{lat.get(p, 0) / 1000:.2f}" for p in ("p50", "p90", "p99", "p99.9")),
-                      f"{r.shed_events:,}", f"{r.late}", str(r.errors or ""),
-                      f"{d['bid_rate']:.2f}")
+                      *(f"{lat.get(p, 0) / 1000:.1f}" for p in ("p50", "p90", "p99", "p99.9")),
+                      f"{r.shed_events:,}", f"{r.late}",
+                      ", ".join(f"{k} {v}" for k, v in r.errors.items()),
+                      f"{d['bid_rate']:.0%}")
     console.print(table)
     if best is not None:
         console.print(f"highest rate with p99 <= {target_p99_ms:g} ms: "

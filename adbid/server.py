@@ -503,16 +503,22 @@ class BidServer:
 
     async def _recalibrate_if_starved(self) -> None:
         """When the last second shed batches and completed none, the cost model may be
-        stale (it only learns from admitted batches); one test batch refreshes it."""
+        stuck high after a transient spike: it only learns from admitted batches, and one
+        more sample barely moves it. It is then reset and re-seeded from two test batches
+        measured now; if the server really is overloaded, the batches it admits next
+        teach it so within a second."""
         p = self.pipeline
         shed, done = p.shed_batches, p.completed_batches
         last_shed, last_done = self._last_counts
         self._last_counts = (shed, done)
         if shed > last_shed and done == last_done and p.inflight_batches == 0:
             logs.request_id.set("calibration")
-            await self._test_batch(p, p.typical_batch, seed=int(time.time()))
-            log.info("recalibrated stage costs after a second of shedding only")
+            p.costs.reset()
+            for i, n in enumerate((max(1, p.typical_batch // 4), p.typical_batch)):
+                await self._test_batch(p, n, seed=int(time.time()) + i)
+            log.info("stage costs re-seeded after a second of shedding only")
             logs.request_id.set("")
+            self._last_counts = (p.shed_batches, p.completed_batches)
 
     async def reload(self, path: str) -> None:
         """Load, validate and warm a world beside the current one, then swap it in.

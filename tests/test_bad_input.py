@@ -176,3 +176,24 @@ def test_fuzzed_requests_never_break_the_server(server, channel):
     assert health.status == health_pb2.HealthCheckResponse.SERVING
     assert len(stub.Bid(pb.BidRequest(events=events(8, 3)), timeout=5).decisions) == 8
     assert rss_kib() - rss_before < 50_000
+
+
+def test_a_cost_model_stuck_high_recovers_within_seconds(server, channel):
+    async def spike():  # as if one burst had taken 2 s per batch
+        for _ in range(20):
+            server.server.pipeline.costs.observe("total", 2.0, 64)
+
+    server.call(spike())
+    stub = bidder_pb2_grpc.BidderStub(channel)
+
+    def decided() -> int:
+        r = stub.Bid(pb.BidRequest(events=events(64, int(time.monotonic() * 1000) % 10_000),
+                                   deadline_ms=100), timeout=5)
+        return sum(d.no_bid_reason != pb.NO_BID_REASON_DEADLINE for d in r.decisions)
+
+    assert decided() == 0  # everything shed at arrival
+    recovered, stop = False, time.monotonic() + 10
+    while not recovered and time.monotonic() < stop:
+        time.sleep(0.3)
+        recovered = decided() == 64
+    assert recovered, "the cost model stayed stuck"
