@@ -502,23 +502,37 @@ class BidServer:
         logs.request_id.set("")
 
     async def _recalibrate_if_starved(self) -> None:
-        """When the last second shed batches and completed none, the cost model may be
-        stuck high after a transient spike: it only learns from admitted batches, and one
-        more sample barely moves it. It is then reset and re-seeded from two test batches
-        measured now; if the server really is overloaded, the batches it admits next
-        teach it so within a second."""
+        """After a second that shed far more batches than it completed, pull the cost model toward
+        reality. It learns only from admitted batches, so a transient spike can leave it
+        stuck high, shedding everything. Two test batches measure the cost now; every
+        stage's estimate then moves toward that, at most halving a second, never below
+        it. A genuinely overloaded server reopens admission gradually, and the batches it
+        admits teach the model the contended cost again."""
         p = self.pipeline
         shed, done = p.shed_batches, p.completed_batches
         last_shed, last_done = self._last_counts
         self._last_counts = (shed, done)
-        if shed > last_shed and done == last_done and p.inflight_batches == 0:
-            logs.request_id.set("calibration")
-            p.costs.reset()
-            for i, n in enumerate((max(1, p.typical_batch // 4), p.typical_batch)):
-                await self._test_batch(p, n, seed=int(time.time()) + i)
-            log.info("stage costs re-seeded after a second of shedding only")
-            logs.request_id.set("")
-            self._last_counts = (p.shed_batches, p.completed_batches)
+        if not (shed - last_shed > 10 * (done - last_done) and shed > last_shed):
+            return
+        logs.request_id.set("calibration")
+        stuck = p.costs.stages
+        p.costs.stages = {}
+        n = p.typical_batch
+        for i, size in enumerate((max(1, n // 4), n)):
+            await self._test_batch(p, size, seed=int(time.time()) + i)
+        quiet = p.costs.stages
+        for name, cost in stuck.items():
+            now = quiet.get(name)
+            if now is None or cost.expect(n) <= 0:
+                continue
+            factor = max(0.5, min(1.0, now.expect(n) / cost.expect(n)))
+            cost.theta *= factor
+            cost.scatter_s = max(now.scatter_s, cost.scatter_s * factor)
+        p.costs.stages = {**quiet, **stuck}
+        log.info("starved: stage costs pulled toward the %.1f ms measured now",
+                 quiet["total"].expect(n) * 1e3 if "total" in quiet else 0.0)
+        logs.request_id.set("")
+        self._last_counts = (p.shed_batches, p.completed_batches)
 
     async def reload(self, path: str) -> None:
         """Load, validate and warm a world beside the current one, then swap it in.

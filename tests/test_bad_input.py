@@ -179,9 +179,9 @@ def test_fuzzed_requests_never_break_the_server(server, channel):
 
 
 def test_a_cost_model_stuck_high_recovers_within_seconds(server, channel):
-    async def spike():  # as if one burst had taken 2 s per batch
+    async def spike():  # as if a burst had made every batch take 0.3 s
         for _ in range(20):
-            server.server.pipeline.costs.observe("total", 2.0, 64)
+            server.server.pipeline.costs.observe("total", 0.3, 64)
 
     server.call(spike())
     stub = bidder_pb2_grpc.BidderStub(channel)
@@ -192,7 +192,7 @@ def test_a_cost_model_stuck_high_recovers_within_seconds(server, channel):
         return sum(d.no_bid_reason != pb.NO_BID_REASON_DEADLINE for d in r.decisions)
 
     assert decided() == 0  # everything shed at arrival
-    recovered, stop = False, time.monotonic() + 10
+    recovered, stop = False, time.monotonic() + 15
     while not recovered and time.monotonic() < stop:
         time.sleep(0.3)
         recovered = decided() == 64
