@@ -32,13 +32,58 @@ LATE_WINS = Counter("adbid_late_wins", "Wins booked after their reservation had 
 EXPIRED = Counter("adbid_expired_reservations", "Reservations released for want of a notice")
 PROVIDER = Info("adbid_execution_provider", "onnxruntime execution provider in use")
 WORLD = Info("adbid_world", "World being served")
-CAMPAIGN_SPENT = Gauge("adbid_campaign_spent_micros", "Committed spend", ["campaign"])
-CAMPAIGN_RESERVED = Gauge("adbid_campaign_reserved_micros", "Open reservations", ["campaign"])
-CAMPAIGN_BUDGET = Gauge("adbid_campaign_budget_micros", "Budget", ["campaign"])
-CAMPAIGN_PLANNED = Gauge("adbid_campaign_planned_micros", "Spend the pacing plan expects by now",
-                         ["campaign"])
-CAMPAIGN_PACING = Gauge("adbid_campaign_pacing_multiplier", "Pacing multiplier on value",
-                        ["campaign"])
+
+
+class CampaignCollector:
+    """Per-campaign budget, spend, reservations, plan and pacing, read at scrape time.
+
+    Setting 5 gauges x 300 campaigns every second cost 2.9 ms on the event loop; a
+    collector reads the arrays on the scraping thread instead. `source()` returns the
+    current pipeline (reloads swap it); a value read mid-update is at most a scrape stale.
+    """
+
+    def __init__(self, source) -> None:
+        self.source = source
+
+    def collect(self):
+        from prometheus_client.core import GaugeMetricFamily
+
+        p = self.source()
+        if p is None:
+            return
+        led = p.ledger
+        rows = (("adbid_campaign_budget_micros", "Budget", led.budget_micros),
+                ("adbid_campaign_spent_micros", "Committed spend", led.spent_micros),
+                ("adbid_campaign_reserved_micros", "Open reservations", led.reserved_micros),
+                ("adbid_campaign_planned_micros", "Spend the pacing plan expects by now",
+                 p.pacing.planned_micros),
+                ("adbid_campaign_pacing_multiplier", "Pacing multiplier on value",
+                 p.core.pacing))
+        ids = list(led.campaign_ids)
+        for name, doc, values in rows:
+            family = GaugeMetricFamily(name, doc, labels=["campaign"])
+            for cid, v in zip(ids, values.tolist()):
+                family.add_metric([cid], v)
+            yield family
+
+
+_collector_source: list = [None]  # the latest server's pipeline getter
+
+
+def _current_pipeline():
+    source = _collector_source[0]
+    return source() if source is not None else None
+
+
+def watch_campaigns(source) -> None:
+    """Export per-campaign gauges from `source()` (the collector is registered once per
+    process; registering reads it at once, so the source is set first)."""
+    from prometheus_client import REGISTRY
+
+    first = _collector_source[0] is None
+    _collector_source[0] = source
+    if first:
+        REGISTRY.register(CampaignCollector(_current_pipeline))
 
 
 class StageTimers:

@@ -416,6 +416,7 @@ class BidServer:
         self.pipeline = Pipeline(stages, cfg, self.ledger)
         self._reload_lock = asyncio.Lock()
         metrics.PROVIDER.info({"provider": self.pipeline.scorer.provider})
+        metrics.watch_campaigns(lambda: self.pipeline)
         metrics.WORLD.info({"version": world.version, "path": str(world.path)})
         admin_on_main = cfg.admin_port < 0
         limit = cfg.max_message_bytes
@@ -564,7 +565,7 @@ class BidServer:
         await asyncio.to_thread(old.close)
 
     async def _housekeeping(self) -> None:
-        """Once a second: release expired reservations, update pacing, publish gauges."""
+        """Once a second: release expired reservations, update pacing, recalibrate."""
         ledger = self.ledger
         while True:
             await asyncio.sleep(1.0)
@@ -581,12 +582,6 @@ class BidServer:
             except Exception:
                 log.exception("housekeeping failed")
                 metrics.ERRORS.labels("housekeeping").inc()
-            for i, cid in enumerate(ledger.campaign_ids):
-                metrics.CAMPAIGN_SPENT.labels(cid).set(int(ledger.spent_micros[i]))
-                metrics.CAMPAIGN_RESERVED.labels(cid).set(int(ledger.reserved_micros[i]))
-                metrics.CAMPAIGN_BUDGET.labels(cid).set(int(ledger.budget_micros[i]))
-                metrics.CAMPAIGN_PLANNED.labels(cid).set(int(self.pipeline.pacing.planned_micros[i]))
-                metrics.CAMPAIGN_PACING.labels(cid).set(float(self.pipeline.core.pacing[i]))
 
     async def stop(self, grace_s: float | None = None) -> None:
         """Report NOT_SERVING, drain in-flight calls for the grace period, stop."""
