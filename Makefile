@@ -9,7 +9,7 @@
 #   make debug            rebuild the core with bounds checks and line tracing
 #   make annotate         cython -a report of the decision loop (ext/decision.html)
 #   make lint             ruff: undefined names, unused imports, syntax
-#   make proto            regenerate the gRPC stubs
+#   make proto            regenerate the gRPC stubs (and rebuild the core)
 #   make clean            remove everything generated
 
 PYTHON ?= python3
@@ -66,8 +66,10 @@ annotate: $(STAMP)
 lint: $(STAMP)
 	$(PY) -m ruff check adbid tests benchmarks --select F,E9
 
+# Rebuilds the package in place (stubs and the Cython core) in pip's isolated build env,
+# which has the pinned grpcio-tools and Cython.
 proto: $(STAMP)
-	$(PY) setup.py build_ext --inplace
+	$(PY) -m pip install --quiet --no-deps -e .
 
 clean:
 	rm -rf build *.egg-info adbid/*.so adbid/v1/*_pb2*.py adbid/v1/*_pb2.pyi ext/*.c ext/*.html .venv .venv-gpu .pytest_cache .hypothesis

@@ -315,6 +315,8 @@ def bench(
                                            "until p99 exceeds --target-p99-ms."),
     target_p99_ms: float = typer.Option(10.0, help="Latency target of the sweep."),
     test_traffic: bool = typer.Option(False, help="Send test traffic (no budget effects)."),
+    wire: str = typer.Option("columns", help="Request form: columns (EventColumns, the fast "
+                                             "form) or events (one AdEvent message each)."),
     out: Path = typer.Option(Path("bench-results"), help="Directory for JSON and PNG output."),
 ) -> None:
     """Load a running server over gRPC and report throughput, latency (HDR) and stage costs."""
@@ -328,7 +330,9 @@ def bench(
     _logging(False)
     spec = LoadSpec(target=target, admin_target=admin_target, rate=rate, concurrency=concurrency,
                     batch=batch, deadline_ms=deadline_ms, duration_s=duration_s,
-                    max_requests=max_requests, test_traffic=test_traffic)
+                    max_requests=max_requests, test_traffic=test_traffic, wire=wire)
+    if wire not in ("columns", "events"):
+        raise typer.BadParameter("columns or events", param_hint="--wire")
     if sweep:
         if rate <= 0:
             raise typer.BadParameter("--sweep needs a starting --rate", param_hint="--rate")

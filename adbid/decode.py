@@ -58,8 +58,31 @@ def _too_long(values: list[str], limit: int) -> list[int]:
     return [i for i, v in enumerate(values) if len(v) > limit]
 
 
+class BadRequest(ValueError):
+    """The request as a whole is unacceptable (INVALID_ARGUMENT), e.g. ragged columns."""
+
+
+def batch_size(request: pb.BidRequest) -> int:
+    """Events in a request, in whichever form it came."""
+    if request.events and request.HasField("columns"):
+        raise BadRequest("request: send events or columns, not both")
+    return len(request.columns.request_id) if request.HasField("columns") else len(request.events)
+
+
+def request_ids(request: pb.BidRequest) -> list[str]:
+    return (list(request.columns.request_id) if request.HasField("columns")
+            else [e.request_id for e in request.events])
+
+
+def decode_request(request: pb.BidRequest, errors: dict[int, str] | None = None) -> EventBatch:
+    """The decode stage: columns of a request in either form."""
+    if request.HasField("columns"):
+        return decode_columns(request.columns, errors)
+    return decode(request.events, errors)
+
+
 def decode(events: Sequence[pb.AdEvent], errors: dict[int, str] | None = None) -> EventBatch:
-    """Columns of a batch of events; validation problems land in EventBatch.errors.
+    """Columns of a batch of event messages; validation problems land in EventBatch.errors.
 
     `errors`: problems already found (e.g. by parse_request), kept first. One pass over
     the messages reads every field (each pass over a repeated message field costs about
@@ -70,25 +93,82 @@ def decode(events: Sequence[pb.AdEvent], errors: dict[int, str] | None = None) -
              e.site_domain, e.blocked_advertiser_domains, e.blocked_categories) for e in events]
     (rid, user, context, floor, device, auction, width, height, country, test, site, badv,
      bcat) = zip(*rows) if rows else ((),) * 13
-    floor = np.array(floor, dtype=np.int64)
-    device = np.array(device, dtype=np.int64)
-    auction = np.array(auction, dtype=np.int64)
-    width = np.array(width, dtype=np.int64)
-    height = np.array(height, dtype=np.int64)
+    return _batch(list(rid), list(user), list(context), np.array(floor, dtype=np.int64),
+                  np.array(device, dtype=np.int64), np.array(auction, dtype=np.int64),
+                  np.array(width, dtype=np.int64), np.array(height, dtype=np.int64),
+                  country, np.array(test, dtype=np.uint8), list(site), list(badv), list(bcat),
+                  errors)
+
+
+def decode_columns(cols: pb.EventColumns, errors: dict[int, str] | None = None) -> EventBatch:
+    """Columns of a columnar request: one call per column, no per-event Python except for
+    the few events that carry block lists. Raises BadRequest for a column whose length
+    does not match the batch (which event it belongs to would be a guess)."""
+    rid = list(cols.request_id)
+    n = len(rid)
+
+    def column(name: str):
+        values = getattr(cols, name)
+        if values and len(values) != n:
+            raise BadRequest(f"columns.{name}: {len(values)} entries for {n} events "
+                             "(a column is empty or has one entry per event)")
+        return values
+
+    def strings(name: str) -> list[str]:
+        values = column(name)
+        return list(values) if values else [""] * n
+
+    def numbers(name: str, dtype) -> np.ndarray:
+        values = column(name)
+        return np.array(values, dtype=dtype) if values else np.zeros(n, dtype=dtype)
+
+    return _batch(rid, strings("user_id"), strings("context_text"),
+                  numbers("floor_cpm_micros", np.int64), numbers("device_type", np.int64),
+                  numbers("auction_type", np.int64), numbers("slot_width_px", np.int64),
+                  numbers("slot_height_px", np.int64), strings("country"),
+                  numbers("test", np.uint8), strings("site_domain"),
+                  _lists(cols, "blocked_advertiser_domains", n),
+                  _lists(cols, "blocked_categories", n), errors)
+
+
+def _lists(cols: pb.EventColumns, name: str, n: int) -> list:
+    """Per-event lists from a flat column and its count column."""
+    flat, counts = getattr(cols, name), getattr(cols, f"{name}_count")
+    if not counts:
+        if flat:
+            raise BadRequest(f"columns.{name}: {len(flat)} entries but no {name}_count column")
+        return [()] * n
+    if len(counts) != n:
+        raise BadRequest(f"columns.{name}_count: {len(counts)} entries for {n} events")
+    counts = np.array(counts, dtype=np.int64)
+    ends = np.cumsum(counts)
+    if ends[-1] != len(flat):
+        raise BadRequest(f"columns.{name}_count: counts add up to {ends[-1]}, "
+                         f"but columns.{name} has {len(flat)} entries")
+    lists: list = [()] * n
+    for i in np.flatnonzero(counts).tolist():
+        lists[i] = flat[ends[i] - counts[i]:ends[i]]
+    return lists
+
+
+def _batch(rid: list[str], user: list[str], context: list[str], floor: np.ndarray,
+           device: np.ndarray, auction: np.ndarray, width: np.ndarray, height: np.ndarray,
+           country: Sequence[str], test: np.ndarray, site: list[str], badv: list, bcat: list,
+           errors: dict[int, str] | None) -> EventBatch:
     batch = EventBatch(
-        request_id=list(rid),
-        user_id=list(user),
-        context_text=list(context),
+        request_id=rid,
+        user_id=user,
+        context_text=context,
         floor_micros=floor,
         first_price=(auction == pb.AUCTION_TYPE_FIRST_PRICE).astype(np.uint8),
         device_type=device,
         country_bit=targeting.country_bits(country),
         device_bit=targeting.device_bits(device),
         size_bit=targeting.size_bits(width, height),
-        is_test=np.array(test, dtype=np.uint8),
-        site_domain=list(site),
-        blocked_advertisers=list(badv),
-        blocked_categories=list(bcat),
+        is_test=test,
+        site_domain=site,
+        blocked_advertisers=badv,
+        blocked_categories=bcat,
         errors=dict(errors) if errors else {},
     )
     _validate(batch, auction, width, height)
@@ -166,6 +246,9 @@ def parse_request(data: bytes) -> tuple[pb.BidRequest, dict[int, str]]:
 
     req = pb.BidRequest(batch_id=loose.batch_id.decode("utf-8", "replace"),
                         deadline_ms=loose.deadline_ms)
+    if loose.HasField("columns"):
+        _salvage_columns(loose.columns, req.columns, text)
+        return req, errors
     for i, e in enumerate(loose.events):
         req.events.add(
             request_id=text(i, "request_id", e.request_id) or f"(invalid #{i})",
@@ -180,3 +263,22 @@ def parse_request(data: bytes) -> tuple[pb.BidRequest, dict[int, str]]:
                                         for d in e.blocked_advertiser_domains],
             blocked_categories=[text(i, "blocked_categories", c) for c in e.blocked_categories])
     return req, errors
+
+
+def _salvage_columns(loose, cols: pb.EventColumns, text) -> None:
+    """Copy a LenientEventColumns into `cols`, text through `text(event, field, raw)`."""
+    cols.request_id.extend(text(i, "request_id", r) or f"(invalid #{i})"
+                           for i, r in enumerate(loose.request_id))
+    for name in ("user_id", "context_text", "country", "site_domain"):
+        getattr(cols, name).extend(text(i, name, r) for i, r in enumerate(getattr(loose, name)))
+    for name in ("timestamp_ms", "floor_cpm_micros", "device_type", "slot_width_px",
+                 "slot_height_px", "auction_type", "test"):
+        getattr(cols, name).extend(getattr(loose, name))
+    for name in ("blocked_advertiser_domains", "blocked_categories"):
+        counts = list(getattr(loose, f"{name}_count"))
+        getattr(cols, f"{name}_count").extend(counts)
+        # Which event owns flat entry j (ragged counts are refused later by decode_columns).
+        ends = np.cumsum(counts) if counts else np.zeros(0, dtype=np.int64)
+        owner = np.searchsorted(ends, np.arange(len(getattr(loose, name))), side="right")
+        getattr(cols, name).extend(text(int(o), name, r)
+                                   for o, r in zip(owner, getattr(loose, name)))

@@ -182,6 +182,14 @@ class SpendLedger:
         """Has this request id bid before (open, or closed recently)? Such ids cannot bid again."""
         return request_id in self.open or request_id in self.closed
 
+    def used(self, request_ids: list[str]) -> list[int]:
+        """Positions of ids that have bid before; the scan is C-level (map over dict lookups)
+        and per-event Python runs only for the rare reused id."""
+        if not (any(map(self.open.__contains__, request_ids))
+                or any(map(self.closed.__contains__, request_ids))):
+            return []
+        return [i for i, rid in enumerate(request_ids) if self.knows(rid)]
+
     # -- notices ------------------------------------------------------------------
 
     def apply(self, request_id: str, outcome: int, clearing_cpm_micros: int,
@@ -293,15 +301,23 @@ class SpendLedger:
 
     # -- durability ---------------------------------------------------------------
 
-    async def flush(self) -> None:
-        """Write everything journalled so far; returns once it (and all before it) is durable."""
+    def commit(self) -> asyncio.Future:
+        """Hand everything journalled so far to the writer; the returned future is done once
+        it (and all before it) is durable. Lets a caller do other work (encode the answer)
+        while the write happens, then await it before acknowledging."""
         journal, self._journal = self._journal, []
         if self.store is None:
-            return
+            done = asyncio.get_running_loop().create_future()
+            done.set_result(None)
+            return done
         # Appended even when empty: the writer is FIFO, so when this append is done,
         # every earlier one, which may hold this caller's records, is done too. Shielded:
         # a caller cancelled meanwhile (its client gave up) must not cancel the write.
-        await asyncio.shield(asyncio.wrap_future(self.store.append(journal)))
+        return asyncio.shield(asyncio.wrap_future(self.store.append(journal)))
+
+    async def flush(self) -> None:
+        """Write everything journalled so far; returns once it (and all before it) is durable."""
+        await self.commit()
 
     def compact_if_needed(self) -> bool:
         """Replace the log by a snapshot of the books once its segment is large; returns

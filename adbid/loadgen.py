@@ -24,10 +24,12 @@ import grpc
 import numpy as np
 from hdrh.histogram import HdrHistogram
 
+from adbid.columns import to_columns
 from adbid.demo_traffic import make_events
 from adbid.v1 import admin_pb2, admin_pb2_grpc, bidder_pb2 as pb
 
 PLACEHOLDER = "@" * 16
+WIRES = ("columns", "events")
 BID = "/adbid.v1.Bidder/Bid"
 
 
@@ -45,6 +47,7 @@ class LoadSpec:
     n_users: int = 100_000
     seed: int = 1
     max_outstanding: int = 4096  # open loop: arrivals beyond this are counted as dropped
+    wire: str = "columns"  # "columns" (EventColumns) or "events" (an AdEvent message each)
 
 
 @dataclass
@@ -86,11 +89,19 @@ class LoadResult:
 
 class _Templates:
     def __init__(self, spec: LoadSpec) -> None:
+        if spec.wire not in WIRES:
+            raise ValueError(f"wire: {spec.wire!r} is not one of {', '.join(WIRES)}")
         rng = np.random.default_rng(spec.seed)
-        self.data = [pb.BidRequest(events=make_events(
-            spec.batch, rng, n_users=spec.n_users, test=spec.test_traffic,
-            id_prefix=PLACEHOLDER), deadline_ms=int(np.ceil(spec.deadline_ms))
-        ).SerializeToString() for _ in range(64)]
+        self.data = []
+        for _ in range(64):
+            events = make_events(spec.batch, rng, n_users=spec.n_users, test=spec.test_traffic,
+                                 id_prefix=PLACEHOLDER)
+            req = pb.BidRequest(deadline_ms=int(np.ceil(spec.deadline_ms)))
+            if spec.wire == "columns":
+                req.columns.CopyFrom(to_columns(events))
+            else:
+                req.events.extend(events)
+            self.data.append(req.SerializeToString())
         self.n = 0
         self.run = f"{random.getrandbits(24):06x}"
 
@@ -114,12 +125,17 @@ class _Recorder:
         self.hist.record_value(max(1, int(latency_s * 1e6)))
         if latency_s * 1000 > self.spec.deadline_ms:
             r.late += 1
-        n = len(resp.decisions)
-        shed = sum(1 for d in resp.decisions if d.no_bid_reason == pb.NO_BID_REASON_DEADLINE)
+        if resp.HasField("columns"):
+            reasons, bids = list(resp.columns.no_bid_reason), resp.columns.bid
+        else:
+            reasons = [d.no_bid_reason for d in resp.decisions]
+            bids = [d.bid for d in resp.decisions]
+        n = len(reasons)
+        shed = reasons.count(pb.NO_BID_REASON_DEADLINE)
         r.events += n
         r.shed_events += shed
         r.decided_events += n - shed
-        r.bids += sum(1 for d in resp.decisions if d.bid)
+        r.bids += sum(bids)
 
     def failed(self, code: grpc.StatusCode) -> None:
         self.errors[code.name] += 1

@@ -8,6 +8,7 @@ users are never merged into one key; they simply have no embedding.
 from __future__ import annotations
 
 import re
+from itertools import repeat
 
 import numpy as np
 
@@ -30,11 +31,14 @@ def resolve(batch: EventBatch, campaigns: CampaignTable) -> None:
     User keys are Python's string hash: stable within the process, which is as
     long as frequency counters live.
     """
-    batch.user_known = np.array([bool(u.strip("0-")) for u in batch.user_id], dtype=np.uint8)
-    batch.user_key = np.array([hash(u) for u in batch.user_id], dtype=np.int64).view(np.uint64)
-    get_site = campaigns.site_ids.get
-    batch.site_id = np.array([get_site(d, -1) for d in batch.site_domain], dtype=np.int32)
     n = len(batch)
+    users = batch.user_id
+    # map() over builtins keeps these per-event loops in C.
+    batch.user_known = np.fromiter(map(bool, map(str.strip, users, repeat("0-"))),
+                                   dtype=np.uint8, count=n)
+    batch.user_key = np.fromiter(map(hash, users), dtype=np.int64, count=n).view(np.uint64)
+    batch.site_id = np.fromiter(map(campaigns.site_ids.get, batch.site_domain, repeat(-1)),
+                                dtype=np.int32, count=n)
     cat_mask = np.zeros(n, dtype=np.uint64)
     adv_lists: list[list[int]] = [[]] * n
     advertisers = campaigns.advertiser_ids
@@ -61,8 +65,8 @@ class UserLookup:
 
     def rows(self, user_ids: list[str]) -> np.ndarray:
         """int64[B] embedding rows; unknown users get the zero row."""
-        get, unknown = self._row.get, self._unknown
-        return np.array([get(u, unknown) for u in user_ids], dtype=np.int64)
+        return np.fromiter(map(self._row.get, user_ids, repeat(self._unknown)), dtype=np.int64,
+                           count=len(user_ids))
 
     def known(self, rows: np.ndarray) -> np.ndarray:
         """bool[B]: which rows are real users."""
@@ -102,6 +106,9 @@ class ContextEncoder:
         """float32[B, D]."""
         if len(self._row) + len(texts) > len(self._table):
             self._row.clear()
-        get, add = self._row.get, self._add
-        rows = [r if (r := get(t)) is not None else add(t) for t in texts]
+        rows = list(map(self._row.get, texts))
+        if None in rows:  # texts not seen since the last clear
+            get, add = self._row.get, self._add
+            rows = [r if r is not None else r2 if (r2 := get(t)) is not None else add(t)
+                    for r, t in zip(rows, texts)]
         return self._table[rows]

@@ -18,6 +18,7 @@ import numpy as np
 from adbid.config import ServerConfig
 from adbid.decision import Decisions, DecisionCore
 from adbid.decode import EventBatch
+from adbid.encode import id_table
 from adbid.ledger import SpendLedger
 from adbid.lookup import ContextEncoder, UserLookup, resolve
 from adbid import metrics
@@ -37,33 +38,63 @@ TAIL_MARGIN = 3.0  # estimates add this many mean absolute residuals: deadlines 
 
 
 class StageCost:
-    """Recent cost of one stage as a + b * events, fitted by recursive least squares with
-    forgetting (fixed per-batch costs such as a sync and per-event costs both show), plus a
-    margin for its recent scatter, since a deadline is missed in the tail, not the mean."""
+    """Recent cost of one stage by batch size, plus a margin for its recent scatter, since a
+    deadline is missed in the tail, not the mean.
 
-    def __init__(self, forgetting: float = 0.97) -> None:
-        self.lam = forgetting
-        self.theta = np.zeros(2)  # [seconds per batch, seconds per event]
-        self.p = np.eye(2) * 1e3
-        self.scatter_s = 0.0  # EWMA of |observed - predicted|
+    Batch sizes fall into power-of-two classes; each class keeps an EWMA of its batch
+    size and cost. A size between two seen classes is interpolated between them, a size
+    above the largest is scaled from it per event, one below the smallest costs what the
+    smallest does. (A least-squares fit of a + b * n was tried first: fed batches of one
+    size, its covariance winds up, and one odd-sized batch then swung its estimate to
+    seconds, which shed every batch.) Plain floats: this runs several times a batch.
+    """
+
+    ALPHA = 0.1  # EWMA weight of a new observation
+
+    def __init__(self) -> None:
+        self.classes: dict[int, list[float]] = {}  # size class -> [mean events, mean seconds]
+        self.scatter_s = 0.0  # EWMA of |observed - expected|
         self.seen = 0
 
     def observe(self, seconds: float, n_events: int) -> None:
-        x = np.array([1.0, float(n_events)])
-        residual = seconds - float(x @ self.theta)
         if self.seen:
-            self.scatter_s += 0.1 * (abs(residual) - self.scatter_s)
-        px = self.p @ x
-        k = px / (self.lam + x @ px)
-        self.theta += k * residual
-        self.p = (self.p - np.outer(k, px)) / self.lam
+            self.scatter_s += self.ALPHA * (abs(seconds - self.expect(n_events)) - self.scatter_s)
         self.seen += 1
+        key = max(n_events, 1).bit_length()
+        c = self.classes.get(key)
+        if c is None:
+            self.classes[key] = [float(n_events), seconds]
+            return
+        c[0] += self.ALPHA * (n_events - c[0])
+        c[1] += self.ALPHA * (seconds - c[1])
+
+    def scale(self, factor: float) -> None:
+        """Multiply every class's cost by `factor` (recalibration)."""
+        for c in self.classes.values():
+            c[1] *= factor
 
     def expect(self, n_events: int) -> float:
         """The mean cost for a batch of this size (seconds)."""
-        if self.seen == 0:
+        if not self.classes:
             return FIXED_STAGE_S
-        return max(FIXED_STAGE_S, float(self.theta[0] + self.theta[1] * n_events))
+        key = max(n_events, 1).bit_length()
+        below = above = None
+        for k in sorted(self.classes):
+            if k <= key:
+                below = self.classes[k]
+            elif above is None:
+                above = self.classes[k]
+        if below is None:  # smaller than anything seen
+            return max(FIXED_STAGE_S, above[1])
+        n0, s0 = below
+        if n_events <= n0:
+            estimate = s0
+        elif above is None:  # larger than anything seen: per event
+            estimate = s0 * n_events / max(n0, 1.0)
+        else:
+            n1, s1 = above
+            estimate = s0 + (s1 - s0) * (n_events - n0) / max(n1 - n0, 1.0)
+        return max(FIXED_STAGE_S, estimate)
 
 
 class StageCosts:
@@ -81,7 +112,10 @@ class StageCosts:
         self.stages.clear()
 
     def observe(self, stage: str, seconds: float, n_events: int) -> None:
-        self.stages.setdefault(stage, StageCost()).observe(seconds, n_events)
+        cost = self.stages.get(stage)
+        if cost is None:
+            cost = self.stages[stage] = StageCost()
+        cost.observe(seconds, n_events)
 
     def margin(self) -> float:
         """TAIL_MARGIN scatters of the end-to-end time, capped at half its mean: under heavy
@@ -160,6 +194,8 @@ class Pipeline:
             self.pacing.inherit(previous.pacing)
         self.campaign_ids = list(world.campaigns.ids)
         self.creative_ids = world.ad_creative_ids.tolist()
+        self.campaign_table, self.creative_table = id_table(self.campaign_ids), \
+            id_table(self.creative_ids)
         self.timers = previous.timers if previous else StageTimers()
         self.costs = previous.costs if previous else StageCosts()
         self.executor = ThreadPoolExecutor(cfg.native_threads, thread_name_prefix="adbid-native")
@@ -192,22 +228,22 @@ class Pipeline:
     def update_pacing(self) -> None:
         self.pacing.update(time.time())
 
-    async def decide(self, batch: EventBatch, deadline: float) -> Decisions:
+    async def decide(self, batch: EventBatch,
+                     deadline: float) -> tuple[Decisions, asyncio.Future | None]:
         """Decide a decoded batch; `deadline` is a time.monotonic() instant.
 
         Before each costly stage the time left is checked against that stage's
         recent cost (and what must follow it); when it does not fit, every event
         gets NO_BID_REASON_DEADLINE and nothing is reserved. Invalid events get
-        NO_BID_REASON_INVALID_EVENT. Returns once the batch's reservations are
-        durable in the ledger.
+        NO_BID_REASON_INVALID_EVENT. Returns the decisions and, when the batch reserved
+        anything, a future that is done once the reservations are durable in the ledger:
+        the caller encodes meanwhile and awaits it before answering (then `durable(...)`).
         """
         n = len(batch)
         timers, costs = self.timers, self.costs
         t0 = time.perf_counter()
-        knows = self.ledger.knows
-        for i, rid in enumerate(batch.request_id):
-            if knows(rid) and i not in batch.errors:
-                batch.errors[i] = "request_id: already used by an earlier bid"
+        for i in self.ledger.used(batch.request_id):
+            batch.errors.setdefault(i, "request_id: already used by an earlier bid")
         blocked = np.zeros(n, dtype=bool)
         if batch.errors:
             blocked[list(batch.errors)] = True
@@ -237,26 +273,34 @@ class Pipeline:
         except Shed as shed:
             metrics.SHED.labels(shed.stage).inc(n)
             self.shed_batches += 1
-            return self._no_bid(batch, blocked, pb.NO_BID_REASON_DEADLINE)
+            return self._no_bid(batch, blocked, pb.NO_BID_REASON_DEADLINE), None
 
         t2 = time.perf_counter()
         dec = self.core.decide(batch, cand_ad, score, blocked, now_s=int(time.time()))
         live = dec.bid & (batch.is_test == 0)
         if live.any():
             idx = np.flatnonzero(live)
-            self.ledger.record_bids([batch.request_id[i] for i in idx], dec.campaign_row[idx],
+            rids = batch.request_id
+            self.ledger.record_bids([rids[i] for i in idx.tolist()], dec.campaign_row[idx],
                                     dec.price_cpm_micros[idx], batch.user_key[idx])
         dec.reason[blocked] = pb.NO_BID_REASON_INVALID_EVENT
         t3 = time.perf_counter()
         timers.record("decision", t3 - t2)
         costs.observe("decision", t3 - t2, n)
-        await self.ledger.flush()
-        t4 = time.perf_counter()
-        timers.record("ledger", t4 - t3)
-        costs.observe("ledger", t4 - t3, n)
         self.completed_batches += 1
         self.typical_batch = max(1, int(0.9 * self.typical_batch + 0.1 * n))
-        return dec
+        return dec, self.ledger.commit()
+
+    async def durable(self, commit: asyncio.Future | None, n_events: int) -> None:
+        """Wait for a batch's reservations to be durable (what is left of the write after
+        encoding overlapped it); timed as the "ledger" stage."""
+        if commit is None:
+            return
+        t0 = time.perf_counter()
+        await commit
+        spent = time.perf_counter() - t0
+        self.timers.record("ledger", spent)
+        self.costs.observe("ledger", spent, n_events)
 
     def _no_bid(self, batch: EventBatch, blocked: np.ndarray, reason: int) -> Decisions:
         n = len(batch)

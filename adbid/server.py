@@ -26,9 +26,10 @@ from prometheus_client import start_http_server
 import adbid
 from adbid import logs, metrics
 from adbid.config import ServerConfig
-from adbid.decode import UndecodableRequest, decode, parse_request
+from adbid.decode import (BadRequest, UndecodableRequest, batch_size, decode_request,
+                          parse_request, request_ids)
 from adbid.demo_traffic import make_events
-from adbid.encode import all_no_bid, encode
+from adbid.encode import all_no_bid, encode, encode_columns
 from adbid.ledger import LedgerError, SpendLedger, open_store
 from adbid.pipeline import NativeStages, Pipeline
 from adbid.v1 import admin_pb2, admin_pb2_grpc, bidder_pb2, bidder_pb2_grpc
@@ -43,10 +44,6 @@ SERVICE_NAMES = (
 REASON_NAMES = {v: bidder_pb2.NoBidReason.Name(v) for v in bidder_pb2.NoBidReason.values()}
 # Time kept back from the deadline for encoding and sending the answer.
 SEND_MARGIN_S = 0.0005
-
-
-class BadRequest(ValueError):
-    """The request as a whole is unacceptable (INVALID_ARGUMENT)."""
 
 
 class NotFound(KeyError):
@@ -138,7 +135,7 @@ class BidderService(bidder_pb2_grpc.BidderServicer):
                   errors: dict[int, str] | None = None,
                   pipeline: Pipeline | None = None) -> bidder_pb2.BidResponse:
         t0 = time.perf_counter()
-        n = len(request.events)
+        n = batch_size(request)
         if n > self.cfg.max_batch_events:
             raise BadRequest(f"events: batch of {n} is above the maximum of "
                              f"{self.cfg.max_batch_events}")
@@ -154,6 +151,7 @@ class BidderService(bidder_pb2_grpc.BidderServicer):
                    errors: dict[int, str] | None, p: Pipeline, t0: float,
                    n: int) -> bidder_pb2.BidResponse:
         timers, costs = p.timers, p.costs
+        columnar = request.HasField("columns")
         left = deadline - time.monotonic()
         if n and left < costs.mean(n, "encode"):
             metrics.SHED.labels("arrival").inc(n)
@@ -162,9 +160,9 @@ class BidderService(bidder_pb2_grpc.BidderServicer):
         if n and left < costs.expect_total(n):
             metrics.SHED.labels("arrival").inc(n)
             p.shed_batches += 1
-            return all_no_bid(request.batch_id, [e.request_id for e in request.events],
-                              bidder_pb2.NO_BID_REASON_DEADLINE, p.world.version)
-        batch = decode(request.events, errors)
+            return all_no_bid(request.batch_id, request_ids(request),
+                              bidder_pb2.NO_BID_REASON_DEADLINE, p.world.version, columnar)
+        batch = decode_request(request, errors)
         t1 = time.perf_counter()
         timers.record("decode", t1 - t0)
         costs.observe("decode", t1 - t0, n)
@@ -172,16 +170,22 @@ class BidderService(bidder_pb2_grpc.BidderServicer):
         p.peak_inflight_batches = max(p.peak_inflight_batches, p.inflight_batches)
         metrics.INFLIGHT.inc()
         try:
-            dec = await p.decide(batch, deadline)
+            dec, commit = await p.decide(batch, deadline)
+            t2 = time.perf_counter()
+            if columnar:
+                resp = encode_columns(request.batch_id, batch, dec, p.campaign_table,
+                                      p.creative_table, p.world.version)
+            else:
+                resp = encode(request.batch_id, batch, dec, p.campaign_ids, p.creative_ids,
+                              p.world.version)
+            t3 = time.perf_counter()
+            timers.record("encode", t3 - t2)
+            costs.observe("encode", t3 - t2, n)
+            await p.durable(commit, n)  # the write overlapped encoding
         finally:
             p.inflight_batches -= 1
             metrics.INFLIGHT.dec()
-        t2 = time.perf_counter()
-        resp = encode(request.batch_id, batch, dec, p.campaign_ids, p.creative_ids,
-                      p.world.version)
         t3 = time.perf_counter()
-        timers.record("encode", t3 - t2)
-        p.costs.observe("encode", t3 - t2, n)
         timers.record("total", t3 - t0)
         if dec.bid.any() or not (dec.reason == bidder_pb2.NO_BID_REASON_DEADLINE).any():
             costs.observe("total", t3 - t0, n)  # decided in full: a sample of the real cost
@@ -224,10 +228,8 @@ class BidderService(bidder_pb2_grpc.BidderServicer):
         version = self.owner.pipeline.world.version
 
         def refuse(request: bidder_pb2.BidRequest, reason: int, error: str = ""):
-            reply = bidder_pb2.BidResponse(batch_id=request.batch_id, world_version=version)
-            for e in request.events:
-                reply.decisions.add(request_id=e.request_id, no_bid_reason=reason, error=error)
-            return reply
+            return all_no_bid(request.batch_id, request_ids(request), reason, version,
+                              request.HasField("columns"), error)
 
         async def one(raw: bytes, remaining: float | None) -> None:
             request = bidder_pb2.BidRequest()
@@ -235,7 +237,7 @@ class BidderService(bidder_pb2_grpc.BidderServicer):
                 request, errors = parse_request(raw)
                 if not self._admit():
                     metrics.OVERLOAD.inc()
-                    metrics.SHED.labels("admission").inc(len(request.events))
+                    metrics.SHED.labels("admission").inc(len(request_ids(request)))
                     reply = refuse(request, bidder_pb2.NO_BID_REASON_DEADLINE)
                 else:
                     reply = await self.bid(request, self._deadline(request, remaining), errors)
@@ -527,7 +529,7 @@ class BidServer:
             if now is None or cost.expect(n) <= 0:
                 continue
             factor = max(0.5, min(1.0, now.expect(n) / cost.expect(n)))
-            cost.theta *= factor
+            cost.scale(factor)
             cost.scatter_s = max(now.scatter_s, cost.scatter_s * factor)
         p.costs.stages = {**quiet, **stuck}
         log.info("starved: stage costs pulled toward the %.1f ms measured now",

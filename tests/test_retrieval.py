@@ -26,3 +26,23 @@ def test_empty_batch_and_bad_shapes(tiny_world):
 def test_top_k_above_catalogue_size_is_capped(tiny_world):
     r = Retriever(tiny_world.ad_index, top_k=10_000, threads=1)
     assert r.top_k == tiny_world.ad_index.ntotal
+
+
+def test_thread_setting_holds_on_executor_threads(tiny_world):
+    """OpenMP's thread count is per thread: a search on a fresh thread (the server's
+    executor) must run with the configured count, not one OpenMP thread per core."""
+    import threading
+
+    import faiss
+
+    r = Retriever(tiny_world.ad_index, top_k=4, threads=1)
+    seen = []
+
+    def search():
+        r.search(np.zeros((3, tiny_world.dim), np.float32))
+        seen.append(faiss.omp_get_max_threads())
+
+    t = threading.Thread(target=search)
+    t.start()
+    t.join()
+    assert seen == [1]
