@@ -143,8 +143,9 @@ def serve(
     deadline_ms: int = typer.Option(DEFAULTS.default_deadline_ms, envvar="ADBID_DEADLINE_MS",
                                     help="Deadline when the call carries none."),
     max_inflight: int = typer.Option(DEFAULTS.max_inflight_batches, envvar="ADBID_MAX_INFLIGHT",
-                                     help="Batches admitted at once; more are refused at once "
-                                          "(RESOURCE_EXHAUSTED)."),
+                                     help="Cap on batches admitted at once; the limit adapts "
+                                          "below it to what meets deadlines, and batches above "
+                                          "it are refused at once (RESOURCE_EXHAUSTED)."),
     admin_host: str = typer.Option(DEFAULTS.admin_host, envvar="ADBID_ADMIN_HOST",
                                    help="Address of the Admin service's own port."),
     admin_port: int = typer.Option(DEFAULTS.admin_port, envvar="ADBID_ADMIN_PORT",

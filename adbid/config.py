@@ -52,7 +52,7 @@ class ServerConfig:
     reservation_ttl_s: float = 300.0  # unanswered bids release their reservation after this
     grace_s: float = 5.0  # drain time on SIGTERM
     max_stream_inflight: int = 8  # batches in flight per BidStream
-    max_inflight_batches: int = 32  # admitted and unanswered, per process; above: refused at once
+    max_inflight_batches: int = 32  # most batches ever admitted at once (the adaptive limit's cap)
 
     def as_dict(self) -> dict[str, object]:
         return {k: str(v) if isinstance(v, Path) else v for k, v in asdict(self).items()}

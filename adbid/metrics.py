@@ -7,7 +7,7 @@ import threading
 from hdrh.histogram import HdrHistogram
 from prometheus_client import Counter, Gauge, Histogram, Info
 
-STAGES = ("queue", "decode", "lookup", "retrieval", "scoring", "decision", "ledger", "encode",
+STAGES = ("queue", "decode", "lookup", "retrieval", "scoring", "decision", "ledger", "encode", "resume",
           "total")
 _BUCKETS_S = (50e-6, 100e-6, 250e-6, 500e-6, 1e-3, 2e-3, 3e-3, 5e-3, 7.5e-3, 10e-3, 15e-3,
               20e-3, 30e-3, 50e-3, 100e-3, 250e-3, 1.0)
@@ -25,6 +25,11 @@ BATCH_EVENTS = Histogram("adbid_batch_events", "Events per batch",
 NOTICES = Counter("adbid_notices", "Outcome notices", ["type", "result"])
 SHED = Counter("adbid_shed_events", "Events answered DEADLINE because time ran out, by stage",
                ["stage"])
+ADMISSION_LIMIT = Gauge("adbid_admission_limit_batches",
+                        "Batches the server admits in flight now (adapted to deadlines)")
+LOOP_LAG = Gauge("adbid_event_loop_lag_seconds",
+                 "How late the event loop runs what is due (recent, decaying); kept back "
+                 "from every deadline")
 INFLIGHT = Gauge("adbid_inflight_batches", "Batches admitted and not yet answered")
 OVERLOAD = Counter("adbid_overload_rejections", "Batches refused at once: too many in flight")
 LATE_ANSWERS = Counter("adbid_late_answers", "Answers that left after their deadline (should be 0)")

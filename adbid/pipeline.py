@@ -151,7 +151,10 @@ class Shed(Exception):
         self.stage = stage
 
 
-TAIL = ("decision", "ledger", "encode")  # what must still fit after the native stages
+# What must still fit after the native stages. "resume" is the event loop's lag: the time
+# from a thread's result (or the ledger's write) being ready to the loop running the batch
+# again; under load the loop is busy with other batches, and two such waits follow.
+TAIL = ("decision", "ledger", "encode", "resume", "resume")
 ALL_STAGES = ("decode", "lookup", "retrieval", "scoring", *TAIL)
 
 
@@ -211,7 +214,7 @@ class Pipeline:
 
     def _native(self, query: np.ndarray, user: np.ndarray, context: np.ndarray,
                 device: np.ndarray, deadline: float,
-                submitted: float) -> tuple[np.ndarray, np.ndarray, float, float, float]:
+                submitted: float) -> tuple[np.ndarray, np.ndarray, float, float, float, float]:
         """Retrieval then scoring, on an executor thread; raises Shed when time runs out."""
         n, costs = len(query), self.costs
         t0 = time.perf_counter()
@@ -223,7 +226,8 @@ class Pipeline:
         if time.monotonic() + costs.expect(n, "scoring", *TAIL) > deadline:
             raise Shed("scoring")
         score = self.scorer.score(user, context, device, cand_ad)
-        return cand_ad, score, queued, t1 - t0, time.perf_counter() - t1
+        t2 = time.perf_counter()
+        return cand_ad, score, queued, t1 - t0, t2 - t1, t2
 
     def update_pacing(self) -> None:
         self.pacing.update(time.time())
@@ -260,9 +264,12 @@ class Pipeline:
         try:
             if time.monotonic() + costs.expect(n, "retrieval", "scoring", *TAIL) > deadline:
                 raise Shed("retrieval")
-            cand_ad, score, queued, t_retrieval, t_scoring = await loop.run_in_executor(
+            cand_ad, score, queued, t_retrieval, t_scoring, t_done = await loop.run_in_executor(
                 self.executor, self._native, query, user, context, batch.device_type, deadline,
                 time.perf_counter())
+            lag = time.perf_counter() - t_done
+            timers.record("resume", lag)
+            costs.observe("resume", lag, n)
             timers.record("queue", queued)
             timers.record("retrieval", t_retrieval)
             timers.record("scoring", t_scoring)

@@ -13,7 +13,9 @@ import gc
 import hmac
 import ipaddress
 import logging
+import os
 import signal
+import sys
 import time
 from collections.abc import AsyncIterator
 
@@ -25,6 +27,7 @@ from prometheus_client import start_http_server
 
 import adbid
 from adbid import logs, metrics
+from adbid.admission import AdmissionLimit, LoopLag
 from adbid.config import ServerConfig
 from adbid.decode import (BadRequest, UndecodableRequest, batch_size, decode_request,
                           parse_request, request_ids)
@@ -44,6 +47,7 @@ SERVICE_NAMES = (
 REASON_NAMES = {v: bidder_pb2.NoBidReason.Name(v) for v in bidder_pb2.NoBidReason.values()}
 # Time kept back from the deadline for encoding and sending the answer.
 SEND_MARGIN_S = 0.0005
+GIL_SWITCH_S = float(os.environ.get("ADBID_GIL_SWITCH_MS", "1")) / 1000
 
 
 class NotFound(KeyError):
@@ -115,6 +119,9 @@ class BidderService(bidder_pb2_grpc.BidderServicer):
         self.owner = owner  # owner.pipeline is read once per request: reloads swap it
         self.cfg = cfg
         self._batches = 0
+        self.admission = AdmissionLimit(cfg.max_inflight_batches)
+        self.loop_lag = LoopLag()
+        metrics.ADMISSION_LIMIT.set(int(self.admission.limit))
 
     def handlers(self) -> grpc.GenericRpcHandler:
         out = bidder_pb2.BidResponse.SerializeToString
@@ -160,6 +167,7 @@ class BidderService(bidder_pb2_grpc.BidderServicer):
         if n and left < costs.expect_total(n):
             metrics.SHED.labels("arrival").inc(n)
             p.shed_batches += 1
+            self._adapt(0.0, left, shed=True)
             return all_no_bid(request.batch_id, request_ids(request),
                               bidder_pb2.NO_BID_REASON_DEADLINE, p.world.version, columnar)
         batch = decode_request(request, errors)
@@ -187,8 +195,10 @@ class BidderService(bidder_pb2_grpc.BidderServicer):
             metrics.INFLIGHT.dec()
         t3 = time.perf_counter()
         timers.record("total", t3 - t0)
-        if dec.bid.any() or not (dec.reason == bidder_pb2.NO_BID_REASON_DEADLINE).any():
+        shed = not dec.bid.any() and bool((dec.reason == bidder_pb2.NO_BID_REASON_DEADLINE).any())
+        if not shed:
             costs.observe("total", t3 - t0, n)  # decided in full: a sample of the real cost
+        self._adapt(t3 - t0, left, shed)
         resp.server_latency_us = int((t3 - t0) * 1e6)
         if time.monotonic() > deadline + SEND_MARGIN_S:
             metrics.LATE_ANSWERS.inc()
@@ -207,14 +217,26 @@ class BidderService(bidder_pb2_grpc.BidderServicer):
         return resp
 
     def _admit(self) -> bool:
-        return self.owner.pipeline.inflight_batches < self.cfg.max_inflight_batches
+        """Room for one more batch under the adaptive limit. (Refusing while the event loop
+        lags was tried: a reload's loading thread lags the loop too, and requests failed.)"""
+        return self.admission.admits(self.owner.pipeline.inflight_batches)
+
+    def _adapt(self, latency_s: float, budget_s: float, shed: bool) -> None:
+        """Feed the admission limit one answered batch; the loop's lag counts as latency
+        (the answer still has to be sent, and new requests wait that long to start)."""
+        lag = self.loop_lag.recent_s
+        self.admission.done(latency_s + lag, budget_s + lag, shed)
+        metrics.ADMISSION_LIMIT.set(int(self.admission.limit))
+        metrics.LOOP_LAG.set(lag)
 
     @rpc_errors("Bid")
     async def Bid(self, raw: bytes, context):
-        request, errors = parse_request(raw)
-        if not self._admit():
+        if not self._admit():  # before parsing: a refusal must cost next to nothing
             metrics.OVERLOAD.inc()
-            raise Overloaded(f"{self.cfg.max_inflight_batches} batches in flight; retry later")
+            raise Overloaded(f"overloaded: {self.owner.pipeline.inflight_batches} batches in "
+                             f"flight (the limit now; at most {self.cfg.max_inflight_batches}); "
+                             "retry later")
+        request, errors = parse_request(raw)
         return await self.bid(request, self._deadline(request, context.time_remaining()), errors)
 
     async def BidStream(self, request_iterator, context) -> AsyncIterator[bidder_pb2.BidResponse]:
@@ -460,10 +482,15 @@ class BidServer:
             self.metrics_port = self._metrics_http.server_port
         self._last_counts = (0, 0)
         self._tasks.append(asyncio.create_task(self._housekeeping()))
+        self._tasks.append(asyncio.create_task(self.bidder.loop_lag.run()))
         # Everything loaded so far lives as long as the process: keep it out of the cyclic
         # collector's scans, whose full passes otherwise pause the event loop.
         gc.collect()
         gc.freeze()
+        # Threads that finish native work (FAISS, onnxruntime, the ledger's write) need the
+        # GIL back to hand over their result; the default 5 ms switch interval lets a busy
+        # event loop keep it that long, which showed as a 5-10 ms tail on those stages.
+        sys.setswitchinterval(GIL_SWITCH_S)
         await self._set_health(health_pb2.HealthCheckResponse.SERVING)
         log.info("serving world %s on %s:%d (%s), admin on %s:%d%s, metrics %s, provider %s",
                  world.version, cfg.host, self.port,

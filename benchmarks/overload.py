@@ -65,13 +65,14 @@ def main() -> None:
                    "answered": r.answered, "p50_ms": r.latency_us.get("p50", 0) / 1000,
                    "p99_ms": r.latency_us.get("p99", 0) / 1000,
                    "missed_deadline": r.errors.get("DEADLINE_EXCEEDED", 0),
-                   "late_answers_server": late, "errors": r.errors, "dropped": r.dropped,
+                   "late_answers_server": late, "late_answers_client": r.late, "errors": r.errors, "dropped": r.dropped,
                    "shed_events": r.shed_events, "goodput_events_per_s": d["goodput_events_per_s"],
                    "client_lag_p99_ms": r.client_lag_p99_us / 1000}
             runs.append(row)
             print(f"{mult}x: offered {sustainable * mult:6.0f}/s, answered p50 {row['p50_ms']:.2f}"
                   f" ms, p99 {row['p99_ms']:.2f} ms, missed deadline {row['missed_deadline']},"
-                  f" late (server) {late:.0f}, shed {r.shed_events:,}, goodput "
+                  f" late (server) {late:.0f}, late (client) {r.late}, refused "
+                  f"{r.errors.get('RESOURCE_EXHAUSTED', 0)}, shed {r.shed_events:,}, goodput "
                   f"{row['goodput_events_per_s']:,.0f} events/s, client lag p99 "
                   f"{row['client_lag_p99_ms']:.1f} ms")
         print(f"-> {write('overload', {'machine': machine(), 'batch': a.batch, 'deadline_ms': a.deadline_ms, 'sustainable_batches_per_s': sustainable, 'sweep': [s.as_dict() for s in steps], 'runs': runs})}")
