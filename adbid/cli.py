@@ -170,6 +170,14 @@ def serve(
     reservation_ttl_s: float = typer.Option(DEFAULTS.reservation_ttl_s,
                                             envvar="ADBID_RESERVATION_TTL_S",
                                             help="Release a bid's reservation after this."),
+    workers: int = typer.Option(DEFAULTS.workers, envvar="ADBID_WORKERS", min=1,
+                                help="Server processes sharing the port (SO_REUSEPORT), each "
+                                     "with 1/N of every budget and its own ledger, Admin and "
+                                     "metrics port (+i); about one per core."),
+    gil_switch_ms: float = typer.Option(DEFAULTS.gil_switch_ms, envvar="ADBID_GIL_SWITCH_MS",
+                                        help="Python's thread switch interval: how long the "
+                                             "event loop may keep the GIL from a thread whose "
+                                             "native work is done."),
     seed: int = typer.Option(42, help="Seed of the demo world, when it has to be built."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug logging."),
 ) -> None:
@@ -197,6 +205,14 @@ def serve(
     shown = {**cfg.as_dict(), "admin_token": "(set)" if cfg.admin_token else ""}
     logging.getLogger("adbid").info("configuration: %s", json.dumps(shown),
                                     extra={"config": shown, "config_file": str(config or "")})
+    if cfg.workers > 1:
+        from adbid.workers import WorkerSetupError, supervise
+
+        try:
+            raise typer.Exit(supervise(cfg, log_format, verbose))
+        except WorkerSetupError as exc:
+            console.print(f"[red]error:[/red] {exc}")
+            raise typer.Exit(2) from None
     from adbid.scoring import GpuUnavailableError
     from adbid.server import run
     from adbid.world import WorldError
@@ -275,6 +291,9 @@ def status(
     from adbid.v1 import admin_pb2
 
     s = _admin(target, token, "Status", admin_pb2.StatusRequest())
+    if s.workers > 1:
+        console.print(f"worker {s.worker + 1} of {s.workers}: budgets below are this worker's "
+                      f"1/{s.workers} slices")
     console.print(f"adbid {s.version}, up {s.uptime_s:.0f} s; world [bold]{s.world_version}[/bold]"
                   f" ({s.world_path}): {s.users:,} users, {s.ads:,} ads, "
                   f"{s.campaigns_count} campaigns")

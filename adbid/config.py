@@ -54,8 +54,22 @@ class ServerConfig:
     max_stream_inflight: int = 8  # batches in flight per BidStream
     max_inflight_batches: int = 32  # most batches ever admitted at once (the adaptive limit's cap)
 
+    workers: int = 1  # processes sharing the port (SO_REUSEPORT); each owns 1/N of every budget
+    worker_index: int = 0  # which worker this process is (set by the supervisor, not by users)
+    gil_switch_ms: float = 1.0  # Python's thread switch interval (its default, 5 ms, delays
+    # threads that finish native work and need the GIL back to hand over their result)
+
     def as_dict(self) -> dict[str, object]:
         return {k: str(v) if isinstance(v, Path) else v for k, v in asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, values: dict[str, object]) -> ServerConfig:
+        """The inverse of as_dict (paths back to Path)."""
+        return cls(**{k: Path(v) if k in PATH_FIELDS and v is not None else v
+                      for k, v in values.items()})
+
+
+PATH_FIELDS = ("world", "ledger", "tls_cert", "tls_key", "tls_client_ca")
 
 
 def read_config_file(path: Path) -> dict[str, object]:
@@ -76,7 +90,7 @@ def read_config_file(path: Path) -> dict[str, object]:
     out: dict[str, object] = {}
     for key, value in data.items():
         default = getattr(ServerConfig(), key)
-        if isinstance(default, Path) or key in ("ledger", "tls_cert", "tls_key", "tls_client_ca"):
+        if key in PATH_FIELDS:
             if not isinstance(value, str):
                 raise ValueError(f"config file {path}: {key} must be a path string")
             out[key] = Path(value)

@@ -71,10 +71,16 @@ class LedgerError(ValueError):
 class SpendLedger:
     def __init__(self, campaigns: CampaignTable, store: LedgerLog | None = None,
                  reservation_ttl_s: float = 300.0,
-                 closed_capacity: int = CLOSED_CAPACITY) -> None:
+                 closed_capacity: int = CLOSED_CAPACITY, share: tuple[int, int] = (0, 1)) -> None:
+        """`share` = (worker, workers): this process owns that slice of every budget (see
+        `slice_of`); (0, 1) is the whole budget."""
+        worker, workers = share
+        if not 0 <= worker < workers:
+            raise ValueError(f"ledger share: worker {worker} of {workers}")
+        self.share = share
         self.campaign_ids = campaigns.ids
         self.row_of = campaigns.row_of
-        self.budget_micros = campaigns.budget_micros.copy()
+        self.budget_micros = self.slice_of(campaigns.budget_micros)
         self.active = campaigns.active.copy()
         self.spent_micros = np.zeros(len(campaigns), dtype=np.int64)
         self.reserved_micros = np.zeros(len(campaigns), dtype=np.int64)
@@ -90,6 +96,18 @@ class SpendLedger:
         if store is not None:
             self._load(store)
             store.open()
+
+    def slice_of(self, budget_micros):
+        """This worker's slice of budgets (an int or an int64 array): an even split, the
+        remainder to worker 0. Slices add up to the budget exactly, and each worker keeps
+        spent + reserved <= its slice without any shared state, so no set of workers can
+        overspend."""
+        worker, workers = self.share
+        if workers == 1:
+            return budget_micros.copy() if isinstance(budget_micros, np.ndarray) \
+                else int(budget_micros)
+        part = budget_micros // workers
+        return part + (budget_micros - part * workers if worker == 0 else 0)
 
     # -- start-up -----------------------------------------------------------------
 
@@ -146,7 +164,8 @@ class SpendLedger:
         if extra == 0:
             return
         grow = lambda a, tail: np.concatenate([a, tail.astype(a.dtype)])  # noqa: E731
-        self.budget_micros = grow(self.budget_micros, campaigns.budget_micros[len(old):])
+        self.budget_micros = grow(self.budget_micros,
+                                  self.slice_of(campaigns.budget_micros[len(old):]))
         self.active = grow(self.active, campaigns.active[len(old):])
         self.spent_micros = grow(self.spent_micros, np.zeros(extra))
         self.reserved_micros = grow(self.reserved_micros, np.zeros(extra))
@@ -273,17 +292,21 @@ class SpendLedger:
 
     def update_campaign(self, campaign_id: str, budget_micros: int | None, active: bool | None,
                         reason: str) -> int:
-        """Validate and journal a budget or pause change; returns the campaign row."""
+        """Validate and journal a budget or pause change; returns the campaign row.
+        `budget_micros` is the campaign's whole budget; this worker books its slice."""
         row = self.row_of.get(campaign_id)
         if row is None:
             raise KeyError(campaign_id)
         changes = []
         budget = int(self.budget_micros[row])
         if budget_micros is not None:
+            budget_micros = self.slice_of(int(budget_micros))
             committed = int(self.spent_micros[row] + self.reserved_micros[row])
             if budget_micros < committed:
                 raise LedgerError(f"budget_micros {budget_micros} is below what {campaign_id} "
-                                  f"has spent and reserved ({committed})")
+                                  f"has spent and reserved ({committed})"
+                                  + (f" in worker {self.share[0]}'s slice of 1/{self.share[1]}"
+                                     if self.share[1] > 1 else ""))
             changes.append(f"budget_micros {budget} -> {budget_micros}")
             budget = budget_micros
         is_active = bool(self.active[row])

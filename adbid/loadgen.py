@@ -15,6 +15,7 @@ unique (the ledger refuses reused ones) at the cost of one bytes.replace.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import random
 import time
 from collections import Counter
@@ -48,6 +49,8 @@ class LoadSpec:
     seed: int = 1
     max_outstanding: int = 4096  # open loop: arrivals beyond this are counted as dropped
     wire: str = "columns"  # "columns" (EventColumns) or "events" (an AdEvent message each)
+    connections: int = 4  # channels (TCP connections), used in turn: SO_REUSEPORT workers
+    # are chosen per connection
 
 
 @dataclass
@@ -169,10 +172,19 @@ async def run(spec: LoadSpec) -> LoadResult:
     templates = _Templates(spec)
     rec = _Recorder(spec)
     timeout_s = spec.deadline_ms / 1000
-    async with grpc.aio.insecure_channel(spec.target) as channel:
-        bid = channel.unary_unary(BID, request_serializer=None,
-                                  response_deserializer=pb.BidResponse.FromString)
-        await channel.channel_ready()
+    # Distinct channel arguments keep gRPC from sharing one connection among the channels.
+    channels = [grpc.aio.insecure_channel(spec.target, options=[("adbid.loadgen.channel", i)])
+                for i in range(max(1, spec.connections))]
+    try:
+        stubs = [ch.unary_unary(BID, request_serializer=None,
+                                response_deserializer=pb.BidResponse.FromString)
+                 for ch in channels]
+        await asyncio.gather(*(ch.channel_ready() for ch in channels))
+        turn = itertools.cycle(stubs)
+
+        def bid(data: bytes, timeout: float):
+            return next(turn)(data, timeout=timeout)
+
         start = time.perf_counter()
         stop_at = start + spec.duration_s
         if spec.rate > 0:
@@ -202,8 +214,14 @@ async def run(spec: LoadSpec) -> LoadResult:
 
             await asyncio.gather(*(caller() for _ in range(spec.concurrency)))
         result = rec.finish(time.perf_counter() - start)
+    finally:
+        await asyncio.gather(*(ch.close() for ch in channels))
     if spec.admin_target:
-        result.server_stages = await server_stages(spec.admin_target)
+        try:
+            result.server_stages = await server_stages(spec.admin_target)
+        except grpc.aio.AioRpcError as exc:  # the load figures stand without the breakdown
+            result.server_stages = {"error": f"Admin at {spec.admin_target}: {exc.code().name} "
+                                             f"{exc.details()}"}
     return result
 
 

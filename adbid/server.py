@@ -13,7 +13,6 @@ import gc
 import hmac
 import ipaddress
 import logging
-import os
 import signal
 import sys
 import time
@@ -47,7 +46,6 @@ SERVICE_NAMES = (
 REASON_NAMES = {v: bidder_pb2.NoBidReason.Name(v) for v in bidder_pb2.NoBidReason.values()}
 # Time kept back from the deadline for encoding and sending the answer.
 SEND_MARGIN_S = 0.0005
-GIL_SWITCH_S = float(os.environ.get("ADBID_GIL_SWITCH_MS", "1")) / 1000
 
 
 class NotFound(KeyError):
@@ -407,7 +405,8 @@ class AdminService(admin_pb2_grpc.AdminServicer):
             faiss_threads=p.retriever.threads, onnx_intra_op_threads=p.scorer.intra_op_threads,
             top_k=p.retriever.top_k, version=adbid.__version__, late_wins=led.late_wins,
             expired_reservations=led.expired,
-            ledger_path=str(led.store.path) if led.store else "(in memory only)")
+            ledger_path=str(led.store.path) if led.store else "(in memory only)",
+            worker=self.cfg.worker_index, workers=self.cfg.workers)
         resp.campaigns.extend(self._campaign_status(i) for i in range(len(p.campaign_ids)))
         for stage, s in p.timers.summary().items():
             resp.stages.add(stage=stage, count=s["count"], mean_us=s["mean_us"],
@@ -436,7 +435,7 @@ class BidServer:
         world = self.world or await asyncio.to_thread(World.load, cfg.world)
         stages = await asyncio.to_thread(NativeStages, world, cfg)
         self.ledger = SpendLedger(world.campaigns, open_store(cfg.ledger, cfg.ledger_sync),
-                                  cfg.reservation_ttl_s)
+                                  cfg.reservation_ttl_s, share=(cfg.worker_index, cfg.workers))
         self.pipeline = Pipeline(stages, cfg, self.ledger)
         self._reload_lock = asyncio.Lock()
         metrics.PROVIDER.info({"provider": self.pipeline.scorer.provider})
@@ -445,13 +444,16 @@ class BidServer:
         admin_on_main = cfg.admin_port < 0
         limit = cfg.max_message_bytes
         options = [("grpc.max_receive_message_length", limit),
-                   ("grpc.max_send_message_length", limit), ("grpc.so_reuseport", 0)]
+                   ("grpc.max_send_message_length", limit),
+                   # Workers of one supervisor share the port; a lone server owns it.
+                   ("grpc.so_reuseport", 1 if cfg.workers > 1 else 0)]
         self.server = grpc.aio.server(options=options)
         self.health = health.aio.HealthServicer()
         self.bidder = BidderService(self, cfg)
         self.server.add_generic_rpc_handlers((self.bidder.handlers(),))
         admin = AdminService(self, cfg, self.started_at)
-        self.admin_server = None if admin_on_main else grpc.aio.server(options=options)
+        self.admin_server = None if admin_on_main else grpc.aio.server(
+            options=[*options[:2], ("grpc.so_reuseport", 0)])  # each worker its own
         admin_target = self.server if admin_on_main else self.admin_server
         admin_pb2_grpc.add_AdminServicer_to_server(admin, admin_target)
         main_services = SERVICE_NAMES if admin_on_main else SERVICE_NAMES[:1]
@@ -490,9 +492,10 @@ class BidServer:
         # Threads that finish native work (FAISS, onnxruntime, the ledger's write) need the
         # GIL back to hand over their result; the default 5 ms switch interval lets a busy
         # event loop keep it that long, which showed as a 5-10 ms tail on those stages.
-        sys.setswitchinterval(GIL_SWITCH_S)
+        sys.setswitchinterval(cfg.gil_switch_ms / 1000)
         await self._set_health(health_pb2.HealthCheckResponse.SERVING)
-        log.info("serving world %s on %s:%d (%s), admin on %s:%d%s, metrics %s, provider %s",
+        log.info("%sserving world %s on %s:%d (%s), admin on %s:%d%s, metrics %s, provider %s",
+                 f"worker {cfg.worker_index + 1}/{cfg.workers}: " if cfg.workers > 1 else "",
                  world.version, cfg.host, self.port,
                  "mutual TLS" if cfg.tls_client_ca else "TLS" if credentials else "plaintext",
                  cfg.admin_host if self.admin_server else cfg.host, self.admin_port,

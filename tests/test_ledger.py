@@ -210,3 +210,19 @@ def test_a_batch_of_reservations_round_trips_through_the_log(tmp_path):
     assert list(LedgerLog(tmp_path / "l").replay()) == [
         Reserve("r1", "a", -5, 1, 4, 10, 20), Reserve("日本-2", "b", 2**62, 2, 5, 10, 20),
         Reserve("", "a", 0, 3, 6, 10, 20)]
+
+
+def test_worker_slices_add_up_and_budget_changes_book_the_slice():
+    budget = 1_000_003
+    slices = [SpendLedger(table(budget), None, share=(i, 3)) for i in range(3)]
+    assert [int(s.budget_micros[0]) for s in slices] == [333_335, 333_334, 333_334]
+    assert sum(int(s.budget_micros[1]) for s in slices) == budget
+    # An operator gives the whole budget; each worker books its slice of it.
+    for s in slices:
+        s.update_campaign("a", 600_000, None, "raise")
+    assert [int(s.budget_micros[0]) for s in slices] == [200_000] * 3
+    reserve(slices[1], "r1", 0, 150_000_000)  # 150,000 micros reserved in worker 1's slice
+    with pytest.raises(LedgerError, match="worker 1's slice of 1/3"):
+        slices[1].update_campaign("a", 300_000, None, "cut")  # a 100,000 slice < 150,000
+    with pytest.raises(ValueError):
+        SpendLedger(table(), None, share=(3, 3))

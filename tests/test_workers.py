@@ -1,0 +1,117 @@
+"""`adbid serve --workers N`: processes sharing one port, each with 1/N of every budget."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+
+from adbid.demo_traffic import make_events
+from adbid.world import World
+from adbid.v1 import admin_pb2, admin_pb2_grpc, bidder_pb2 as pb, bidder_pb2_grpc
+
+BIN = Path(sys.executable).parent / "adbid"
+SERVING = re.compile(r"worker (\d)/(\d): serving .* on 127\.0\.0\.1:(\d+) .*admin on "
+                     r"127\.0\.0\.1:(\d+)")
+
+
+def start(world: Path, ledger: Path, workers: int, tmp_path: Path):
+    log = (tmp_path / f"serve-{time.monotonic_ns()}.log").open("w+")
+    proc = subprocess.Popen(
+        [BIN, "serve", "--world", str(world), "--workers", str(workers), "--port", "0",
+         "--admin-port", "0", "--metrics-port", "0", "--ledger", str(ledger),
+         "--log-format", "text"], stderr=log, env={**os.environ, "ADBID_HOME": str(tmp_path)})
+    return proc, log
+
+
+def wait_serving(proc, log, workers: int) -> tuple[int, list[int]]:
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        log.seek(0)
+        found = {m.group(1): (int(m.group(3)), int(m.group(4))) for m in SERVING.finditer(log.read())}
+        if len(found) == workers:
+            ports = {p for p, _ in found.values()}
+            assert len(ports) == 1, found  # one shared port
+            return ports.pop(), [a for _, a in found.values()]
+        assert proc.poll() is None, log.read()
+        time.sleep(0.2)
+    raise AssertionError("workers did not start")
+
+
+def stop(proc) -> int:
+    proc.send_signal(signal.SIGTERM)
+    try:
+        return proc.wait(30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def status(admin_port: int) -> admin_pb2.StatusResponse:
+    with grpc.insecure_channel(f"127.0.0.1:{admin_port}") as ch:
+        return admin_pb2_grpc.AdminStub(ch).Status(admin_pb2.StatusRequest(), timeout=10)
+
+
+def test_two_workers_share_the_port_and_split_every_budget(tiny_world_dir, tmp_path):
+    world = World.load(tiny_world_dir)
+    proc, log = start(tiny_world_dir, tmp_path / "ledger", 2, tmp_path)
+    try:
+        port, admins = wait_serving(proc, log, 2)
+        # The kernel picks a worker per connection: new connections until both have bid.
+        rng = np.random.default_rng(0)
+        for attempt in range(40):
+            opts = [("adbid.test.connection", attempt)]
+            with grpc.insecure_channel(f"127.0.0.1:{port}", options=opts) as ch:
+                resp = bidder_pb2_grpc.BidderStub(ch).Bid(pb.BidRequest(
+                    events=make_events(32, rng, n_users=2_000)), timeout=10)
+                assert len(resp.decisions) == 32
+            if attempt >= 3 and all(status(a).events_total > 0 for a in admins):
+                break
+        statuses = [status(a) for a in admins]
+        assert all(s.events_total > 0 for s in statuses), [s.events_total for s in statuses]
+        # Every campaign's slices add up to its budget exactly; each worker's books stay
+        # inside its own slice.
+        for row, cid in enumerate(world.campaigns.ids):
+            slices = [next(c for c in s.campaigns if c.campaign_id == cid) for s in statuses]
+            assert sum(c.budget_micros for c in slices) == int(world.campaigns.budget_micros[row])
+            assert max(c.budget_micros for c in slices) - min(c.budget_micros for c in slices) <= 1
+            assert all(c.spent_micros + c.reserved_micros <= c.budget_micros for c in slices)
+        assert sum(c.reserved_micros for s in statuses for c in s.campaigns) > 0
+        assert stop(proc) == 0
+    finally:
+        if proc.poll() is None:
+            stop(proc)
+    assert sorted(p.name for p in (tmp_path / "ledger").iterdir()) == [
+        "worker-0", "worker-1", "workers"]
+
+
+def test_a_ledger_kept_by_another_worker_count_is_refused(tiny_world_dir, tmp_path):
+    ledger = tmp_path / "ledger"
+    proc, log = start(tiny_world_dir, ledger, 2, tmp_path)
+    wait_serving(proc, log, 2)
+    assert stop(proc) == 0
+    r = subprocess.run([BIN, "serve", "--world", str(tiny_world_dir), "--workers", "3",
+                        "--port", "0", "--admin-port", "0", "--ledger", str(ledger)],
+                       capture_output=True, text=True, timeout=60,
+                       env={**os.environ, "ADBID_HOME": str(tmp_path)})
+    assert r.returncode == 2
+    assert "holds the books of 2 workers" in " ".join((r.stdout + r.stderr).split())
+
+
+@pytest.mark.parametrize("admin_port, problem", [("-1", "needs Admin on its own port")])
+def test_workers_refuse_admin_on_the_shared_port(tiny_world_dir, tmp_path, admin_port, problem):
+    r = subprocess.run([BIN, "serve", "--world", str(tiny_world_dir), "--workers", "2",
+                        "--port", "0", "--admin-port", admin_port,
+                        "--ledger", str(tmp_path / "l")],
+                       capture_output=True, text=True, timeout=60,
+                       env={**os.environ, "ADBID_HOME": str(tmp_path)})
+    assert r.returncode == 2 and problem in " ".join((r.stdout + r.stderr).split())
