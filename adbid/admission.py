@@ -30,7 +30,7 @@ class AdmissionLimit:
             raise ValueError(f"admission limits: need 1 <= minimum <= maximum, got "
                              f"{minimum}, {maximum}")
         self.minimum, self.maximum = minimum, maximum
-        self.limit = float(initial if initial is not None else min(maximum, 4))
+        self.limit = float(initial if initial is not None else max(minimum, min(maximum, 4)))
         self.low, self.high, self.cut, self.cooldown_s = low, high, cut, cooldown_s
         self._last_cut = 0.0
 

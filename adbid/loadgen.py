@@ -31,6 +31,7 @@ from adbid.v1 import admin_pb2, admin_pb2_grpc, bidder_pb2 as pb
 
 PLACEHOLDER = "@" * 16
 WIRES = ("columns", "events")
+RETRY_BACKOFF_S = 0.005  # closed loop: pause after a failed call
 BID = "/adbid.v1.Bidder/Bid"
 
 
@@ -210,7 +211,12 @@ async def run(spec: LoadSpec) -> LoadResult:
             async def caller() -> None:
                 while time.perf_counter() < stop_at and rec.result.sent < spec.max_requests:
                     rec.result.sent += 1
+                    refused = sum(rec.errors.values())
                     await _call(bid, templates.next(), timeout_s, rec, time.perf_counter())
+                    if sum(rec.errors.values()) > refused:
+                        # Back off after a failed call, as a real client does: retrying
+                        # at once turns a refusal into a flood that keeps the server busy.
+                        await asyncio.sleep(RETRY_BACKOFF_S)
 
             await asyncio.gather(*(caller() for _ in range(spec.concurrency)))
         result = rec.finish(time.perf_counter() - start)

@@ -117,7 +117,10 @@ class BidderService(bidder_pb2_grpc.BidderServicer):
         self.owner = owner  # owner.pipeline is read once per request: reloads swap it
         self.cfg = cfg
         self._batches = 0
-        self.admission = AdmissionLimit(cfg.max_inflight_batches)
+        # Never fewer batches than native threads, or the threads idle while batches wait.
+        self.admission = AdmissionLimit(cfg.max_inflight_batches,
+                                        minimum=max(1, min(cfg.native_threads,
+                                                           cfg.max_inflight_batches)))
         self.loop_lag = LoopLag()
         metrics.ADMISSION_LIMIT.set(int(self.admission.limit))
 

@@ -2,9 +2,8 @@
 
 For each system: an open-loop sweep (Poisson arrivals, same load generator and
 deadline) to the highest rate whose p99 stays <= --target-p99-ms with nothing
-shed; then the p99 of each at the same offered event rate. adbid is sent
-batches of --batch events; the naive per-event peer (a) one event per call,
-which is its pattern.
+shed. adbid is sent batches of --batch events as columns; the naive per-event
+peer (a) one AdEvent message per call, which is its pattern.
 
 Peers (b) NVIDIA Triton via nvidia-pytriton and (c) Ray Serve are not built
 yet (see README); this script runs adbid and peer (a).
@@ -15,6 +14,7 @@ yet (see README); this script runs adbid and peer (a).
 from __future__ import annotations
 
 import argparse
+import asyncio
 import subprocess
 import sys
 import time
@@ -25,12 +25,13 @@ from common import machine, write  # noqa: E402
 from serverproc import Server, free_port  # noqa: E402
 
 from adbid.config import default_world_dir  # noqa: E402
-from adbid.loadgen import LoadSpec, sweep  # noqa: E402
+from adbid.loadgen import LoadSpec, run, sweep  # noqa: E402
 
 
-def best_rate(target: str, batch: int, target_p99_ms: float, start: float, duration_s: float):
+def best_rate(target: str, batch: int, target_p99_ms: float, start: float, duration_s: float,
+              wire: str = "columns"):
     spec = LoadSpec(target=target, batch=batch, deadline_ms=max(target_p99_ms * 3, 30),
-                    duration_s=duration_s)
+                    duration_s=duration_s, wire=wire)
     steps, best = sweep(spec, target_p99_ms, start, factor=1.3, max_steps=16, max_shed=0.01)
     for st in steps:
         print(f"  {target}: {st.spec['rate']:7.1f} calls/s, p99 "
@@ -59,7 +60,8 @@ def main() -> None:
     try:
         assert "naive peer" in peer.stdout.readline()
         time.sleep(1)
-        steps_n, best_n = best_rate(f"127.0.0.1:{port}", 1, a.target_p99_ms, 50, a.duration_s)
+        steps_n, best_n = best_rate(f"127.0.0.1:{port}", 1, a.target_p99_ms, 50, a.duration_s,
+                                    wire="events")
         out["systems"]["naive per-event (a)"] = {"best": best_n.as_dict() if best_n else None,
                                                  "steps": [s.as_dict() for s in steps_n]}
     finally:
@@ -74,6 +76,19 @@ def main() -> None:
     if ours and naive:
         out["ratio_vs_naive"] = ours["goodput_events_per_s"] / naive["goodput_events_per_s"]
         print(f"adbid / naive = {out['ratio_vs_naive']:.1f}x")
+    if naive:  # p99 at equal load: adbid offered the naive peer's best event rate
+        rate = naive["goodput_events_per_s"] / a.batch
+        with Server() as srv:
+            r = asyncio.run(run(LoadSpec(target=srv.target, batch=a.batch, rate=rate,
+                                         deadline_ms=max(a.target_p99_ms * 3, 30),
+                                         duration_s=max(a.duration_s, 300 / rate))))
+        out["equal_load"] = {"events_per_s": naive["goodput_events_per_s"],
+                             "naive_p99_ms": naive["latency_us"]["p99"] / 1000,
+                             "adbid_p99_ms": r.latency_us.get("p99", 0) / 1000,
+                             "adbid_p50_ms": r.latency_us.get("p50", 0) / 1000}
+        print(f"at {naive['goodput_events_per_s']:,.0f} events/s: naive p99 "
+              f"{out['equal_load']['naive_p99_ms']:.2f} ms, adbid p99 "
+              f"{out['equal_load']['adbid_p99_ms']:.2f} ms")
     print(f"-> {write('peers', out)}")
 
 
