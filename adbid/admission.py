@@ -8,9 +8,13 @@ does for its window:
 
 - a batch decided in well under its deadline (below `low` of its budget) raises
   the limit by 1/limit (about +1 per limit's worth of batches);
-- a batch shed for time, or decided close to its deadline (above `high`), cuts it
+- a batch shed for time, or one that used more than `high` of its budget, cuts it
   by `cut`, at most once per `cooldown_s` (batches in flight together share one
   congestion episode; cutting once per batch would collapse the limit).
+
+`high` is half the budget, not nearly all of it: a request also waits in gRPC's
+and the client's queues, which the server cannot time, so the time it can see
+must leave room for that (0.8 was tried: answers then reached clients late).
 
 Batches above the limit are refused before they are parsed (RESOURCE_EXHAUSTED),
 which costs next to nothing; a client retries them elsewhere or later.
@@ -24,7 +28,7 @@ import time
 
 class AdmissionLimit:
     def __init__(self, maximum: int, minimum: int = 1, initial: int | None = None,
-                 low: float = 0.5, high: float = 0.8, cut: float = 0.75,
+                 low: float = 0.25, high: float = 0.5, cut: float = 0.75,
                  cooldown_s: float = 0.05) -> None:
         if not 1 <= minimum <= maximum:
             raise ValueError(f"admission limits: need 1 <= minimum <= maximum, got "

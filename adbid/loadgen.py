@@ -70,6 +70,7 @@ class LoadResult:
     latency_us: dict = field(default_factory=dict)  # p50/p90/p99/p99.9/max of answered calls
     client_lag_p99_us: float = 0.0  # how far behind its schedule the client sent
     server_stages: dict = field(default_factory=dict)
+    histograms: dict = field(default_factory=dict)  # HDR-encoded latency and lag, for merging
 
     @property
     def requests_per_s(self) -> float:
@@ -85,6 +86,7 @@ class LoadResult:
 
     def as_dict(self) -> dict:
         d = asdict(self)
+        d.pop("histograms")
         d.update(requests_per_s=self.requests_per_s, events_per_s=self.events_per_s,
                  goodput_events_per_s=self.goodput_events_per_s,
                  bid_rate=self.bids / self.events if self.events else 0.0)
@@ -148,15 +150,18 @@ class _Recorder:
         r = self.result
         r.elapsed_s = elapsed_s
         r.errors = dict(self.errors)
-        h = self.hist
-        if h.get_total_count():
-            r.latency_us = {"p50": h.get_value_at_percentile(50),
-                            "p90": h.get_value_at_percentile(90),
-                            "p99": h.get_value_at_percentile(99),
-                            "p99.9": h.get_value_at_percentile(99.9), "max": h.get_max_value()}
-        r.client_lag_p99_us = self.lag.get_value_at_percentile(99) if self.lag.get_total_count() \
-            else 0.0
+        _summarise(r, self.hist, self.lag)
         return r
+
+
+def _summarise(r: LoadResult, hist: HdrHistogram, lag: HdrHistogram) -> None:
+    if hist.get_total_count():
+        r.latency_us = {"p50": hist.get_value_at_percentile(50),
+                        "p90": hist.get_value_at_percentile(90),
+                        "p99": hist.get_value_at_percentile(99),
+                        "p99.9": hist.get_value_at_percentile(99.9), "max": hist.get_max_value()}
+    r.client_lag_p99_us = lag.get_value_at_percentile(99) if lag.get_total_count() else 0.0
+    r.histograms = {"latency": hist.encode().decode("ascii"), "lag": lag.encode().decode("ascii")}
 
 
 async def _call(bid, data: bytes, timeout_s: float, rec: _Recorder, scheduled: float) -> None:
@@ -231,6 +236,46 @@ async def run(spec: LoadSpec) -> LoadResult:
     return result
 
 
+def _run_share(spec: LoadSpec) -> LoadResult:
+    return asyncio.run(run(spec))
+
+
+def run_processes(spec: LoadSpec, processes: int) -> LoadResult:
+    """The same load from several client processes (each 1/processes of the rate, or of the
+    concurrency), so that the client's own event loop is not what saturates; results are
+    merged, latency percentiles from the merged HDR histograms."""
+    import multiprocessing
+
+    if processes <= 1:
+        return asyncio.run(run(spec))
+    shares = [LoadSpec(**{**asdict(spec), "rate": spec.rate / processes,
+                          "concurrency": max(1, spec.concurrency // processes),
+                          "connections": max(1, spec.connections // processes),
+                          "max_requests": max(1, spec.max_requests // processes),
+                          "seed": spec.seed * 1000 + i, "admin_target": ""})
+              for i in range(processes)]
+    with multiprocessing.get_context("spawn").Pool(processes) as pool:
+        parts = pool.map(_run_share, shares)
+    out = LoadResult(spec=asdict(spec), elapsed_s=max(p.elapsed_s for p in parts))
+    errors: Counter = Counter()
+    for p in parts:
+        for name in ("sent", "answered", "dropped", "events", "decided_events", "bids",
+                     "shed_events", "late"):
+            setattr(out, name, getattr(out, name) + getattr(p, name))
+        errors.update(p.errors)
+    out.errors = dict(errors)
+    hist, lag = HdrHistogram(1, 60_000_000, 3), HdrHistogram(1, 60_000_000, 3)
+    for p in parts:
+        if p.histograms:
+            hist.decode_and_add(p.histograms["latency"].encode("ascii"))
+            lag.decode_and_add(p.histograms["lag"].encode("ascii"))
+    _summarise(out, hist, lag)
+    out.spec["client_processes"] = processes
+    if spec.admin_target:
+        out.server_stages = asyncio.run(server_stages(spec.admin_target))
+    return out
+
+
 async def server_stages(admin_target: str) -> dict:
     """The server's own per-stage latency (lifetime), from Admin.Status."""
     async with grpc.aio.insecure_channel(admin_target) as channel:
@@ -240,8 +285,8 @@ async def server_stages(admin_target: str) -> dict:
 
 
 def sweep(spec: LoadSpec, target_p99_ms: float, start_rate: float, factor: float = 1.4,
-          max_steps: int = 12, max_shed: float = 0.001) -> tuple[list[LoadResult],
-                                                                  LoadResult | None]:
+          max_steps: int = 12, max_shed: float = 0.001,
+          processes: int = 1) -> tuple[list[LoadResult], LoadResult | None]:
     """Raise the open-loop rate geometrically until p99, errors, drops or shedding (above
     `max_shed` of the events) break the target; returns every step and the best one that
     met it. Each step's spec["sweep_stop"] says why it failed ("" if it did not)."""
@@ -249,8 +294,8 @@ def sweep(spec: LoadSpec, target_p99_ms: float, start_rate: float, factor: float
     for _ in range(max_steps):
         # At least ~300 answers a step, or "p99" is one outlier.
         duration = max(spec.duration_s, 300 / rate)
-        r = asyncio.run(run(LoadSpec(**{**asdict(spec), "rate": rate, "admin_target": "",
-                                        "duration_s": duration})))
+        r = run_processes(LoadSpec(**{**asdict(spec), "rate": rate, "admin_target": "",
+                                      "duration_s": duration}), processes)
         steps.append(r)
         p99_ms = r.latency_us.get("p99", float("inf")) / 1000
         why = [w for w, bad in (

@@ -13,7 +13,6 @@ their deadline (adbid_late_answers_total, must be 0), shed events, and goodput
 from __future__ import annotations
 
 import argparse
-import asyncio
 import sys
 from pathlib import Path
 
@@ -21,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from common import machine, write  # noqa: E402
 from serverproc import Server  # noqa: E402
 
-from adbid.loadgen import LoadSpec, run, sweep  # noqa: E402
+from adbid.loadgen import LoadSpec, run_processes, sweep  # noqa: E402
 
 
 def main() -> None:
@@ -32,6 +31,9 @@ def main() -> None:
     ap.add_argument("--start-rate", type=float, default=10.0)
     ap.add_argument("--base-rate", type=float, default=0.0,
                     help="batches/s taken as 1x (skips the sweep)")
+    ap.add_argument("--clients", type=int, default=2,
+                    help="client processes sharing the load (one saturates at a few hundred "
+                         "calls/s)")
     ap.add_argument("--max-shed", type=float, default=0.01,
                     help="share of events a sustainable rate may shed")
     a = ap.parse_args()
@@ -39,7 +41,8 @@ def main() -> None:
         spec = LoadSpec(target=srv.target, batch=a.batch, deadline_ms=a.deadline_ms,
                         duration_s=min(a.duration_s, 5.0))
         steps, best = ([], None) if a.base_rate else sweep(
-            spec, a.deadline_ms, a.start_rate, factor=1.3, max_steps=20, max_shed=a.max_shed)
+            spec, a.deadline_ms, a.start_rate, factor=1.3, max_steps=20, max_shed=a.max_shed,
+            processes=a.clients)
         for st in steps:
             print(f"  sweep {st.spec['rate']:6.1f}/s: p99 {st.latency_us.get('p99', 0) / 1000:.2f}"
                   f" ms, goodput {st.goodput_events_per_s:,.0f} events/s"
@@ -57,8 +60,9 @@ def main() -> None:
         runs = []
         for mult in (1, 2, 4):
             late_before = srv.metric("adbid_late_answers_total")
-            r = asyncio.run(run(LoadSpec(**{**spec.__dict__, "rate": sustainable * mult,
-                                            "duration_s": a.duration_s, "seed": 10 + mult})))
+            r = run_processes(LoadSpec(**{**spec.__dict__, "rate": sustainable * mult,
+                                          "duration_s": a.duration_s, "seed": 10 + mult}),
+                              a.clients)
             late = srv.metric("adbid_late_answers_total") - late_before
             d = r.as_dict()
             row = {"load": f"{mult}x", "offered_batches_per_s": sustainable * mult,
