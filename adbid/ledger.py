@@ -346,7 +346,7 @@ class SpendLedger:
         """Replace the log by a snapshot of the books once its segment is large; returns
         whether a compaction was queued. Call right after flush(): the snapshot must
         reflect exactly the records queued before it."""
-        if self.store is None or self.store.segment_size() < self.store.segment_bytes:
+        if self.store is None or not self.store.needs_compaction():
             return False
         if self._journal:
             raise RuntimeError("compact_if_needed() with unflushed records")

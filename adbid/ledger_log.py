@@ -217,6 +217,11 @@ class LedgerLog:
         self.path.mkdir(parents=True, exist_ok=True)
         self.sync = sync
         self.segment_bytes = segment_bytes
+        # Size of the segment a compaction last wrote, and whether one is queued. A snapshot
+        # of many open reservations can itself pass segment_bytes; compacting again before
+        # the log has grown past twice the snapshot would rewrite it back to back forever.
+        self.compacted_bytes = 0
+        self.compacting = False
         self._fd: int | None = None
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
@@ -269,9 +274,17 @@ class LedgerLog:
         self._queue.put(("append", records, fut))
         return fut
 
+    def needs_compaction(self) -> bool:
+        """The segment has passed segment_bytes and twice what the last compaction wrote,
+        and no compaction is queued: each compaction then writes at most as much as was
+        appended since the one before."""
+        return not self.compacting and self.segment_size() >= max(self.segment_bytes,
+                                                                  2 * self.compacted_bytes)
+
     def compact(self, snapshot) -> Future:
         """Queue a compaction: the `snapshot` records (an iterable, consumed on the writer
         thread) become a new segment, and the older segments are deleted."""
+        self.compacting = True
         fut: Future = Future()
         self._queue.put(("compact", snapshot, fut))
         return fut
@@ -316,7 +329,11 @@ class LedgerLog:
             if kind == "compact":  # write what came before it to the old segment first
                 self._write(bytes(data))
                 data.clear()
-                self._switch(records)
+                try:
+                    self._switch(records)
+                except BaseException:
+                    self.compacting = False  # a later one may try again
+                    raise
             else:
                 for rec in records:
                     data += rec.encode()
@@ -356,8 +373,10 @@ class LedgerLog:
         self._segment = target
         for seg in old:
             seg.unlink()
-        log.info("ledger compacted into %s (%d records); removed %d older segments", target.name,
-                 written, len(old))
+        self.compacted_bytes = os.fstat(self._fd).st_size
+        self.compacting = False
+        log.info("ledger compacted into %s (%d records, %.1f MiB); removed %d older segments",
+                 target.name, written, self.compacted_bytes / 2**20, len(old))
 
     def close(self) -> None:
         if self._thread is not None:

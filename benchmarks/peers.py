@@ -45,11 +45,13 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=256)
     ap.add_argument("--target-p99-ms", type=float, default=10.0)
     ap.add_argument("--duration-s", type=float, default=4.0)
+    ap.add_argument("--start-rate", type=float, default=20.0,
+                    help="adbid's first sweep step, calls/s (very low rates run on cold caches)")
     a = ap.parse_args()
     out = {"machine": machine(), "batch": a.batch, "target_p99_ms": a.target_p99_ms,
            "systems": {}}
     with Server() as srv:
-        steps, best = best_rate(srv.target, a.batch, a.target_p99_ms, 5, a.duration_s)
+        steps, best = best_rate(srv.target, a.batch, a.target_p99_ms, a.start_rate, a.duration_s)
         out["systems"]["adbid"] = {"best": best.as_dict() if best else None,
                                    "steps": [s.as_dict() for s in steps]}
     port = free_port()

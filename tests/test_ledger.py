@@ -226,3 +226,32 @@ def test_worker_slices_add_up_and_budget_changes_book_the_slice():
         slices[1].update_campaign("a", 300_000, None, "cut")  # a 100,000 slice < 150,000
     with pytest.raises(ValueError):
         SpendLedger(table(), None, share=(3, 3))
+
+
+def test_a_snapshot_larger_than_the_threshold_is_not_rewritten_back_to_back(tmp_path):
+    """Many open reservations make a snapshot bigger than segment_bytes; compacting again
+    at once would rewrite it forever (a loop that starved a loaded server). The next
+    compaction waits until the log has doubled."""
+
+    async def go():
+        led = ledger(budget=10**12, store=LedgerLog(tmp_path / "ledger", "write"))
+        led.store.segment_bytes = 1_000
+        for i in range(200):  # open reservations only: all of them go into the snapshot
+            reserve(led, f"r{i}", i % 2, 1_000_000, now_ms=10**13)
+        await led.flush()
+        assert led.compact_if_needed()
+        assert not led.compact_if_needed()  # one is queued already
+        await led.flush()  # the compaction ran (the writer is FIFO)
+        snapshot = led.store.compacted_bytes
+        assert snapshot > led.store.segment_bytes and not led.store.compacting
+        assert not led.compact_if_needed()  # no growth since: no second rewrite
+        i = 200
+        while led.store.segment_size() < 2 * snapshot:
+            reserve(led, f"r{i}", 0, 1_000_000, now_ms=10**13)
+            i += 1
+            await led.flush()
+        assert led.compact_if_needed()
+        await led.flush()
+        led.close()
+
+    asyncio.run(go())
