@@ -17,7 +17,8 @@ go to every worker: a budget change is the campaign's whole budget, and each
 worker books its slice of it.
 
 The supervisor forwards SIGTERM/SIGINT (each worker drains, then exits 0), and if
-a worker dies unasked it stops the others and exits 1.
+a worker dies unasked it stops the others and exits 1. A worker whose supervisor
+is killed outright drains and exits by itself.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -151,7 +153,17 @@ def worker_main() -> None:
 
     spec = json.loads(os.environ[WORKER_CONFIG_ENV])
     logs.setup(spec["log_format"], spec["verbose"])
+    threading.Thread(target=_drain_when_orphaned, args=(os.getppid(),), daemon=True).start()
     run(ServerConfig.from_dict(spec["config"]))
+
+
+def _drain_when_orphaned(supervisor: int) -> None:
+    """A supervisor killed outright (kill -9) cannot forward signals: a worker whose parent
+    is gone drains and exits by itself instead of serving on unsupervised."""
+    while os.getppid() == supervisor:
+        time.sleep(1.0)
+    log.error("supervisor %d is gone: draining and exiting", supervisor)
+    os.kill(os.getpid(), signal.SIGTERM)
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@ their deadline (DEADLINE_EXCEEDED at the client), answers the server sent after
 their deadline (adbid_late_answers_total, must be 0), shed events, and goodput
 (events decided in full per second).
 
-    python benchmarks/overload.py [--batch 64] [--deadline-ms 50] [--duration-s 10]
+    python benchmarks/overload.py [--batch 64] [--deadline-ms 50] [--duration-s 10] [--workers N]
 """
 
 from __future__ import annotations
@@ -31,13 +31,16 @@ def main() -> None:
     ap.add_argument("--start-rate", type=float, default=10.0)
     ap.add_argument("--base-rate", type=float, default=0.0,
                     help="batches/s taken as 1x (skips the sweep)")
+    ap.add_argument("--workers", type=int, default=1,
+                    help="serve with `adbid serve --workers N --native-threads 1` when N > 1")
     ap.add_argument("--clients", type=int, default=2,
                     help="client processes sharing the load (one saturates at a few hundred "
                          "calls/s)")
     ap.add_argument("--max-shed", type=float, default=0.01,
                     help="share of events a sustainable rate may shed")
     a = ap.parse_args()
-    with Server() as srv:
+    args = ("--workers", str(a.workers), "--native-threads", "1") if a.workers > 1 else ()
+    with Server(*args) as srv:
         spec = LoadSpec(target=srv.target, batch=a.batch, deadline_ms=a.deadline_ms,
                         duration_s=min(a.duration_s, 5.0))
         steps, best = ([], None) if a.base_rate else sweep(
@@ -79,7 +82,7 @@ def main() -> None:
                   f"{r.errors.get('RESOURCE_EXHAUSTED', 0)}, shed {r.shed_events:,}, goodput "
                   f"{row['goodput_events_per_s']:,.0f} events/s, client lag p99 "
                   f"{row['client_lag_p99_ms']:.1f} ms")
-        print(f"-> {write('overload', {'machine': machine(), 'batch': a.batch, 'deadline_ms': a.deadline_ms, 'sustainable_batches_per_s': sustainable, 'sweep': [s.as_dict() for s in steps], 'runs': runs})}")
+        print(f"-> {write('overload', {'machine': machine(), 'workers': a.workers, 'batch': a.batch, 'deadline_ms': a.deadline_ms, 'sustainable_batches_per_s': sustainable, 'sweep': [s.as_dict() for s in steps], 'runs': runs})}")
 
 
 if __name__ == "__main__":

@@ -16,6 +16,15 @@ from pathlib import Path
 BIN = Path(sys.executable).parent / "adbid"
 
 
+def port_free(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -25,7 +34,12 @@ def free_port() -> int:
 class Server:
     def __init__(self, *args: str) -> None:
         self.dir = Path(tempfile.mkdtemp(prefix="adbid-bench-"))
+        self.workers = int(args[args.index("--workers") + 1]) if "--workers" in args else 1
+        # Worker i serves metrics on metrics_port + i: pick a port whose neighbours are free too.
         self.metrics_port = free_port()
+        while self.workers > 1 and not all(port_free(self.metrics_port + i)
+                                           for i in range(1, self.workers)):
+            self.metrics_port = free_port()
         self.log = self.dir / "serve.log"
         with self.log.open("w") as f:
             self.proc = subprocess.Popen(
@@ -46,9 +60,14 @@ class Server:
         raise RuntimeError("server did not start")
 
     def metric(self, name: str) -> float:
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics") as r:
-            text = r.read().decode()
-        return sum(float(v) for v in re.findall(rf"^{name}(?:{{[^}}]*}})? (\S+)$", text, re.M))
+        """A metric's sum over its label sets and over every worker."""
+        total = 0.0
+        for port in range(self.metrics_port, self.metrics_port + self.workers):
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics") as r:
+                text = r.read().decode()
+            total += sum(float(v) for v in re.findall(rf"^{name}(?:{{[^}}]*}})? (\S+)$", text,
+                                                     re.M))
+        return total
 
     def stop(self) -> None:
         if self.proc.poll() is None:

@@ -115,3 +115,29 @@ def test_workers_refuse_admin_on_the_shared_port(tiny_world_dir, tmp_path, admin
                        capture_output=True, text=True, timeout=60,
                        env={**os.environ, "ADBID_HOME": str(tmp_path)})
     assert r.returncode == 2 and problem in " ".join((r.stdout + r.stderr).split())
+
+
+def test_workers_exit_when_the_supervisor_is_killed(tiny_world_dir, tmp_path):
+    proc, log = start(tiny_world_dir, tmp_path / "ledger", 2, tmp_path)
+    try:
+        port, _ = wait_serving(proc, log, 2)
+        children = [int(p) for p in subprocess.run(
+            ["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split()]
+        assert len(children) == 2
+    finally:
+        proc.kill()  # no chance to forward anything
+        proc.wait()
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and any(map(running, children)):
+        time.sleep(0.2)
+    alive = [c for c in children if running(c)]
+    for c in alive:
+        os.kill(c, signal.SIGKILL)
+    assert not alive, "workers kept serving without their supervisor"
+
+
+def running(pid: int) -> bool:
+    try:
+        return "zombie" not in Path(f"/proc/{pid}/status").read_text().lower()
+    except OSError:
+        return False
