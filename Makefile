@@ -6,7 +6,7 @@
 #   make test             run the test suite
 #   make bench            decision-core benchmark (Cython vs Python reference)
 #   make bench-all        every benchmark in benchmarks/ (minutes; see README, Performance)
-#   make debug            rebuild the core with bounds checks and line tracing
+#   make debug            rebuild the core with bounds checks and line tracing (make proto undoes it)
 #   make annotate         cython -a report of the decision loop (ext/decision.html)
 #   make lint             ruff: undefined names, unused imports, syntax
 #   make proto            regenerate the gRPC stubs (and rebuild the core)
@@ -57,8 +57,10 @@ bench-all: $(STAMP)
 	$(PY) benchmarks/pacing_day.py
 	$(PY) benchmarks/bench_ledger_store.py
 
+# Back to the optimised build: make proto.
 debug: $(STAMP)
-	ADBID_DEBUG=1 $(PY) setup.py build_ext --inplace --force
+	rm -f ext/decision.c
+	ADBID_DEBUG=1 $(PY) -m pip install --quiet --no-deps -e .
 
 annotate: $(STAMP)
 	$(VENV)/bin/cython -a -3 ext/decision.pyx -o ext/decision.c && echo "wrote ext/decision.html"
@@ -69,6 +71,7 @@ lint: $(STAMP)
 # Rebuilds the package in place (stubs and the Cython core) in pip's isolated build env,
 # which has the pinned grpcio-tools and Cython.
 proto: $(STAMP)
+	rm -f ext/decision.c
 	$(PY) -m pip install --quiet --no-deps -e .
 
 clean:
