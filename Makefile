@@ -6,6 +6,7 @@
 #   make test             run the test suite
 #   make bench            decision-core benchmark (Cython vs Python reference)
 #   make bench-all        every benchmark in benchmarks/ (minutes; see README, Performance)
+#   make bench-peers      adbid against the naive and Ray Serve peers (installs Ray in .venv-peers)
 #   make debug            rebuild the core with bounds checks and line tracing (make proto undoes it)
 #   make annotate         cython -a report of the decision loop (ext/decision.html)
 #   make lint             ruff: undefined names, unused imports, syntax
@@ -27,7 +28,7 @@ SOURCES := pyproject.toml setup.py $(wildcard ext/*.pyx ext/*.pxd proto/adbid/v1
 ARGS ?=
 PYTEST_ARGS ?=
 
-.PHONY: setup serve test bench bench-all debug annotate proto lint clean
+.PHONY: setup serve test bench bench-all bench-peers debug annotate proto lint clean
 
 setup: $(STAMP)
 
@@ -58,6 +59,21 @@ bench-all: $(STAMP)
 	$(PY) benchmarks/bench_ledger_store.py
 
 # Back to the optimised build: make proto.
+# Peers for benchmarks/peers.py, in their own venv (never installed by make test).
+# Ray listens on every interface, so the whole comparison runs in a network
+# namespace that has only loopback.
+PEERS_VENV := .venv-peers
+PEERS_STAMP := $(PEERS_VENV)/.adbid-peers-installed
+$(PEERS_STAMP): $(SOURCES) benchmarks/peers/requirements-ray.txt
+	@test -d $(PEERS_VENV) || $(PYTHON) -m venv $(PEERS_VENV)
+	$(PEERS_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(PEERS_VENV)/bin/python -m pip install --quiet -e '.[cpu]' -r benchmarks/peers/requirements-ray.txt
+	@touch $@
+
+bench-peers: $(PEERS_STAMP) $(STAMP)
+	$(PY) -c "from adbid.config import default_world_dir as d; from adbid.cli import _ensure_world as e; e(d(), 42)"
+	unshare --net sh -c 'ip link set lo up && $(PEERS_VENV)/bin/python benchmarks/peers.py --batch 64 --target-p99-ms 20 --ray $(ARGS)'
+
 debug: $(STAMP)
 	rm -f ext/decision.c
 	ADBID_DEBUG=1 $(PY) -m pip install --quiet --no-deps -e .
@@ -75,4 +91,4 @@ proto: $(STAMP)
 	$(PY) -m pip install --quiet --no-deps -e .
 
 clean:
-	rm -rf build *.egg-info adbid/*.so adbid/v1/*_pb2*.py adbid/v1/*_pb2.pyi ext/*.c ext/*.html .venv .venv-gpu .pytest_cache .hypothesis
+	rm -rf build *.egg-info adbid/*.so adbid/v1/*_pb2*.py adbid/v1/*_pb2.pyi ext/*.c ext/*.html .venv .venv-gpu .venv-peers .pytest_cache .hypothesis

@@ -43,36 +43,45 @@ class NaiveBidder(bidder_pb2_grpc.BidderServicer):
     def Bid(self, request, context):
         resp = pb.BidResponse(batch_id=request.batch_id, world_version=self.world.version)
         for event in request.events:  # one at a time, as the pattern goes
-            b = decode([event])
-            s = self.stages
-            rows = s.users.rows(b.user_id)
-            user, ctx = s.users.embeddings(rows), s.contexts.embeddings(b.context_text)
-            resolve(b, self.world.campaigns)
-            cand = s.retriever.search(user + ctx)
-            score = s.scorer.score(user, ctx, b.device_type, cand)
-            c, led = self.world.campaigns, self.ledger
-            outs = ref.empty_outputs(1)
-            with self.lock:
-                ref.decide_batch(
-                    cand, score, b.floor_micros, b.first_price, b.country_bit, b.device_bit,
-                    b.size_bit, b.site_id, b.blocked_category_mask, b.blocked_adv_ptr,
-                    b.blocked_adv_ids, b.user_key, b.user_known, b.is_test,
-                    self.world.ad_campaign, led.active, c.value_per_action_micros,
-                    np.ones(len(c)), c.country_mask, c.device_mask, c.size_mask,
-                    c.category_mask, c.advertiser_id, c.site_allow_ptr, c.site_allow_ids,
-                    c.site_block_ptr, c.site_block_ids, c.freq_cap, c.freq_window_s,
-                    led.budget_micros, led.spent_micros, led.reserved_micros, self.freq, 0,
-                    0.85, *outs)
-            k, price, value, reason = (int(x[0]) for x in outs)
-            if k >= 0:
-                ad = int(cand[0, k])
-                resp.decisions.add(request_id=event.request_id, bid=True,
-                                   price_cpm_micros=price, value_cpm_micros=value,
-                                   campaign_id=self.campaign_ids[self.world.ad_campaign[ad]],
-                                   creative_id=self.creatives[ad], score=float(score[0, k]))
-            else:
-                resp.decisions.add(request_id=event.request_id, no_bid_reason=reason)
+            resp.decisions.append(self.decide([event])[0])
         return resp
+
+    def decide(self, events) -> list:
+        """Decisions for a list of AdEvents: embeddings from the store, one FAISS query and
+        one onnxruntime run for all of them, the decision in plain Python (adbid's
+        reference rules). The naive server calls it per event; the Ray peer per batch."""
+        b = decode(events)
+        s = self.stages
+        rows = s.users.rows(b.user_id)
+        user, ctx = s.users.embeddings(rows), s.contexts.embeddings(b.context_text)
+        resolve(b, self.world.campaigns)
+        cand = s.retriever.search(user + ctx)
+        score = s.scorer.score(user, ctx, b.device_type, cand)
+        c, led = self.world.campaigns, self.ledger
+        outs = ref.empty_outputs(len(events))
+        with self.lock:
+            ref.decide_batch(
+                cand, score, b.floor_micros, b.first_price, b.country_bit, b.device_bit,
+                b.size_bit, b.site_id, b.blocked_category_mask, b.blocked_adv_ptr,
+                b.blocked_adv_ids, b.user_key, b.user_known, b.is_test,
+                self.world.ad_campaign, led.active, c.value_per_action_micros,
+                np.ones(len(c)), c.country_mask, c.device_mask, c.size_mask,
+                c.category_mask, c.advertiser_id, c.site_allow_ptr, c.site_allow_ids,
+                c.site_block_ptr, c.site_block_ids, c.freq_cap, c.freq_window_s,
+                led.budget_micros, led.spent_micros, led.reserved_micros, self.freq, 0,
+                0.85, *outs)
+        out = []
+        for i, (k, price, value, reason) in enumerate(zip(*(x.tolist() for x in outs))):
+            rid = events[i].request_id
+            if k >= 0:
+                ad = int(cand[i, k])
+                out.append(pb.BidDecision(
+                    request_id=rid, bid=True, price_cpm_micros=price, value_cpm_micros=value,
+                    campaign_id=self.campaign_ids[self.world.ad_campaign[ad]],
+                    creative_id=self.creatives[ad], score=float(score[i, k])))
+            else:
+                out.append(pb.BidDecision(request_id=rid, no_bid_reason=reason))
+        return out
 
 
 def main() -> None:
