@@ -53,8 +53,8 @@ bench: $(STAMP)
 bench-all: $(STAMP)
 	$(PY) benchmarks/bench_decision.py
 	$(PY) benchmarks/compute_limit.py
-	$(PY) benchmarks/overload.py --batch 64 --base-rate 250
-	$(PY) benchmarks/peers.py --batch 64
+	$(PY) benchmarks/overload.py --batch 64 --start-rate 40
+	$(PY) benchmarks/peers.py --batch 64 --target-p99-ms 20
 	$(PY) benchmarks/pacing_day.py
 	$(PY) benchmarks/bench_ledger_store.py
 
