@@ -42,9 +42,9 @@ def resolve(batch: EventBatch, campaigns: CampaignTable) -> None:
     cat_mask = np.zeros(n, dtype=np.uint64)
     adv_lists: list[list[int]] = [[]] * n
     advertisers = campaigns.advertiser_ids
-    blocks = [i for i, (badv, bcat) in enumerate(zip(batch.blocked_advertisers,
-                                                      batch.blocked_categories)) if badv or bcat]
-    for i in blocks:  # most events carry no block lists
+    has_lists = (np.fromiter(map(len, batch.blocked_advertisers), dtype=np.int64, count=n)
+                 + np.fromiter(map(len, batch.blocked_categories), dtype=np.int64, count=n))
+    for i in np.flatnonzero(has_lists).tolist():  # most events carry no block lists
         if bcat := batch.blocked_categories[i]:
             cat_mask[i] = targeting.category_mask(bcat)
         if badv := batch.blocked_advertisers[i]:

@@ -10,6 +10,9 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+import functools
+import itertools
+
 import numpy as np
 
 UNKNOWN_BIT = 63
@@ -101,7 +104,13 @@ N_IAB_TIER1 = 26
 
 
 def category_bit(code: str) -> int | None:
-    """"IAB7" or "IAB7-39" -> 6; anything else -> None."""
+    """"IAB7" or "IAB7-39" -> 6; anything else -> None. Codes repeat across events, so
+    short ones are cached; a long string is no IAB code (and is not kept in the cache)."""
+    return _category_bit(code) if len(code) <= 32 else None
+
+
+@functools.lru_cache(maxsize=4096)
+def _category_bit(code: str) -> int | None:
     head = code.strip().upper().split("-", 1)[0]
     if not head.startswith("IAB") or not head[3:].isdigit():
         return None
@@ -121,6 +130,6 @@ def category_mask(codes) -> int:
 def csr(lists: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
     """Lists of ids -> (ptr int32[len + 1], ids int32[...]): row r is ids[ptr[r]:ptr[r + 1]]."""
     ptr = np.zeros(len(lists) + 1, dtype=np.int32)
-    np.cumsum([len(x) for x in lists], out=ptr[1:])
-    ids = np.fromiter((i for x in lists for i in x), dtype=np.int32, count=int(ptr[-1]))
+    np.cumsum(np.fromiter(map(len, lists), dtype=np.int32, count=len(lists)), out=ptr[1:])
+    ids = np.fromiter(itertools.chain.from_iterable(lists), dtype=np.int32, count=int(ptr[-1]))
     return ptr, ids
