@@ -235,8 +235,8 @@ class BidderService(bidder_pb2_grpc.BidderServicer):
         if not self._admit():  # before parsing: a refusal must cost next to nothing
             metrics.OVERLOAD.inc()
             raise Overloaded(f"overloaded: {self.owner.pipeline.inflight_batches} batches in "
-                             f"flight (the limit now; at most {self.cfg.max_inflight_batches}); "
-                             "retry later")
+                             f"flight, the adaptive limit is {int(self.admission.limit)} (at most "
+                             f"{self.cfg.max_inflight_batches}); retry later")
         request, errors = parse_request(raw)
         return await self.bid(request, self._deadline(request, context.time_remaining()), errors)
 
