@@ -75,7 +75,7 @@ bench-peers: $(PEERS_STAMP) $(STAMP)
 	unshare --net sh -c 'ip link set lo up && $(PEERS_VENV)/bin/python benchmarks/peers.py --batch 64 --target-p99-ms 20 --ray $(ARGS)'
 
 debug: $(STAMP)
-	rm -f ext/decision.c
+	rm -f ext/*.c
 	ADBID_DEBUG=1 $(PY) -m pip install --quiet --no-deps -e .
 
 annotate: $(STAMP)
@@ -87,7 +87,7 @@ lint: $(STAMP)
 # Rebuilds the package in place (stubs and the Cython core) in pip's isolated build env,
 # which has the pinned grpcio-tools and Cython.
 proto: $(STAMP)
-	rm -f ext/decision.c
+	rm -f ext/*.c
 	$(PY) -m pip install --quiet --no-deps -e .
 
 clean:

@@ -1,4 +1,4 @@
-"""Builds the compiled decision core and generates the gRPC stubs; nothing else.
+"""Builds the compiled decision core and wire codec, and generates the gRPC stubs; nothing else.
 
 Metadata and dependencies live in pyproject.toml. Set ADBID_DEBUG=1 for a
 debug build of the core (bounds checks, wraparound checks, line tracing).
@@ -65,6 +65,7 @@ extensions = [
         define_macros=macros,
         extra_compile_args=cflags,
     ),
+    Extension("adbid._wire", ["ext/wire.pyx"], define_macros=macros, extra_compile_args=cflags),
 ]
 
 setup(

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from adbid import targeting
+from adbid import _wire, targeting
 from adbid.v1 import bidder_pb2 as pb
 
 MAX_REQUEST_ID_CHARS = 128
@@ -62,20 +62,43 @@ class BadRequest(ValueError):
     """The request as a whole is unacceptable (INVALID_ARGUMENT), e.g. ragged columns."""
 
 
-def batch_size(request: pb.BidRequest) -> int:
+@dataclass
+class WireRequest:
+    """A columnar BidRequest as adbid._wire read it from its bytes, without protobuf objects.
+    `columns`: the filled EventColumns columns by name (lists of str, int64 arrays)."""
+
+    batch_id: str
+    deadline_ms: int
+    columns: dict
+
+
+Request = pb.BidRequest | WireRequest
+
+
+def is_columnar(request: Request) -> bool:
+    return isinstance(request, WireRequest) or request.HasField("columns")
+
+
+def batch_size(request: Request) -> int:
     """Events in a request, in whichever form it came."""
+    if isinstance(request, WireRequest):
+        return len(request.columns["request_id"])
     if request.events and request.HasField("columns"):
         raise BadRequest("request: send events or columns, not both")
     return len(request.columns.request_id) if request.HasField("columns") else len(request.events)
 
 
-def request_ids(request: pb.BidRequest) -> list[str]:
+def request_ids(request: Request) -> list[str]:
+    if isinstance(request, WireRequest):
+        return request.columns["request_id"]
     return (list(request.columns.request_id) if request.HasField("columns")
             else [e.request_id for e in request.events])
 
 
-def decode_request(request: pb.BidRequest, errors: dict[int, str] | None = None) -> EventBatch:
+def decode_request(request: Request, errors: dict[int, str] | None = None) -> EventBatch:
     """The decode stage: columns of a request in either form."""
+    if isinstance(request, WireRequest):
+        return decode_columns(request.columns, errors)
     if request.HasField("columns"):
         return decode_columns(request.columns, errors)
     return decode(request.events, errors)
@@ -100,47 +123,51 @@ def decode(events: Sequence[pb.AdEvent], errors: dict[int, str] | None = None) -
                   errors)
 
 
-def decode_columns(cols: pb.EventColumns, errors: dict[int, str] | None = None) -> EventBatch:
-    """Columns of a columnar request: one call per column, no per-event Python except for
-    the few events that carry block lists. Raises BadRequest for a column whose length
-    does not match the batch (which event it belongs to would be a guess)."""
-    rid = list(cols.request_id)
+def decode_columns(cols: pb.EventColumns | dict, errors: dict[int, str] | None = None
+                   ) -> EventBatch:
+    """Columns of a columnar request (an EventColumns, or WireRequest.columns): one call per
+    column, no per-event Python except for the few events that carry block lists. Raises
+    BadRequest for a column whose length does not match the batch (which event it belongs
+    to would be a guess)."""
+    get = cols.get if isinstance(cols, dict) else lambda name, empty: getattr(cols, name)
+    rid = list(get("request_id", ()))
     n = len(rid)
 
     def column(name: str):
-        values = getattr(cols, name)
-        if values and len(values) != n:
+        values = get(name, ())
+        if len(values) and len(values) != n:
             raise BadRequest(f"columns.{name}: {len(values)} entries for {n} events "
                              "(a column is empty or has one entry per event)")
         return values
 
     def strings(name: str) -> list[str]:
         values = column(name)
-        return list(values) if values else [""] * n
+        return list(values) if len(values) else [""] * n
 
     def numbers(name: str, dtype) -> np.ndarray:
         values = column(name)
-        return np.array(values, dtype=dtype) if values else np.zeros(n, dtype=dtype)
+        return np.asarray(values, dtype=dtype) if len(values) else np.zeros(n, dtype=dtype)
 
     return _batch(rid, strings("user_id"), strings("context_text"),
                   numbers("floor_cpm_micros", np.int64), numbers("device_type", np.int64),
                   numbers("auction_type", np.int64), numbers("slot_width_px", np.int64),
                   numbers("slot_height_px", np.int64), strings("country"),
                   numbers("test", np.uint8), strings("site_domain"),
-                  _lists(cols, "blocked_advertiser_domains", n),
-                  _lists(cols, "blocked_categories", n), errors)
+                  _lists(get, "blocked_advertiser_domains", n),
+                  _lists(get, "blocked_categories", n), errors)
 
 
-def _lists(cols: pb.EventColumns, name: str, n: int) -> list:
-    """Per-event lists from a flat column and its count column."""
-    flat, counts = getattr(cols, name), getattr(cols, f"{name}_count")
-    if not counts:
-        if flat:
+def _lists(get, name: str, n: int) -> list:
+    """Per-event lists from a flat column and its count column (`get(name, empty)` reads
+    a column)."""
+    flat, counts = get(name, ()), get(f"{name}_count", ())
+    if not len(counts):
+        if len(flat):
             raise BadRequest(f"columns.{name}: {len(flat)} entries but no {name}_count column")
         return [()] * n
     if len(counts) != n:
         raise BadRequest(f"columns.{name}_count: {len(counts)} entries for {n} events")
-    counts = np.array(counts, dtype=np.int64)
+    counts = np.asarray(counts, dtype=np.int64)
     ends = np.cumsum(counts)
     if ends[-1] != len(flat):
         raise BadRequest(f"columns.{name}_count: counts add up to {ends[-1]}, "
@@ -183,6 +210,10 @@ def _validate(b: EventBatch, auction: np.ndarray, width: np.ndarray, height: np.
         for i in positions:
             err.setdefault(int(i), message)
 
+    def flag(bad: np.ndarray, message: str) -> None:
+        if bad.any():  # the common case, all valid, costs one C call
+            mark(np.flatnonzero(bad), message)
+
     rid = b.request_id
     if len(set(rid)) != len(rid) or "" in rid:
         seen: set[str] = set()
@@ -197,14 +228,13 @@ def _validate(b: EventBatch, auction: np.ndarray, width: np.ndarray, height: np.
     mark(_too_long(b.context_text, MAX_CONTEXT_CHARS),
          f"context_text: longer than {MAX_CONTEXT_CHARS} characters")
     mark(_too_long(b.site_domain, MAX_DOMAIN_CHARS), f"site_domain: longer than {MAX_DOMAIN_CHARS}")
-    mark(np.flatnonzero(b.floor_micros < 0), "floor_cpm_micros: negative")
+    flag(b.floor_micros < 0, "floor_cpm_micros: negative")
     bad_device = (b.device_type < 0) | (b.device_type >= N_DEVICE_TYPES)
-    mark(np.flatnonzero(bad_device), "device_type: unknown enum value")
-    mark(np.flatnonzero((auction < 0) | (auction >= N_AUCTION_TYPES)),
-         "auction_type: unknown enum value")
+    flag(bad_device, "device_type: unknown enum value")
+    flag((auction < 0) | (auction >= N_AUCTION_TYPES), "auction_type: unknown enum value")
     bad_size = ((width < 0) | (width > targeting.MAX_SLOT_PX)
                 | (height < 0) | (height > targeting.MAX_SLOT_PX))
-    mark(np.flatnonzero(bad_size), f"slot size: width and height must be 0..{targeting.MAX_SLOT_PX}")
+    flag(bad_size, f"slot size: width and height must be 0..{targeting.MAX_SLOT_PX}")
     if bad_device.any():
         b.device_type[bad_device] = 0  # keeps the model's device gather in range
 
@@ -213,15 +243,18 @@ class UndecodableRequest(ValueError):
     """The bytes are not a BidRequest at all."""
 
 
-def parse_request(data: bytes) -> tuple[pb.BidRequest, dict[int, str]]:
-    """Raw bytes -> (BidRequest, errors by event position).
+def parse_request(data: bytes) -> tuple[Request, dict[int, str]]:
+    """Raw bytes -> (request, errors by event position).
 
-    The fast path is a plain parse. A request that fails it only because some
-    strings are not UTF-8 is salvaged: those events get an error naming the
-    field (and empty text), the others are decided as usual.
+    A well-formed columnar request is read by adbid._wire (a WireRequest). Anything
+    else is parsed by protobuf (a BidRequest). A request that fails that only
+    because some strings are not UTF-8 is salvaged: those events get an error
+    naming the field (and empty text), the others are decided as usual.
     """
     from google.protobuf.message import DecodeError
 
+    if (read := _wire.read_columns(data)) is not None:
+        return WireRequest(*read), {}
     req = pb.BidRequest()
     try:
         req.ParseFromString(data)

@@ -1,7 +1,7 @@
 """Encode stage: decisions -> protobuf, one decision per event, in request order.
 
-A request that came as columns is answered as columns (DecisionColumns): one
-`extend` per column instead of a message per event.
+A request that came as columns is answered as columns (DecisionColumns), written
+straight to bytes by adbid._wire instead of a message per event.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from adbid.decision import Decisions
+from adbid import _wire
 from adbid.decode import EventBatch
 from adbid.v1 import bidder_pb2 as pb
 
@@ -40,47 +41,46 @@ def id_table(ids: Sequence[str]) -> np.ndarray:
 
 
 def encode_columns(batch_id: str, batch: EventBatch, dec: Decisions, campaign_table: np.ndarray,
-                   creative_table: np.ndarray, world_version: str) -> pb.BidResponse:
-    """The same answer as `encode`, as DecisionColumns. The tables come from `id_table`."""
-    resp = pb.BidResponse(batch_id=batch_id, world_version=world_version)
-    c = resp.columns
+                   creative_table: np.ndarray, world_version: str) -> bytes:
+    """The same answer as `encode`, as DecisionColumns, serialized by adbid._wire (no
+    protobuf objects). The tables come from `id_table`. Add the latency with `finish`."""
     bid = dec.bid
     invalid = dec.reason == pb.NO_BID_REASON_INVALID_EVENT
-    c.request_id.extend(batch.request_id)
-    c.bid.extend(bid.tolist())
-    c.price_cpm_micros.extend(np.where(bid, dec.price_cpm_micros, 0).tolist())
-    c.value_cpm_micros.extend(np.where(invalid, 0, dec.value_cpm_micros).tolist())
-    c.campaign_id.extend(campaign_table[np.where(bid, dec.campaign_row, -1)].tolist())
-    c.creative_id.extend(creative_table[np.where(bid, dec.ad_row, -1)].tolist())
-    c.score.extend(np.where(bid, dec.score, 0).tolist())
-    c.no_bid_reason.extend(np.where(bid, 0, dec.reason).tolist())
-    if invalid.any():
-        errors = batch.errors
-        for i in np.flatnonzero(invalid).tolist():
-            c.error[i] = errors.get(i, "")
-    return resp
+    errors = {i: batch.errors.get(i, "") for i in np.flatnonzero(invalid).tolist()} \
+        if invalid.any() else {}
+    return _wire.write_columns(
+        batch_id, batch.request_id, bid.astype(np.int64),
+        np.where(bid, dec.price_cpm_micros, 0), campaign_table[np.where(bid, dec.campaign_row, -1)].tolist(),
+        creative_table[np.where(bid, dec.ad_row, -1)].tolist(),
+        np.where(bid, dec.score, 0).astype(np.float32), np.where(bid, 0, dec.reason).astype(np.int64),
+        np.where(invalid, 0, dec.value_cpm_micros), errors, world_version)
 
 
 def all_no_bid(batch_id: str, request_ids: Sequence[str], reason: int, world_version: str,
-               columnar: bool = False, error: str = "") -> pb.BidResponse:
+               columnar: bool = False, error: str = "") -> pb.BidResponse | bytes:
     """A response with the same no-bid reason (and error) for every event, in either form."""
-    resp = pb.BidResponse(batch_id=batch_id, world_version=world_version)
     if columnar:
         n = len(request_ids)
-        c = resp.columns
-        c.request_id.extend(request_ids)
-        c.bid.extend([False] * n)
-        c.price_cpm_micros.extend([0] * n)
-        c.value_cpm_micros.extend([0] * n)
-        c.campaign_id.extend([""] * n)
-        c.creative_id.extend([""] * n)
-        c.score.extend([0.0] * n)
-        c.no_bid_reason.extend([reason] * n)
-        if error:
-            for i in range(n):
-                c.error[i] = error
-        return resp
+        zeros = np.zeros(n, dtype=np.int64)
+        return _wire.write_columns(batch_id, list(request_ids), zeros, zeros, [""] * n, [""] * n,
+                                   np.zeros(n, dtype=np.float32), np.full(n, reason, np.int64),
+                                   zeros, dict.fromkeys(range(n), error) if error else {},
+                                   world_version)
+    resp = pb.BidResponse(batch_id=batch_id, world_version=world_version)
     add = resp.decisions.add
     for rid in request_ids:
         add(request_id=rid, no_bid_reason=reason, error=error)
     return resp
+
+
+def finish(resp: pb.BidResponse | bytes, server_latency_us: int) -> pb.BidResponse | bytes:
+    """Set server_latency_us on a response in either form (appended to written bytes)."""
+    if isinstance(resp, bytes):
+        return resp + _wire.latency_field(server_latency_us)
+    resp.server_latency_us = server_latency_us
+    return resp
+
+
+def serialize(resp: pb.BidResponse | bytes) -> bytes:
+    """The gRPC response serializer: written responses are bytes already."""
+    return resp if isinstance(resp, bytes) else resp.SerializeToString()

@@ -28,10 +28,10 @@ import adbid
 from adbid import logs, metrics
 from adbid.admission import AdmissionLimit, LoopLag
 from adbid.config import ServerConfig
-from adbid.decode import (BadRequest, UndecodableRequest, batch_size, decode_request,
-                          parse_request, request_ids)
+from adbid.decode import (BadRequest, Request, UndecodableRequest, batch_size, decode_request,
+                          is_columnar, parse_request, request_ids)
 from adbid.demo_traffic import make_events
-from adbid.encode import all_no_bid, encode, encode_columns
+from adbid.encode import all_no_bid, encode, encode_columns, finish, serialize
 from adbid.ledger import LedgerError, SpendLedger, open_store
 from adbid.pipeline import NativeStages, Pipeline
 from adbid.v1 import admin_pb2, admin_pb2_grpc, bidder_pb2, bidder_pb2_grpc
@@ -125,7 +125,7 @@ class BidderService(bidder_pb2_grpc.BidderServicer):
         metrics.ADMISSION_LIMIT.set(int(self.admission.limit))
 
     def handlers(self) -> grpc.GenericRpcHandler:
-        out = bidder_pb2.BidResponse.SerializeToString
+        out = serialize  # columnar answers are written as bytes
         return grpc.method_handlers_generic_handler(SERVICE_NAMES[0], {
             "Bid": grpc.unary_unary_rpc_method_handler(self.Bid, None, out),
             "BidStream": grpc.stream_stream_rpc_method_handler(self.BidStream, None, out),
@@ -133,15 +133,15 @@ class BidderService(bidder_pb2_grpc.BidderServicer):
                 self.ReportOutcomes, None, bidder_pb2.ReportOutcomesResponse.SerializeToString),
         })
 
-    def _deadline(self, request: bidder_pb2.BidRequest, remaining_s: float | None) -> float:
+    def _deadline(self, request: Request, remaining_s: float | None) -> float:
         budgets = [b for b in (remaining_s, request.deadline_ms / 1000 if request.deadline_ms > 0
                                else None) if b is not None]
         budget = min(budgets) if budgets else self.cfg.default_deadline_ms / 1000
         return time.monotonic() + budget - SEND_MARGIN_S
 
-    async def bid(self, request: bidder_pb2.BidRequest, deadline: float,
+    async def bid(self, request: Request, deadline: float,
                   errors: dict[int, str] | None = None,
-                  pipeline: Pipeline | None = None) -> bidder_pb2.BidResponse:
+                  pipeline: Pipeline | None = None) -> bidder_pb2.BidResponse | bytes:
         t0 = time.perf_counter()
         n = batch_size(request)
         if n > self.cfg.max_batch_events:
@@ -155,11 +155,11 @@ class BidderService(bidder_pb2_grpc.BidderServicer):
         finally:
             logs.request_id.reset(rid_token)
 
-    async def _bid(self, request: bidder_pb2.BidRequest, deadline: float,
+    async def _bid(self, request: Request, deadline: float,
                    errors: dict[int, str] | None, p: Pipeline, t0: float,
-                   n: int) -> bidder_pb2.BidResponse:
+                   n: int) -> bidder_pb2.BidResponse | bytes:
         timers, costs = p.timers, p.costs
-        columnar = request.HasField("columns")
+        columnar = is_columnar(request)
         left = deadline - time.monotonic()
         if n and left < costs.mean(n, "encode"):
             metrics.SHED.labels("arrival").inc(n)
@@ -200,7 +200,8 @@ class BidderService(bidder_pb2_grpc.BidderServicer):
         if not shed:
             costs.observe("total", t3 - t0, n)  # decided in full: a sample of the real cost
         self._adapt(t3 - t0, left, shed)
-        resp.server_latency_us = int((t3 - t0) * 1e6)
+        latency_us = int((t3 - t0) * 1e6)
+        resp = finish(resp, latency_us)
         if time.monotonic() > deadline + SEND_MARGIN_S:
             metrics.LATE_ANSWERS.inc()
             log.warning("answer left %.2f ms after its deadline", (time.monotonic() - deadline
@@ -209,7 +210,7 @@ class BidderService(bidder_pb2_grpc.BidderServicer):
         metrics.BATCH_EVENTS.observe(n)
         bids = int(dec.bid.sum())
         metrics.BIDS.inc(bids)
-        log.debug("batch: %d events, %d bids, %d us", n, bids, resp.server_latency_us)
+        log.debug("batch: %d events, %d bids, %d us", n, bids, latency_us)
         if bids < n:
             counts = np.bincount(dec.reason, minlength=len(REASON_NAMES))
             for reason, count in enumerate(counts.tolist()):
@@ -250,9 +251,9 @@ class BidderService(bidder_pb2_grpc.BidderServicer):
         tasks: set[asyncio.Task] = set()
         version = self.owner.pipeline.world.version
 
-        def refuse(request: bidder_pb2.BidRequest, reason: int, error: str = ""):
+        def refuse(request: Request, reason: int, error: str = ""):
             return all_no_bid(request.batch_id, request_ids(request), reason, version,
-                              request.HasField("columns"), error)
+                              is_columnar(request), error)
 
         async def one(raw: bytes, remaining: float | None) -> None:
             request = bidder_pb2.BidRequest()

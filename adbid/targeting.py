@@ -41,8 +41,9 @@ _SIZE_SORTED = _SIZE_KEYS[_SIZE_ORDER]
 
 def country_bits(codes: Iterable[str]) -> np.ndarray:
     """ISO alpha-2 codes -> int32 bit indices; unknown or empty -> UNKNOWN_BIT."""
-    get = COUNTRY_BIT.get
-    return np.array([get(c, UNKNOWN_BIT) for c in codes], dtype=np.int32)
+    codes = list(codes)  # map() over dict.get keeps the per-event loop in C
+    return np.fromiter(map(COUNTRY_BIT.get, codes, itertools.repeat(UNKNOWN_BIT)),
+                       dtype=np.int32, count=len(codes))
 
 
 def size_bits(width_px: np.ndarray, height_px: np.ndarray) -> np.ndarray:

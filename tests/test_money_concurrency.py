@@ -20,6 +20,19 @@ BATCHES_PER_CLIENT = 25
 BATCH = 32
 
 
+def bid_with_retries(stub, request: pb.BidRequest, tries: int = 50) -> pb.BidResponse:
+    """What a client of a loaded server does: RESOURCE_EXHAUSTED (admission) is retried
+    after a short backoff; anything else fails."""
+    for attempt in range(tries):
+        try:
+            return stub.Bid(request, timeout=10)
+        except grpc.RpcError as exc:
+            if exc.code() != grpc.StatusCode.RESOURCE_EXHAUSTED or attempt == tries - 1:
+                raise
+            time.sleep(0.01 * (1 + attempt % 5))
+    raise AssertionError("unreachable")
+
+
 def test_concurrent_bids_and_messy_notices_never_overspend_and_balance(server_factory, tmp_path):
     server = server_factory(ledger=tmp_path / "money")
     with grpc.insecure_channel(server.target) as ch:
@@ -46,7 +59,8 @@ def test_concurrent_bids_and_messy_notices_never_overspend_and_balance(server_fa
             stub = bidder_pb2_grpc.BidderStub(ch)
             for b in range(BATCHES_PER_CLIENT):
                 events = make_events(BATCH, np_rng, n_users=2_000, id_prefix=f"c{seed}b{b}-")
-                resp = stub.Bid(pb.BidRequest(batch_id=f"{seed}-{b}", events=events), timeout=10)
+                resp = bid_with_retries(stub, pb.BidRequest(batch_id=f"{seed}-{b}",
+                                                            events=events))
                 for d in resp.decisions:
                     if not d.bid:
                         continue
@@ -92,7 +106,13 @@ def test_concurrent_bids_and_messy_notices_never_overspend_and_balance(server_fa
                         problems.append(f"{c.campaign_id} over budget mid-run")
                 time.sleep(0.05)
 
-    threads = [threading.Thread(target=client, args=(s,)) for s in range(CLIENTS)]
+    def guarded(seed: int) -> None:
+        try:
+            client(seed)
+        except Exception as exc:  # a dead client would silently shrink the test
+            problems.append(f"client {seed}: {exc!r}")
+
+    threads = [threading.Thread(target=guarded, args=(s,)) for s in range(CLIENTS)]
     watch = threading.Thread(target=checker)
     watch.start()
     for t in threads:
