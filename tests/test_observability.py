@@ -85,3 +85,25 @@ def test_a_bad_config_file_is_refused_with_the_key(tmp_path):
     r = subprocess.run([BIN, "serve", "--config", str(cfg)], capture_output=True, text=True,
                        env={**os.environ, "ADBID_HOME": str(tmp_path)})
     assert r.returncode != 0 and "prot" in r.stdout + r.stderr
+
+
+def test_stage_summary_matches_hdrh():
+    """Status reads percentiles with numpy (hdrh's own walk held the loop ~1 s under load);
+    they must be the values hdrh itself reports, and the mean exact."""
+    import random
+
+    from adbid.metrics import StageTimers
+
+    timers = StageTimers()
+    rng = random.Random(7)
+    values = [rng.lognormvariate(-7, 1.2) for _ in range(5000)]
+    for v in values:
+        timers.record("decode", v)
+    got = timers.summary()
+    hist = timers._hist["decode"]
+    assert got["decode"]["count"] == 5000
+    assert got["decode"]["p50_us"] == hist.get_value_at_percentile(50)
+    assert got["decode"]["p99_us"] == hist.get_value_at_percentile(99)
+    exact_mean = sum(max(1, int(v * 1e6)) for v in values) / len(values)
+    assert abs(got["decode"]["mean_us"] - exact_mean) < 1e-6
+    assert got["ledger"] == {"count": 0, "mean_us": 0.0, "p50_us": 0, "p99_us": 0}
