@@ -4,7 +4,10 @@ Open loop: batches arrive at a fixed mean rate with exponential gaps (Poisson),
 whatever the server does, and each latency is measured from the arrival the
 schedule planned, not from when the client got round to sending. A server
 that falls behind therefore shows its queueing in the tail (no coordinated
-omission). Closed loop: `concurrency` callers, each sending its next batch when
+omission). The deadline runs from that planned arrival too, as an exchange's
+auction clock does: a call sent late carries only the time left as its gRPC
+deadline, and one whose deadline passed before it could be sent is counted as
+expired and not sent. Closed loop: `concurrency` callers, each sending its next batch when
 the last is answered.
 
 Requests are serialized once from 64 template batches; each send swaps a
@@ -61,6 +64,7 @@ class LoadResult:
     sent: int = 0
     answered: int = 0
     dropped: int = 0  # never sent: the client had max_outstanding calls open
+    expired: int = 0  # open loop: never sent, its deadline passed before the client could send
     errors: dict = field(default_factory=dict)  # status code -> count
     events: int = 0
     decided_events: int = 0  # answered events not shed for the deadline
@@ -197,7 +201,8 @@ async def run(spec: LoadSpec) -> LoadResult:
             rng = random.Random(spec.seed)
             tasks: set[asyncio.Task] = set()
             scheduled = start
-            while scheduled < stop_at and rec.result.sent + rec.result.dropped < spec.max_requests:
+            while scheduled < stop_at and (rec.result.sent + rec.result.dropped
+                                           + rec.result.expired) < spec.max_requests:
                 scheduled += rng.expovariate(spec.rate)
                 delay = scheduled - time.perf_counter()
                 if delay > 0:
@@ -205,9 +210,14 @@ async def run(spec: LoadSpec) -> LoadResult:
                 if len(tasks) >= spec.max_outstanding:
                     rec.result.dropped += 1
                     continue
-                rec.lag.record_value(max(1, int((time.perf_counter() - scheduled) * 1e6)))
+                behind = time.perf_counter() - scheduled
+                rec.lag.record_value(max(1, int(behind * 1e6)))
+                if behind >= timeout_s:
+                    rec.result.expired += 1
+                    continue
                 rec.result.sent += 1
-                t = asyncio.create_task(_call(bid, templates.next(), timeout_s, rec, scheduled))
+                t = asyncio.create_task(_call(bid, templates.next(), timeout_s - behind, rec,
+                                              scheduled))
                 tasks.add(t)
                 t.add_done_callback(tasks.discard)
             if tasks:
@@ -259,8 +269,8 @@ def run_processes(spec: LoadSpec, processes: int) -> LoadResult:
     out = LoadResult(spec=asdict(spec), elapsed_s=max(p.elapsed_s for p in parts))
     errors: Counter = Counter()
     for p in parts:
-        for name in ("sent", "answered", "dropped", "events", "decided_events", "bids",
-                     "shed_events", "late"):
+        for name in ("sent", "answered", "dropped", "expired", "events", "decided_events",
+                     "bids", "shed_events", "late"):
             setattr(out, name, getattr(out, name) + getattr(p, name))
         errors.update(p.errors)
     out.errors = dict(errors)
@@ -301,6 +311,7 @@ def sweep(spec: LoadSpec, target_p99_ms: float, start_rate: float, factor: float
         why = [w for w, bad in (
             (f"p99 {p99_ms:.2f} ms > {target_p99_ms:g} ms", p99_ms > target_p99_ms),
             (f"errors {r.errors}", bool(r.errors)), (f"{r.dropped} dropped", r.dropped > 0),
+            (f"{r.expired} expired before sending", r.expired > 0),
             (f"{r.shed_events} events shed", r.shed_events > max_shed * max(r.events, 1)))
             if bad]
         r.spec["sweep_stop"] = "; ".join(why)

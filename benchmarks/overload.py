@@ -3,9 +3,11 @@
 The sustainable rate is the highest open-loop rate (Poisson arrivals) whose p99
 stays inside the deadline with nothing shed, found by a sweep. Each load level
 then runs for --duration-s and reports: answered p50/p99, calls that missed
-their deadline (DEADLINE_EXCEEDED at the client), answers the server sent after
-their deadline (adbid_late_answers_total, must be 0), shed events, and goodput
-(events decided in full per second).
+their deadline (DEADLINE_EXCEEDED at the client), answers after their deadline
+as the server counts them (adbid_late_answers_total) and as the client does
+(from the planned arrival; both must be 0), calls whose deadline passed in the
+client before they could be sent, shed events, and goodput (events decided in
+full per second). Each call's gRPC deadline runs from its planned arrival.
 
     python benchmarks/overload.py [--batch 64] [--deadline-ms 50] [--duration-s 10] [--workers N]
 """
@@ -72,13 +74,15 @@ def main() -> None:
                    "answered": r.answered, "p50_ms": r.latency_us.get("p50", 0) / 1000,
                    "p99_ms": r.latency_us.get("p99", 0) / 1000,
                    "missed_deadline": r.errors.get("DEADLINE_EXCEEDED", 0),
-                   "late_answers_server": late, "late_answers_client": r.late, "errors": r.errors, "dropped": r.dropped,
+                   "late_answers_server": late, "late_answers_client": r.late,
+                   "errors": r.errors, "dropped": r.dropped, "expired_before_send": r.expired,
                    "shed_events": r.shed_events, "goodput_events_per_s": d["goodput_events_per_s"],
                    "client_lag_p99_ms": r.client_lag_p99_us / 1000}
             runs.append(row)
             print(f"{mult}x: offered {sustainable * mult:6.0f}/s, answered p50 {row['p50_ms']:.2f}"
                   f" ms, p99 {row['p99_ms']:.2f} ms, missed deadline {row['missed_deadline']},"
-                  f" late (server) {late:.0f}, late (client) {r.late}, refused "
+                  f" late (server) {late:.0f}, late (client) {r.late}, expired in the client "
+                  f"{r.expired}, refused "
                   f"{r.errors.get('RESOURCE_EXHAUSTED', 0)}, shed {r.shed_events:,}, goodput "
                   f"{row['goodput_events_per_s']:,.0f} events/s, client lag p99 "
                   f"{row['client_lag_p99_ms']:.1f} ms")
