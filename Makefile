@@ -63,16 +63,21 @@ bench-all: $(STAMP)
 # Ray listens on every interface, so the whole comparison runs in a network
 # namespace that has only loopback.
 PEERS_VENV := .venv-peers
+# nvidia-pytriton needs numpy < 2: Triton gets a venv of its own.
+TRITON_VENV := .venv-triton
 PEERS_STAMP := $(PEERS_VENV)/.adbid-peers-installed
-$(PEERS_STAMP): $(SOURCES) benchmarks/peers/requirements-ray.txt
+$(PEERS_STAMP): $(SOURCES) benchmarks/peers/requirements-ray.txt benchmarks/peers/requirements-triton-front.txt benchmarks/peers/requirements-triton.txt
 	@test -d $(PEERS_VENV) || $(PYTHON) -m venv $(PEERS_VENV)
 	$(PEERS_VENV)/bin/python -m pip install --quiet --upgrade pip
-	$(PEERS_VENV)/bin/python -m pip install --quiet -e '.[cpu]' -r benchmarks/peers/requirements-ray.txt
+	$(PEERS_VENV)/bin/python -m pip install --quiet -e '.[cpu]' -r benchmarks/peers/requirements-ray.txt -r benchmarks/peers/requirements-triton-front.txt
+	@test -d $(TRITON_VENV) || $(PYTHON) -m venv $(TRITON_VENV)
+	$(TRITON_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(TRITON_VENV)/bin/python -m pip install --quiet -r benchmarks/peers/requirements-triton.txt
 	@touch $@
 
 bench-peers: $(PEERS_STAMP) $(STAMP)
 	$(PY) -c "from adbid.config import default_world_dir as d; from adbid.cli import _ensure_world as e; e(d(), 42)"
-	unshare --net sh -c 'ip link set lo up && $(PEERS_VENV)/bin/python benchmarks/peers.py --batch 64 --target-p99-ms 20 --ray $(ARGS)'
+	unshare --net sh -c 'ip link set lo up && $(PEERS_VENV)/bin/python benchmarks/peers.py --batch 64 --target-p99-ms 20 --triton --ray $(ARGS)'
 
 debug: $(STAMP)
 	rm -f ext/*.c
@@ -91,4 +96,4 @@ proto: $(STAMP)
 	$(PY) -m pip install --quiet --no-deps -e .
 
 clean:
-	rm -rf build *.egg-info adbid/*.so adbid/v1/*_pb2*.py adbid/v1/*_pb2.pyi ext/*.c ext/*.html .venv .venv-gpu .venv-peers .pytest_cache .hypothesis
+	rm -rf build *.egg-info adbid/*.so adbid/v1/*_pb2*.py adbid/v1/*_pb2.pyi ext/*.c ext/*.html .venv .venv-gpu .venv-peers .venv-triton .pytest_cache .hypothesis

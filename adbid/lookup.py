@@ -9,13 +9,16 @@ from __future__ import annotations
 
 import re
 from itertools import repeat
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from adbid import targeting
 from adbid.campaigns import CampaignTable
-from adbid.decode import EventBatch
 from adbid.world import World
+
+if TYPE_CHECKING:  # no protobuf at run time: the Triton peer's venv has another protobuf
+    from adbid.decode import EventBatch
 
 _WORD = re.compile(r"[a-z0-9]+")
 

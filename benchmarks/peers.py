@@ -5,9 +5,11 @@ deadline) to the highest rate whose p99 stays <= --target-p99-ms with nothing
 shed. adbid is sent batches of --batch events as columns; the naive per-event
 peer (a) one AdEvent message per call, which is its pattern.
 
-Peer (c), Ray Serve (`--ray`), is installed and run by `make bench-peers` only,
-in its own venv and a loopback-only network namespace. Peer (b), NVIDIA Triton
-via nvidia-pytriton, is not built yet (see README).
+Peers (b), NVIDIA Triton through nvidia-pytriton (`--triton`), and (c), Ray Serve
+(`--ray`), are installed and run by `make bench-peers` only: Ray in .venv-peers,
+Triton in .venv-triton (it needs numpy < 2) behind a Bidder front in .venv-peers,
+the whole comparison in a loopback-only network namespace. They get one event per
+call, like the naive peer, and batch events across calls themselves.
 
     python benchmarks/peers.py [--batch 256] [--target-p99-ms 10]
 """
@@ -16,9 +18,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -42,6 +47,59 @@ def best_rate(target: str, batch: int, target_p99_ms: float, start: float, durat
     return steps, best
 
 
+PEERS = Path(__file__).parent / "peers"
+TRITON_PYTHON = Path(__file__).parent.parent / ".venv-triton" / "bin" / "python"
+
+
+def start(cmd: list[str], ready: str, env: dict | None = None) -> subprocess.Popen:
+    """Start a peer process (its own process group) and wait for its ready line."""
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, env=env,
+                            start_new_session=True)
+    line = proc.stdout.readline()
+    while line and ready not in line:
+        line = proc.stdout.readline()
+    if not line:
+        raise SystemExit(f"{cmd[1]} did not start (exit {proc.wait(30)})")
+    return proc
+
+
+def stop(proc: subprocess.Popen, sig: int = signal.SIGTERM) -> None:
+    """Signal a peer, then its whole process group if it lingers (Triton and Ray have
+    server processes of their own)."""
+    if proc.poll() is None:
+        proc.send_signal(sig)
+    try:
+        proc.wait(60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+def launch(kind: str, port: int, workspace: Path) -> list[tuple[subprocess.Popen, int]]:
+    """A peer's processes, first to last, each with the signal that stops it cleanly."""
+    world = str(default_world_dir())
+    if kind == "triton":
+        # PyTriton's backend loads libpython from the interpreter's lib directory.
+        lib = subprocess.run([str(TRITON_PYTHON), "-c", "import sysconfig; print(sysconfig."
+                              "get_config_var('LIBDIR'))"], capture_output=True, text=True,
+                             check=True).stdout.strip()
+        env = {**os.environ, "LD_LIBRARY_PATH": lib, "PYTHONPATH": str(PEERS.parent.parent)}
+        triton = start([str(TRITON_PYTHON), str(PEERS / "triton_peer.py"), "--world", world,
+                        "--port", str(port + 10), "--workspace", str(workspace)],
+                       "triton peer on", env)
+        front = start([sys.executable, str(PEERS / "triton_front.py"), "--port", str(port),
+                       "--triton-port", str(port + 10), "--world", world], "triton front on")
+        return [(triton, signal.SIGINT), (front, signal.SIGTERM)]
+    script, ready, sig = {"naive": ("naive_server.py", "naive peer", signal.SIGTERM),
+                          "ray": ("ray_peer.py", "ray peer", signal.SIGINT)}[kind]
+    return [(start([sys.executable, str(PEERS / script), "--world", world, "--port",
+                    str(port)], ready), sig)]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--batch", type=int, default=256)
@@ -50,6 +108,9 @@ def main() -> None:
     ap.add_argument("--ray", action="store_true",
                     help="also peer (c), Ray Serve: needs `make bench-peers` (its venv, and a "
                          "loopback-only network namespace)")
+    ap.add_argument("--triton", action="store_true",
+                    help="also peer (b), NVIDIA Triton via nvidia-pytriton: needs `make "
+                         "bench-peers` (.venv-triton)")
     ap.add_argument("--start-rate", type=float, default=20.0,
                     help="adbid's first sweep step, calls/s (very low rates run on cold caches)")
     a = ap.parse_args()
@@ -59,30 +120,36 @@ def main() -> None:
         steps, best = best_rate(srv.target, a.batch, a.target_p99_ms, a.start_rate, a.duration_s)
         out["systems"]["adbid"] = {"best": best.as_dict() if best else None,
                                    "steps": [s.as_dict() for s in steps]}
-    peers = [("naive per-event (a)", "naive_server.py", "naive peer", 50.0)]
+    peers = [("naive per-event (a)", "naive", 50.0)]
+    if a.triton:
+        peers.append(("Triton, PyTriton (b)", "triton", 10.0))
     if a.ray:
-        peers.append(("Ray Serve, @serve.batch (c)", "ray_peer.py", "ray peer", 10.0))
-    for name, script, ready, start in peers:
+        peers.append(("Ray Serve, @serve.batch (c)", "ray", 10.0))
+    for name, kind, first_rate in peers:
         port = free_port()
-        peer = subprocess.Popen([sys.executable, str(Path(__file__).parent / "peers" / script),
-                                 "--world", str(default_world_dir()), "--port", str(port)],
-                                stdout=subprocess.PIPE, text=True)
+        scratch = Path(tempfile.mkdtemp(prefix="adbid-peer-"))
+        procs = launch(kind, port, scratch / "pytriton")  # PyTriton makes its workspace
         try:
-            line = peer.stdout.readline()
-            if ready not in line:
-                raise SystemExit(f"{name} did not start (exit {peer.wait(30)}): {line!r}")
             time.sleep(1)
-            steps_n, best_n = best_rate(f"127.0.0.1:{port}", 1, a.target_p99_ms, start,
+            steps_n, best_n = best_rate(f"127.0.0.1:{port}", 1, a.target_p99_ms, first_rate,
                                         a.duration_s, wire="events")
             out["systems"][name] = {"best": best_n.as_dict() if best_n else None,
                                     "steps": [s.as_dict() for s in steps_n]}
+            naive = out["systems"]["naive per-event (a)"]["best"]
+            if kind != "naive" and naive:  # p99 at equal load: the naive peer's best rate
+                rate = naive["goodput_events_per_s"]
+                r = asyncio.run(run(LoadSpec(target=f"127.0.0.1:{port}", batch=1, rate=rate,
+                                             wire="events", duration_s=max(a.duration_s, 300 / rate),
+                                             deadline_ms=max(a.target_p99_ms * 3, 30))))
+                out["systems"][name]["equal_load"] = {
+                    "events_per_s": rate, "p50_ms": r.latency_us.get("p50", 0) / 1000,
+                    "p99_ms": r.latency_us.get("p99", 0) / 1000, "errors": r.errors}
+                print(f"  {name} at {rate:,.0f} events/s: p50 {r.latency_us.get('p50', 0) / 1000:.2f}"
+                      f" ms, p99 {r.latency_us.get('p99', 0) / 1000:.2f} ms, errors {r.errors}")
         finally:
-            peer.send_signal(signal.SIGINT if script == "ray_peer.py" else signal.SIGTERM)
-            try:
-                peer.wait(60)
-            except subprocess.TimeoutExpired:
-                peer.kill()
-                peer.wait()
+            for proc, sig in reversed(procs):
+                stop(proc, sig)
+            shutil.rmtree(scratch, ignore_errors=True)  # PyTriton must start afresh
     for name, s in out["systems"].items():
         b, first = s["best"], s["steps"][0] if s["steps"] else None
         print(f"{name:22s}: " + (f"{b['goodput_events_per_s']:,.0f} events/s at p99 "
