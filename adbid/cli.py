@@ -142,6 +142,11 @@ def serve(
                                   help="Largest batch accepted, in events."),
     deadline_ms: int = typer.Option(DEFAULTS.default_deadline_ms, envvar="ADBID_DEADLINE_MS",
                                     help="Deadline when the call carries none."),
+    send_margin_ms: float = typer.Option(DEFAULTS.send_margin_ms, envvar="ADBID_SEND_MARGIN_MS",
+                                         min=0.0,
+                                         help="Time kept back from each deadline for the way "
+                                              "back to the caller (network and its event "
+                                              "loop): answers aim to leave this much early."),
     max_inflight: int = typer.Option(DEFAULTS.max_inflight_batches, envvar="ADBID_MAX_INFLIGHT",
                                      help="Cap on batches admitted at once; the limit adapts "
                                           "below it to what meets deadlines, and batches above "

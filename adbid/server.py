@@ -44,8 +44,6 @@ SERVICE_NAMES = (
     admin_pb2.DESCRIPTOR.services_by_name["Admin"].full_name,
 )
 REASON_NAMES = {v: bidder_pb2.NoBidReason.Name(v) for v in bidder_pb2.NoBidReason.values()}
-# Time kept back from the deadline for encoding and sending the answer.
-SEND_MARGIN_S = 0.0005
 
 
 class NotFound(KeyError):
@@ -137,7 +135,7 @@ class BidderService(bidder_pb2_grpc.BidderServicer):
         budgets = [b for b in (remaining_s, request.deadline_ms / 1000 if request.deadline_ms > 0
                                else None) if b is not None]
         budget = min(budgets) if budgets else self.cfg.default_deadline_ms / 1000
-        return time.monotonic() + budget - SEND_MARGIN_S
+        return time.monotonic() + budget - self.cfg.send_margin_ms / 1000
 
     async def bid(self, request: Request, deadline: float,
                   errors: dict[int, str] | None = None,
@@ -202,10 +200,9 @@ class BidderService(bidder_pb2_grpc.BidderServicer):
         self._adapt(t3 - t0, left, shed)
         latency_us = int((t3 - t0) * 1e6)
         resp = finish(resp, latency_us)
-        if time.monotonic() > deadline + SEND_MARGIN_S:
+        if (over := time.monotonic() - deadline - self.cfg.send_margin_ms / 1000) > 0:
             metrics.LATE_ANSWERS.inc()
-            log.warning("answer left %.2f ms after its deadline", (time.monotonic() - deadline
-                                                                   - SEND_MARGIN_S) * 1e3)
+            log.warning("answer left %.2f ms after its deadline", over * 1e3)
         metrics.EVENTS.inc(n)
         metrics.BATCH_EVENTS.observe(n)
         bids = int(dec.bid.sum())

@@ -216,3 +216,19 @@ def test_frequency_caps_bind_through_the_server(server, channel):
     for cid, n in wins.items():
         if cid in caps:
             assert n <= caps[cid], (cid, n, caps[cid])
+
+
+def test_the_send_margin_comes_off_every_deadline(server_factory):
+    """The time kept back for the way back to the caller is not the server's to spend: a
+    deadline shorter than the margin cannot be met, the same deadline with room can."""
+    server = server_factory(send_margin_ms=40.0)
+    with grpc.insecure_channel(server.target) as ch:
+        bid(ch, tiny_events(16, seed=5), deadline_ms=0)  # warm (default deadline, 2 s)
+        try:
+            resp = bid(ch, tiny_events(16, seed=6), deadline_ms=30)
+        except grpc.RpcError as exc:
+            assert exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        else:
+            raise AssertionError(f"answered inside a 30 ms deadline with a 40 ms margin: "
+                                 f"{[d.no_bid_reason for d in resp.decisions][:3]}")
+        assert len(bid(ch, tiny_events(16, seed=7), deadline_ms=500).decisions) == 16
