@@ -1,0 +1,108 @@
+"""The floor under any Python gRPC server here: an echo server that does nothing.
+
+A grpc.aio server (like adbid's) answers every call with fixed bytes of the size of a
+columnar answer; a closed-loop client (like `adbid bench`) sends bytes of the size of
+a columnar request, from another process on the same cores. Reported: calls/s, and
+the server's CPU time per call, read from /proc. Divided by the batch size, that CPU
+is the part of adbid's overhead per event that gRPC itself takes, before adbid runs
+a line.
+
+    python benchmarks/grpc_floor.py [--batch 256] [--duration-s 8] [--runs 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import grpc
+
+sys.path.insert(0, str(Path(__file__).parent))
+from common import machine, write  # noqa: E402
+
+METHOD = "/floor.Echo/Call"
+
+
+async def serve(answer_bytes: int) -> None:
+    answer = b"x" * answer_bytes
+
+    async def call(request: bytes, context) -> bytes:
+        return answer
+
+    server = grpc.aio.server()
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(
+        "floor.Echo", {"Call": grpc.unary_unary_rpc_method_handler(call)}),))
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    print(port, flush=True)
+    await server.wait_for_termination()
+
+
+async def load(port: int, request_bytes: int, concurrency: int, duration_s: float) -> float:
+    request = b"y" * request_bytes
+    channels = [grpc.aio.insecure_channel(f"127.0.0.1:{port}", options=[("floor.channel", i)])
+                for i in range(concurrency)]
+    calls = [ch.unary_unary(METHOD) for ch in channels]
+    done = 0
+    stop_at = time.perf_counter() + duration_s
+
+    async def caller(call) -> None:
+        nonlocal done
+        while time.perf_counter() < stop_at:
+            await call(request, timeout=5)
+            done += 1
+
+    await asyncio.gather(*(caller(c) for c in calls))
+    await asyncio.gather(*(ch.close() for ch in channels))
+    return done / duration_s
+
+
+def cpu_s(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--batch", type=int, default=256)
+    ap.add_argument("--duration-s", type=float, default=8.0)
+    ap.add_argument("--concurrency", type=int, default=4)
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--serve", type=int, default=0, help=argparse.SUPPRESS)
+    a = ap.parse_args()
+    if a.serve:
+        asyncio.run(serve(a.serve))
+        return
+    # Sizes of a demo-world batch on the columnar wire: ~94 bytes an event in, ~55 out.
+    request_bytes, answer_bytes = 94 * a.batch, 55 * a.batch
+    runs = []
+    for _ in range(a.runs):
+        server = subprocess.Popen([sys.executable, __file__, "--serve", str(answer_bytes)],
+                                  stdout=subprocess.PIPE, text=True)
+        try:
+            port = int(server.stdout.readline())
+            asyncio.run(load(port, request_bytes, a.concurrency, 1.0))  # warm
+            before = cpu_s(server.pid)
+            rate = asyncio.run(load(port, request_bytes, a.concurrency, a.duration_s))
+            cpu_per_call = (cpu_s(server.pid) - before) / (rate * a.duration_s)
+        finally:
+            server.terminate()
+            server.wait()
+        runs.append({"calls_per_s": rate, "server_cpu_us_per_call": cpu_per_call * 1e6,
+                     "server_cpu_us_per_event": cpu_per_call * 1e6 / a.batch})
+        print(f"{rate:,.0f} calls/s, server CPU {cpu_per_call * 1e6:.0f} us a call = "
+              f"{cpu_per_call * 1e6 / a.batch:.2f} us an event of a batch of {a.batch}")
+    per_event = [r["server_cpu_us_per_event"] for r in runs]
+    print(f"median {statistics.median(per_event):.2f} us an event "
+          f"({min(per_event):.2f}-{max(per_event):.2f}) over {a.runs} runs")
+    print(f"-> {write('grpc_floor', {'machine': machine(), 'batch': a.batch, 'request_bytes': request_bytes, 'answer_bytes': answer_bytes, 'runs': runs})}")
+
+
+if __name__ == "__main__":
+    main()
