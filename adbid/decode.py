@@ -6,6 +6,7 @@ field and the problem, and later decided as NO_BID_REASON_INVALID_EVENT.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -37,8 +38,12 @@ class EventBatch:
     size_bit: np.ndarray  # int32[B]
     is_test: np.ndarray  # uint8[B]
     site_domain: list[str]
-    blocked_advertisers: list  # per event: the publisher's badv (repeated string)
-    blocked_categories: list  # per event: the publisher's bcat (repeated string)
+    # Publisher block lists, flat as on the columnar wire: event i's entries are the next
+    # *_count[i] of the flat sequence.
+    blocked_advertisers: Sequence[str]  # OpenRTB badv: advertiser domains
+    blocked_advertisers_count: np.ndarray  # int64[B]
+    blocked_categories: Sequence[str]  # OpenRTB bcat: IAB codes
+    blocked_categories_count: np.ndarray  # int64[B]
     errors: dict[int, str] = field(default_factory=dict)  # event position -> problem
     # Filled by the lookup stage (adbid.lookup.resolve), from the world's vocabularies:
     user_key: np.ndarray | None = None  # uint64[B], hash of the user id
@@ -52,8 +57,10 @@ class EventBatch:
         return len(self.request_id)
 
 
-def _too_long(values: list[str], limit: int) -> list[int]:
-    if not values or max(map(len, values)) <= limit:
+def _too_long(values: list[str], limit: int, longest: int | None = None) -> list[int]:
+    """Positions of values over `limit` characters. `longest`: the longest value in UTF-8
+    bytes, when the reader knows it (no value has more characters than bytes)."""
+    if not values or (longest if longest is not None else max(map(len, values))) <= limit:
         return []
     return [i for i, v in enumerate(values) if len(v) > limit]
 
@@ -70,6 +77,7 @@ class WireRequest:
     batch_id: str
     deadline_ms: int
     columns: dict
+    longest: dict  # string column -> its longest entry in UTF-8 bytes
 
 
 Request = pb.BidRequest | WireRequest
@@ -98,7 +106,7 @@ def request_ids(request: Request) -> list[str]:
 def decode_request(request: Request, errors: dict[int, str] | None = None) -> EventBatch:
     """The decode stage: columns of a request in either form."""
     if isinstance(request, WireRequest):
-        return decode_columns(request.columns, errors)
+        return decode_columns(request.columns, errors, request.longest)
     if request.HasField("columns"):
         return decode_columns(request.columns, errors)
     return decode(request.events, errors)
@@ -116,19 +124,24 @@ def decode(events: Sequence[pb.AdEvent], errors: dict[int, str] | None = None) -
              e.site_domain, e.blocked_advertiser_domains, e.blocked_categories) for e in events]
     (rid, user, context, floor, device, auction, width, height, country, test, site, badv,
      bcat) = zip(*rows) if rows else ((),) * 13
+    n = len(rows)
+
+    def flat(lists) -> tuple[list[str], np.ndarray]:
+        return (list(itertools.chain.from_iterable(lists)),
+                np.fromiter(map(len, lists), dtype=np.int64, count=n))
+
     return _batch(list(rid), list(user), list(context), np.array(floor, dtype=np.int64),
                   np.array(device, dtype=np.int64), np.array(auction, dtype=np.int64),
                   np.array(width, dtype=np.int64), np.array(height, dtype=np.int64),
-                  country, np.array(test, dtype=np.uint8), list(site), list(badv), list(bcat),
+                  country, np.array(test, dtype=np.uint8), list(site), *flat(badv), *flat(bcat),
                   errors)
 
 
-def decode_columns(cols: pb.EventColumns | dict, errors: dict[int, str] | None = None
-                   ) -> EventBatch:
-    """Columns of a columnar request (an EventColumns, or WireRequest.columns): one call per
-    column, no per-event Python except for the few events that carry block lists. Raises
-    BadRequest for a column whose length does not match the batch (which event it belongs
-    to would be a guess)."""
+def decode_columns(cols: pb.EventColumns | dict, errors: dict[int, str] | None = None,
+                   longest: dict | None = None) -> EventBatch:
+    """Columns of a columnar request (an EventColumns, or WireRequest.columns and its
+    `longest`): one call per column, no per-event Python. Raises BadRequest for a column
+    whose length does not match the batch (which event it belongs to would be a guess)."""
     get = cols.get if isinstance(cols, dict) else lambda name, empty: getattr(cols, name)
     rid = list(get("request_id", ()))
     n = len(rid)
@@ -153,35 +166,32 @@ def decode_columns(cols: pb.EventColumns | dict, errors: dict[int, str] | None =
                   numbers("auction_type", np.int64), numbers("slot_width_px", np.int64),
                   numbers("slot_height_px", np.int64), strings("country"),
                   numbers("test", np.uint8), strings("site_domain"),
-                  _lists(get, "blocked_advertiser_domains", n),
-                  _lists(get, "blocked_categories", n), errors)
+                  *_flat(get, "blocked_advertiser_domains", n),
+                  *_flat(get, "blocked_categories", n), errors, longest)
 
 
-def _lists(get, name: str, n: int) -> list:
-    """Per-event lists from a flat column and its count column (`get(name, empty)` reads
-    a column)."""
+def _flat(get, name: str, n: int) -> tuple[Sequence[str], np.ndarray]:
+    """A flat list column and its count column, checked against each other (`get(name,
+    empty)` reads a column)."""
     flat, counts = get(name, ()), get(f"{name}_count", ())
     if not len(counts):
         if len(flat):
             raise BadRequest(f"columns.{name}: {len(flat)} entries but no {name}_count column")
-        return [()] * n
+        return (), np.zeros(n, dtype=np.int64)
     if len(counts) != n:
         raise BadRequest(f"columns.{name}_count: {len(counts)} entries for {n} events")
     counts = np.asarray(counts, dtype=np.int64)
-    ends = np.cumsum(counts)
-    if ends[-1] != len(flat):
-        raise BadRequest(f"columns.{name}_count: counts add up to {ends[-1]}, "
+    if (total := int(counts.sum())) != len(flat):
+        raise BadRequest(f"columns.{name}_count: counts add up to {total}, "
                          f"but columns.{name} has {len(flat)} entries")
-    lists: list = [()] * n
-    for i in np.flatnonzero(counts).tolist():
-        lists[i] = flat[ends[i] - counts[i]:ends[i]]
-    return lists
+    return flat, counts
 
 
 def _batch(rid: list[str], user: list[str], context: list[str], floor: np.ndarray,
            device: np.ndarray, auction: np.ndarray, width: np.ndarray, height: np.ndarray,
-           country: Sequence[str], test: np.ndarray, site: list[str], badv: list, bcat: list,
-           errors: dict[int, str] | None) -> EventBatch:
+           country: Sequence[str], test: np.ndarray, site: list[str], badv: Sequence[str],
+           badv_count: np.ndarray, bcat: Sequence[str], bcat_count: np.ndarray,
+           errors: dict[int, str] | None, longest: dict | None = None) -> EventBatch:
     batch = EventBatch(
         request_id=rid,
         user_id=user,
@@ -195,15 +205,19 @@ def _batch(rid: list[str], user: list[str], context: list[str], floor: np.ndarra
         is_test=test,
         site_domain=site,
         blocked_advertisers=badv,
+        blocked_advertisers_count=badv_count,
         blocked_categories=bcat,
+        blocked_categories_count=bcat_count,
         errors=dict(errors) if errors else {},
     )
-    _validate(batch, auction, width, height)
+    _validate(batch, auction, width, height, longest or {})
     return batch
 
 
-def _validate(b: EventBatch, auction: np.ndarray, width: np.ndarray, height: np.ndarray) -> None:
-    """Fill b.errors. Cheap checks run on whole columns; per-event work only on failures."""
+def _validate(b: EventBatch, auction: np.ndarray, width: np.ndarray, height: np.ndarray,
+              longest: dict) -> None:
+    """Fill b.errors. Cheap checks run on whole columns; per-event work only on failures.
+    `longest`: string column -> longest entry in bytes, where the reader knows it."""
     err = b.errors
 
     def mark(positions, message: str) -> None:
@@ -223,11 +237,15 @@ def _validate(b: EventBatch, auction: np.ndarray, width: np.ndarray, height: np.
             elif r in seen:
                 mark([i], "request_id: duplicate in batch")
             seen.add(r)
-    mark(_too_long(rid, MAX_REQUEST_ID_CHARS), f"request_id: longer than {MAX_REQUEST_ID_CHARS}")
-    mark(_too_long(b.user_id, MAX_USER_ID_CHARS), f"user_id: longer than {MAX_USER_ID_CHARS}")
-    mark(_too_long(b.context_text, MAX_CONTEXT_CHARS),
+    get = longest.get
+    mark(_too_long(rid, MAX_REQUEST_ID_CHARS, get("request_id")),
+         f"request_id: longer than {MAX_REQUEST_ID_CHARS}")
+    mark(_too_long(b.user_id, MAX_USER_ID_CHARS, get("user_id")),
+         f"user_id: longer than {MAX_USER_ID_CHARS}")
+    mark(_too_long(b.context_text, MAX_CONTEXT_CHARS, get("context_text")),
          f"context_text: longer than {MAX_CONTEXT_CHARS} characters")
-    mark(_too_long(b.site_domain, MAX_DOMAIN_CHARS), f"site_domain: longer than {MAX_DOMAIN_CHARS}")
+    mark(_too_long(b.site_domain, MAX_DOMAIN_CHARS, get("site_domain")),
+         f"site_domain: longer than {MAX_DOMAIN_CHARS}")
     flag(b.floor_micros < 0, "floor_cpm_micros: negative")
     bad_device = (b.device_type < 0) | (b.device_type >= N_DEVICE_TYPES)
     flag(bad_device, "device_type: unknown enum value")

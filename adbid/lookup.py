@@ -42,18 +42,20 @@ def resolve(batch: EventBatch, campaigns: CampaignTable) -> None:
     batch.user_key = np.fromiter(map(hash, users), dtype=np.int64, count=n).view(np.uint64)
     batch.site_id = np.fromiter(map(campaigns.site_ids.get, batch.site_domain, repeat(-1)),
                                 dtype=np.int32, count=n)
-    cat_mask = np.zeros(n, dtype=np.uint64)
-    adv_lists: list[list[int]] = [[]] * n
-    advertisers = campaigns.advertiser_ids
-    has_lists = (np.fromiter(map(len, batch.blocked_advertisers), dtype=np.int64, count=n)
-                 + np.fromiter(map(len, batch.blocked_categories), dtype=np.int64, count=n))
-    for i in np.flatnonzero(has_lists).tolist():  # most events carry no block lists
-        if bcat := batch.blocked_categories[i]:
-            cat_mask[i] = targeting.category_mask(bcat)
-        if badv := batch.blocked_advertisers[i]:
-            adv_lists[i] = [a for d in badv if (a := advertisers.get(d)) is not None]
-    batch.blocked_category_mask = cat_mask
-    batch.blocked_adv_ptr, batch.blocked_adv_ids = targeting.csr(adv_lists)
+    batch.blocked_category_mask = targeting.category_masks(batch.blocked_categories,
+                                                           batch.blocked_categories_count)
+    # Advertiser domains to ids, kept flat: unknown domains (no campaign's advertiser)
+    # drop out, and each event's count shrinks with them.
+    counts = batch.blocked_advertisers_count
+    ids = np.fromiter(map(campaigns.advertiser_ids.get, batch.blocked_advertisers, repeat(-1)),
+                      dtype=np.int32, count=len(batch.blocked_advertisers))
+    if (ids < 0).any():
+        known = ids >= 0
+        owner = np.repeat(np.arange(n), counts)
+        ids, counts = ids[known], np.bincount(owner[known], minlength=n)
+    ptr = np.zeros(n + 1, dtype=np.int32)
+    np.cumsum(counts, out=ptr[1:])
+    batch.blocked_adv_ptr, batch.blocked_adv_ids = ptr, ids
 
 
 class UserLookup:

@@ -128,6 +128,23 @@ def category_mask(codes) -> int:
     return m
 
 
+def category_masks(codes, counts: np.ndarray) -> np.ndarray:
+    """Per-event masks of blocked tier-1 categories (uint64[B]) from a flat list of IAB
+    codes, event i owning the next counts[i]; unknown codes are ignored."""
+    masks = np.zeros(len(counts), dtype=np.uint64)
+    if not len(codes):
+        return masks
+    bits = np.fromiter((-1 if b is None else b for b in map(category_bit, codes)),
+                       dtype=np.int64, count=len(codes))
+    entry = np.where(bits >= 0, np.left_shift(np.uint64(1), np.maximum(bits, 0).astype(np.uint64)),
+                     np.uint64(0))
+    owners = np.flatnonzero(counts)
+    starts = np.concatenate(([0], np.cumsum(counts)[:-1]))[owners]
+    # reduceat ORs entry[starts[j]:starts[j + 1]]: the empty events in between own nothing.
+    masks[owners] = np.bitwise_or.reduceat(entry, starts)
+    return masks
+
+
 def csr(lists: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
     """Lists of ids -> (ptr int32[len + 1], ids int32[...]): row r is ids[ptr[r]:ptr[r + 1]]."""
     ptr = np.zeros(len(lists) + 1, dtype=np.int32)

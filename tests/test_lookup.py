@@ -34,3 +34,32 @@ def test_context_is_the_mean_topic_of_known_words(tiny_world):
     # A full cache is cleared between calls and still gives the same vectors.
     again = enc.embeddings([f"{w0} {w1}", "a", "b"])
     np.testing.assert_allclose(again[0], out[2], rtol=1e-6)
+
+
+def test_block_lists_resolve_per_event_from_flat_columns(tiny_world):
+    """Flat block lists (as on the columnar wire) resolve to what each event's own list
+    means: the OR of its IAB tier-1 bits, and the ids of its known advertiser domains in
+    order (unknown domains and codes dropped), events without lists owning nothing."""
+    from adbid import targeting
+    from adbid.decode import decode
+    from adbid.lookup import resolve
+    from adbid.v1 import bidder_pb2 as pb
+
+    rng = np.random.default_rng(3)
+    domains = [*tiny_world.campaigns.advertiser_ids, "unknown.example", ""]
+    codes = ["IAB1", "IAB7-39", "IAB26", "IAB27", "iab3", "x", ""]
+    events = []
+    for i in range(200):
+        e = pb.AdEvent(request_id=f"r{i}")
+        if rng.random() < 0.4:
+            e.blocked_advertiser_domains.extend(rng.choice(domains, rng.integers(1, 4)).tolist())
+        if rng.random() < 0.4:
+            e.blocked_categories.extend(rng.choice(codes, rng.integers(1, 4)).tolist())
+        events.append(e)
+    batch = decode(events)
+    resolve(batch, tiny_world.campaigns)
+    known = tiny_world.campaigns.advertiser_ids
+    for i, e in enumerate(events):
+        assert int(batch.blocked_category_mask[i]) == targeting.category_mask(e.blocked_categories)
+        ids = batch.blocked_adv_ids[batch.blocked_adv_ptr[i]:batch.blocked_adv_ptr[i + 1]]
+        assert ids.tolist() == [known[d] for d in e.blocked_advertiser_domains if d in known]

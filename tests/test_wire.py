@@ -36,7 +36,7 @@ def columns(draw) -> pb.EventColumns:
 
 
 def same_as_protobuf(raw: bytes, cols: pb.EventColumns) -> None:
-    batch_id, deadline_ms, got = _wire.read_columns(raw)
+    batch_id, deadline_ms, got, longest = _wire.read_columns(raw)
     req = pb.BidRequest.FromString(raw)
     assert (batch_id, deadline_ms) == (req.batch_id, req.deadline_ms)
     names = [*SCALARS, *LISTS, *(f"{name}_count" for name in LISTS)]
@@ -44,7 +44,10 @@ def same_as_protobuf(raw: bytes, cols: pb.EventColumns) -> None:
         want = list(getattr(req.columns, name))
         assert list(got.get(name, [])) == [int(v) if isinstance(v, bool) else v
                                            for v in want], name
+        if want and isinstance(want[0], str):
+            assert longest[name] == max(len(v.encode()) for v in want), name
     assert set(got) <= set(names)
+    assert set(longest) == {name for name, v in got.items() if isinstance(v, list)}
 
 
 @settings(max_examples=150, deadline=None)

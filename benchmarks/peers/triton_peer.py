@@ -20,6 +20,7 @@ lib directory. benchmarks/peers.py sets it, and removes the workspace afterwards
 from __future__ import annotations
 
 import argparse
+import itertools
 import logging
 import threading
 from types import SimpleNamespace
@@ -65,14 +66,17 @@ class TritonBidder:
         def text(name: str) -> list[str]:
             return [v.decode("utf-8") for v in inputs[name][:, 0]]
 
-        def lists(name: str) -> list[tuple[str, ...]]:
-            return [tuple(s.split("\n")) if s else () for s in text(name)]
+        def flat(name: str) -> tuple[list[str], np.ndarray]:
+            """A "\n"-joined list per event -> the flat list and its counts."""
+            lists = [s.split("\n") if s else [] for s in text(name)]
+            return (list(itertools.chain.from_iterable(lists)),
+                    np.fromiter(map(len, lists), dtype=np.int64, count=len(lists)))
 
         num = {name: inputs[name][:, 0].astype(np.int64) for name, t in INPUTS.items()
                if t is np.int64}
-        b = _Columns(user_id=text("user_id"), site_domain=text("site_domain"),
-                     blocked_advertisers=lists("blocked_advertiser_domains"),
-                     blocked_categories=lists("blocked_categories"))
+        b = _Columns(user_id=text("user_id"), site_domain=text("site_domain"))
+        b.blocked_advertisers, b.blocked_advertisers_count = flat("blocked_advertiser_domains")
+        b.blocked_categories, b.blocked_categories_count = flat("blocked_categories")
         n = len(b)
         resolve(b, self.world.campaigns)
         user = self.users.embeddings(self.users.rows(b.user_id))
