@@ -134,15 +134,16 @@ def category_masks(codes, counts: np.ndarray) -> np.ndarray:
     masks = np.zeros(len(counts), dtype=np.uint64)
     if not len(codes):
         return masks
-    bits = np.fromiter((-1 if b is None else b for b in map(category_bit, codes)),
-                       dtype=np.int64, count=len(codes))
-    entry = np.where(bits >= 0, np.left_shift(np.uint64(1), np.maximum(bits, 0).astype(np.uint64)),
-                     np.uint64(0))
+    entry = np.fromiter(map(_category_entry, codes), dtype=np.uint64, count=len(codes))
     owners = np.flatnonzero(counts)
-    starts = np.concatenate(([0], np.cumsum(counts)[:-1]))[owners]
     # reduceat ORs entry[starts[j]:starts[j + 1]]: the empty events in between own nothing.
-    masks[owners] = np.bitwise_or.reduceat(entry, starts)
+    masks[owners] = np.bitwise_or.reduceat(entry, (np.cumsum(counts) - counts)[owners])
     return masks
+
+
+def _category_entry(code: str) -> int:
+    """One code's mask bit (0 for anything but an IAB code)."""
+    return 0 if (b := category_bit(code)) is None else 1 << b
 
 
 def csr(lists: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
