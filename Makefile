@@ -6,7 +6,7 @@
 #   make test             run the test suite
 #   make bench            decision-core benchmark (Cython vs Python reference)
 #   make bench-all        every benchmark in benchmarks/ (minutes; see README, Performance)
-#   make bench-peers      adbid against the naive and Ray Serve peers (installs Ray in .venv-peers)
+#   make bench-peers      adbid against the naive, Triton and Ray Serve peers (own venvs)
 #   make debug            rebuild the core with bounds checks and line tracing (make proto undoes it)
 #   make annotate         cython -a report of the decision loop (ext/decision.html)
 #   make lint             ruff: undefined names, unused imports, syntax
