@@ -301,6 +301,18 @@ class Pipeline:
         self.typical_batch = max(1, int(0.9 * self.typical_batch + 0.1 * n))
         return dec, self.ledger.commit()
 
+    def withdraw(self, batch: EventBatch, dec: Decisions) -> int:
+        """Release the reservations (and frequency counts) of a decided batch whose answer
+        will not be sent; returns how many bids were withdrawn. Journalled as losses."""
+        now = int(time.time())
+        withdrawn = 0
+        for i in np.flatnonzero(dec.bid & (batch.is_test == 0)).tolist():
+            released = self.ledger.apply(batch.request_id[i], pb.OUTCOME_TYPE_LOSS, 0).released
+            if released is not None:
+                self.core.release_frequency(released, now)
+                withdrawn += 1
+        return withdrawn
+
     async def durable(self, commit: asyncio.Future | None, n_events: int) -> None:
         """Wait for a batch's reservations to be durable (what is left of the write after
         encoding overlapped it); timed as the "ledger" stage."""

@@ -201,8 +201,14 @@ class BidderService(bidder_pb2_grpc.BidderServicer):
         latency_us = int((t3 - t0) * 1e6)
         resp = finish(resp, latency_us)
         if (over := time.monotonic() - deadline - self.cfg.send_margin_ms / 1000) > 0:
+            # Never answer late: the exchange has moved on, so these bids can neither win
+            # nor be billed. Their reservations go back at once instead of at expiry.
+            withdrawn = p.withdraw(batch, dec)
             metrics.LATE_ANSWERS.inc()
-            log.warning("answer left %.2f ms after its deadline", over * 1e3)
+            log.warning("answer ready %.2f ms after its deadline: withheld, %d bids withdrawn",
+                        over * 1e3, withdrawn)
+            raise Unmeetable(f"deadline: the answer was ready {over * 1e3:.2f} ms after the "
+                             f"deadline and was withheld; its {withdrawn} bids were withdrawn")
         metrics.EVENTS.inc(n)
         metrics.BATCH_EVENTS.observe(n)
         bids = int(dec.bid.sum())

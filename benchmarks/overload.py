@@ -3,11 +3,12 @@
 The sustainable rate is the highest open-loop rate (Poisson arrivals) whose p99
 stays inside the deadline with nothing shed, found by a sweep. Each load level
 then runs for --duration-s and reports: answered p50/p99, calls that missed
-their deadline (DEADLINE_EXCEEDED at the client), answers after their deadline
-as the server counts them (adbid_late_answers_total) and as the client does
-(from the planned arrival; both must be 0), calls whose deadline passed in the
-client before they could be sent, shed events, and goodput (events decided in
-full per second). Each call's gRPC deadline runs from its planned arrival.
+their deadline (DEADLINE_EXCEEDED at the client), answers the server had ready
+only after their deadline and withheld (adbid_late_answers_total; their bids
+withdrawn), answers that reached the client after their deadline (from the
+planned arrival; must be 0), calls whose deadline passed in the client before
+they could be sent, shed events, and goodput (events decided in full per
+second). Each call's gRPC deadline runs from its planned arrival.
 
     python benchmarks/overload.py [--batch 64] [--deadline-ms 50] [--duration-s 10] [--workers N]
 """
@@ -74,14 +75,14 @@ def main() -> None:
                    "answered": r.answered, "p50_ms": r.latency_us.get("p50", 0) / 1000,
                    "p99_ms": r.latency_us.get("p99", 0) / 1000,
                    "missed_deadline": r.errors.get("DEADLINE_EXCEEDED", 0),
-                   "late_answers_server": late, "late_answers_client": r.late,
+                   "withheld_late_server": late, "late_answers_client": r.late,
                    "errors": r.errors, "dropped": r.dropped, "expired_before_send": r.expired,
                    "shed_events": r.shed_events, "goodput_events_per_s": d["goodput_events_per_s"],
                    "client_lag_p99_ms": r.client_lag_p99_us / 1000}
             runs.append(row)
             print(f"{mult}x: offered {sustainable * mult:6.0f}/s, answered p50 {row['p50_ms']:.2f}"
                   f" ms, p99 {row['p99_ms']:.2f} ms, missed deadline {row['missed_deadline']},"
-                  f" late (server) {late:.0f}, late (client) {r.late}, expired in the client "
+                  f" withheld late (server) {late:.0f}, late (client) {r.late}, expired in the client "
                   f"{r.expired}, refused "
                   f"{r.errors.get('RESOURCE_EXHAUSTED', 0)}, shed {r.shed_events:,}, goodput "
                   f"{row['goodput_events_per_s']:,.0f} events/s, client lag p99 "

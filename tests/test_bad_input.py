@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 from adbid import metrics
 from adbid.demo_traffic import make_events
 from adbid.pipeline import ALL_STAGES
-from adbid.v1 import bidder_pb2 as pb, bidder_pb2_grpc, lenient_pb2
+from adbid.v1 import admin_pb2, admin_pb2_grpc, bidder_pb2 as pb, bidder_pb2_grpc, lenient_pb2
 
 BID = "/adbid.v1.Bidder/Bid"
 
@@ -197,3 +197,34 @@ def test_a_cost_model_stuck_high_recovers_within_seconds(server, channel):
         time.sleep(0.3)
         recovered = decided() == 64
     assert recovered, "the cost model stayed stuck"
+
+
+def test_an_answer_ready_after_its_deadline_is_withheld_and_its_bids_withdrawn(server_factory):
+    """When the cost model is wrong (here: told every stage is nearly free), a batch can pass
+    every check and still be ready late. That answer must not leave: the call ends
+    DEADLINE_EXCEEDED, and its reservations and frequency counts go back at once."""
+    server = server_factory(send_margin_ms=0.0)
+    with grpc.insecure_channel(server.target) as ch:
+        stub = bidder_pb2_grpc.BidderStub(ch)
+        admin = admin_pb2_grpc.AdminStub(ch)
+        first = stub.Bid(pb.BidRequest(events=events(512, 11)), timeout=10)
+        assert any(d.bid for d in first.decisions)  # live traffic that bids and reserves
+
+        def reserved() -> int:
+            status = admin.Status(admin_pb2.StatusRequest(), timeout=5)
+            return sum(c.reserved_micros for c in status.campaigns)
+
+        before, late_before = reserved(), metrics.LATE_ANSWERS._value.get()
+
+        async def underestimate() -> None:
+            for cost in server.server.pipeline.costs.stages.values():
+                cost.scale(1e-6)
+                cost.scatter_s = 0.0
+
+        server.call(underestimate())
+        with pytest.raises(grpc.RpcError) as err:
+            stub.Bid(pb.BidRequest(events=events(4096, 12), deadline_ms=3), timeout=10)
+        assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        assert "withheld" in err.value.details()
+        assert metrics.LATE_ANSWERS._value.get() == late_before + 1
+        assert reserved() == before
