@@ -342,6 +342,8 @@ def bench(
     test_traffic: bool = typer.Option(False, help="Send test traffic (no budget effects)."),
     wire: str = typer.Option("columns", help="Request form: columns (EventColumns, the fast "
                                              "form) or events (one AdEvent message each)."),
+    rpc: str = typer.Option("unary", help="unary (a Bid call per batch) or stream (one "
+                                          "BidStream per connection; cheaper per batch)."),
     out: Path = typer.Option(Path("bench-results"), help="Directory for JSON and PNG output."),
 ) -> None:
     """Load a running server over gRPC and report throughput, latency (HDR) and stage costs."""
@@ -355,9 +357,11 @@ def bench(
     _logging(False)
     spec = LoadSpec(target=target, admin_target=admin_target, rate=rate, concurrency=concurrency,
                     batch=batch, deadline_ms=deadline_ms, duration_s=duration_s,
-                    max_requests=max_requests, test_traffic=test_traffic, wire=wire)
+                    max_requests=max_requests, test_traffic=test_traffic, wire=wire, rpc=rpc)
     if wire not in ("columns", "events"):
         raise typer.BadParameter("columns or events", param_hint="--wire")
+    if rpc not in ("unary", "stream"):
+        raise typer.BadParameter("unary or stream", param_hint="--rpc")
     if sweep:
         if rate <= 0:
             raise typer.BadParameter("--sweep needs a starting --rate", param_hint="--rate")

@@ -36,6 +36,8 @@ PLACEHOLDER = "@" * 16
 WIRES = ("columns", "events")
 RETRY_BACKOFF_S = 0.005  # closed loop: pause after a failed call
 BID = "/adbid.v1.Bidder/Bid"
+BID_STREAM = "/adbid.v1.Bidder/BidStream"
+RPCS = ("unary", "stream")
 
 
 @dataclass
@@ -55,6 +57,8 @@ class LoadSpec:
     wire: str = "columns"  # "columns" (EventColumns) or "events" (an AdEvent message each)
     connections: int = 4  # channels (TCP connections), used in turn: SO_REUSEPORT workers
     # are chosen per connection
+    rpc: str = "unary"  # "unary" (a Bid call per batch) or "stream" (one BidStream per
+    # connection, batches matched to replies by batch_id)
 
 
 @dataclass
@@ -101,12 +105,14 @@ class _Templates:
     def __init__(self, spec: LoadSpec) -> None:
         if spec.wire not in WIRES:
             raise ValueError(f"wire: {spec.wire!r} is not one of {', '.join(WIRES)}")
+        if spec.rpc not in RPCS:
+            raise ValueError(f"rpc: {spec.rpc!r} is not one of {', '.join(RPCS)}")
         rng = np.random.default_rng(spec.seed)
         self.data = []
         for _ in range(64):
             events = make_events(spec.batch, rng, n_users=spec.n_users, test=spec.test_traffic,
                                  id_prefix=PLACEHOLDER)
-            req = pb.BidRequest(deadline_ms=int(np.ceil(spec.deadline_ms)))
+            req = pb.BidRequest(batch_id=PLACEHOLDER, deadline_ms=int(np.ceil(spec.deadline_ms)))
             if spec.wire == "columns":
                 req.columns.CopyFrom(to_columns(events))
             else:
@@ -115,10 +121,66 @@ class _Templates:
         self.n = 0
         self.run = f"{random.getrandbits(24):06x}"
 
-    def next(self) -> bytes:
+    def next(self) -> tuple[str, bytes]:
+        """(batch_id, request): a template with a fresh prefix for its batch and event ids."""
         self.n += 1
-        prefix = f"{self.run}{self.n:010x}".encode()
-        return self.data[self.n % len(self.data)].replace(PLACEHOLDER.encode(), prefix)
+        prefix = f"{self.run}{self.n:010x}"
+        return prefix, self.data[self.n % len(self.data)].replace(PLACEHOLDER.encode(),
+                                                                  prefix.encode())
+
+
+def _deadline_field(ms: int) -> bytes:
+    """BidRequest.deadline_ms as serialized bytes; appended to a request, it overrides the
+    template's (protobuf keeps the last value of a field)."""
+    out, v = bytearray([3 << 3]), ms
+    while v >= 0x80:
+        out.append(v & 0x7F | 0x80)
+        v >>= 7
+    out.append(v)
+    return bytes(out)
+
+
+class _Streams:
+    """BidStream calls, one per channel, used in turn. A stream answers out of order, so
+    each reply is matched to its request by batch_id; a request's own deadline travels as
+    its deadline_ms, and a reply that comes after it is a missed deadline."""
+
+    def __init__(self, channels: list) -> None:
+        self.calls = [ch.stream_stream(BID_STREAM, request_serializer=None,
+                                       response_deserializer=pb.BidResponse.FromString)()
+                      for ch in channels]
+        self.locks = [asyncio.Lock() for _ in self.calls]  # one write at a time per stream
+        self.turn = itertools.cycle(range(len(self.calls)))
+        self.waiting: dict[str, asyncio.Future] = {}
+        self.readers = [asyncio.create_task(self._read(call)) for call in self.calls]
+
+    async def _read(self, call) -> None:
+        try:
+            async for resp in call:
+                fut = self.waiting.pop(resp.batch_id, None)
+                if fut is not None and not fut.done():
+                    fut.set_result(resp)
+        except grpc.aio.AioRpcError as exc:  # the stream failed: so do the calls waiting
+            for fut in self.waiting.values():
+                if not fut.done():
+                    fut.set_exception(exc)
+
+    async def bid(self, batch_id: str, data: bytes, timeout: float) -> pb.BidResponse:
+        fut = asyncio.get_running_loop().create_future()
+        self.waiting[batch_id] = fut
+        i = next(self.turn)
+        try:
+            async with self.locks[i]:
+                await self.calls[i].write(data + _deadline_field(max(1, int(timeout * 1000))))
+            return await asyncio.wait_for(fut, timeout)
+        finally:
+            self.waiting.pop(batch_id, None)
+
+    async def close(self) -> None:
+        for call, lock in zip(self.calls, self.locks):
+            async with lock:
+                await call.done_writing()
+        await asyncio.gather(*self.readers, return_exceptions=True)
 
 
 class _Recorder:
@@ -168,11 +230,15 @@ def _summarise(r: LoadResult, hist: HdrHistogram, lag: HdrHistogram) -> None:
     r.histograms = {"latency": hist.encode().decode("ascii"), "lag": lag.encode().decode("ascii")}
 
 
-async def _call(bid, data: bytes, timeout_s: float, rec: _Recorder, scheduled: float) -> None:
+async def _call(bid, request: tuple[str, bytes], timeout_s: float, rec: _Recorder,
+                scheduled: float) -> None:
     try:
-        resp = await bid(data, timeout=timeout_s)
+        resp = await bid(*request, timeout_s)
     except grpc.aio.AioRpcError as exc:
         rec.failed(exc.code())
+        return
+    except asyncio.TimeoutError:  # a stream's reply did not come in time
+        rec.failed(grpc.StatusCode.DEADLINE_EXCEEDED)
         return
     rec.answered(resp, time.perf_counter() - scheduled)
 
@@ -185,6 +251,7 @@ async def run(spec: LoadSpec) -> LoadResult:
     # Distinct channel arguments keep gRPC from sharing one connection among the channels.
     channels = [grpc.aio.insecure_channel(spec.target, options=[("adbid.loadgen.channel", i)])
                 for i in range(max(1, spec.connections))]
+    streams = None
     try:
         stubs = [ch.unary_unary(BID, request_serializer=None,
                                 response_deserializer=pb.BidResponse.FromString)
@@ -192,8 +259,14 @@ async def run(spec: LoadSpec) -> LoadResult:
         await asyncio.gather(*(ch.channel_ready() for ch in channels))
         turn = itertools.cycle(stubs)
 
-        def bid(data: bytes, timeout: float):
+        def unary(batch_id: str, data: bytes, timeout: float):
             return next(turn)(data, timeout=timeout)
+
+        if spec.rpc == "stream":
+            streams = _Streams(channels)
+            bid = streams.bid
+        else:
+            bid = unary
 
         start = time.perf_counter()
         stop_at = start + spec.duration_s
@@ -236,6 +309,8 @@ async def run(spec: LoadSpec) -> LoadResult:
             await asyncio.gather(*(caller() for _ in range(spec.concurrency)))
         result = rec.finish(time.perf_counter() - start)
     finally:
+        if streams is not None:
+            await streams.close()
         await asyncio.gather(*(ch.close() for ch in channels))
     if spec.admin_target:
         try:

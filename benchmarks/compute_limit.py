@@ -8,7 +8,8 @@ perfect server would spend per batch; its events/s on one core is the ceiling.
 Then a real `adbid serve` process is driven closed-loop over gRPC (client in
 this process, on the same 2 cores): concurrency 1 gives the server's own
 per-stage costs without contention, concurrency --concurrency its throughput
-(columnar requests, and per-event messages for comparison); then `adbid serve
+(columnar requests as Bid calls and on BidStreams, and per-event messages for
+comparison); then `adbid serve
 --workers N --native-threads 1` at 1.5 times the concurrency. Reported: compute-limit events/s, server
 events/s and their ratio, and the server's overhead per event (everything but
 the three native calls).
@@ -93,13 +94,13 @@ def main() -> None:
           f"{limit['compute_limit_events_per_s_1core']:,.0f} events/s on one core")
     result = {"machine": machine(), "batch": a.batch, "native": limit, "server": {}}
 
-    def load(srv: Server, name: str, conc: int, wire: str = "columns") -> dict:
+    def load(srv: Server, name: str, conc: int, wire: str = "columns", rpc: str = "unary") -> dict:
         """--runs runs; the median one (by goodput) stands for the setting, with the range."""
         runs = []
         for k in range(a.runs):
             r = asyncio.run(run(LoadSpec(target=srv.target, concurrency=conc, batch=a.batch,
                                          deadline_ms=a.deadline_ms, duration_s=a.duration_s,
-                                         seed=conc * 10 + k, wire=wire,
+                                         seed=conc * 10 + k, wire=wire, rpc=rpc,
                                          connections=max(4, conc))))
             runs.append(r.as_dict())
         runs.sort(key=lambda d: d["goodput_events_per_s"])
@@ -118,6 +119,8 @@ def main() -> None:
         load(srv, "1 process, c=1", 1)
         one = load(srv, f"1 process, c={a.concurrency}", a.concurrency)
         events = load(srv, f"1 process, c={a.concurrency}, events wire", a.concurrency, "events")
+        stream = load(srv, f"1 process, c={a.concurrency}, BidStream", a.concurrency,
+                      rpc="stream")
         s = result["server"]["1 process, c=1"]["stages"]
     with Server("--workers", str(a.workers), "--native-threads", "1") as srv:
         conc = a.concurrency * 3 // 2
@@ -127,18 +130,21 @@ def main() -> None:
         limit["decision"]["median_us"]
     overhead = (total - native_in_server) / a.batch
     ceiling = limit["compute_limit_events_per_s_1core"]
-    best = max(one["goodput_events_per_s"], many["goodput_events_per_s"])
+    best = max(one["goodput_events_per_s"], many["goodput_events_per_s"],
+               stream["goodput_events_per_s"])
     result["summary"] = {
         "compute_limit_events_per_s_1core": ceiling,
         "server_events_per_s_1_process": one["goodput_events_per_s"],
         "server_events_per_s_events_wire": events["goodput_events_per_s"],
+        "server_events_per_s_stream": stream["goodput_events_per_s"],
         f"server_events_per_s_{a.workers}_workers": many["goodput_events_per_s"],
         "fraction_of_limit_1core": best / ceiling,
         "server_overhead_us_per_event": overhead,
         "server_stage_mean_us_c1": {k: v["mean_us"] for k, v in s.items()}}
     print(f"best server {best:,.0f} events/s = {best / ceiling:.0%} of the one-core compute "
           f"limit (1 process {one['goodput_events_per_s'] / ceiling:.0%}, {a.workers} workers "
-          f"{many['goodput_events_per_s'] / ceiling:.0%}, events wire "
+          f"{many['goodput_events_per_s'] / ceiling:.0%}, BidStream "
+          f"{stream['goodput_events_per_s'] / ceiling:.0%}, events wire "
           f"{events['goodput_events_per_s'] / ceiling:.0%}); server overhead {overhead:.2f} "
           f"us/event (stages at c=1: " + ", ".join(f"{k} {v['mean_us']:.0f}" for k, v in s.items())
           + " us per batch)")
