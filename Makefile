@@ -54,6 +54,7 @@ bench-all: $(STAMP)
 	$(PY) benchmarks/bench_decision.py
 	$(PY) benchmarks/compute_limit.py
 	$(PY) benchmarks/grpc_floor.py
+	$(PY) benchmarks/grpc_floor.py --rpc stream
 	$(PY) benchmarks/overload.py --batch 64 --start-rate 40
 	$(PY) benchmarks/peers.py --batch 64 --target-p99-ms 20
 	$(PY) benchmarks/pacing_day.py

@@ -5,9 +5,10 @@ columnar answer; a closed-loop client (like `adbid bench`) sends bytes of the si
 a columnar request, from another process on the same cores. Reported: calls/s, and
 the server's CPU time per call, read from /proc. Divided by the batch size, that CPU
 is the part of adbid's overhead per event that gRPC itself takes, before adbid runs
-a line.
+a line. --rpc stream does the same with one bidirectional stream per caller, a
+message each way per batch, as BidStream does.
 
-    python benchmarks/grpc_floor.py [--batch 256] [--duration-s 8] [--runs 3]
+    python benchmarks/grpc_floor.py [--batch 256] [--duration-s 8] [--runs 3] [--rpc stream]
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ import grpc
 sys.path.insert(0, str(Path(__file__).parent))
 from common import machine, write  # noqa: E402
 
-METHOD = "/floor.Echo/Call"
+METHOD, STREAM = "/floor.Echo/Call", "/floor.Echo/Stream"
 
 
 async def serve(answer_bytes: int) -> None:
@@ -35,30 +36,44 @@ async def serve(answer_bytes: int) -> None:
     async def call(request: bytes, context) -> bytes:
         return answer
 
+    async def stream(requests, context):
+        async for _ in requests:
+            yield answer
+
     server = grpc.aio.server()
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(
-        "floor.Echo", {"Call": grpc.unary_unary_rpc_method_handler(call)}),))
+        "floor.Echo", {"Call": grpc.unary_unary_rpc_method_handler(call),
+                       "Stream": grpc.stream_stream_rpc_method_handler(stream)}),))
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
     print(port, flush=True)
     await server.wait_for_termination()
 
 
-async def load(port: int, request_bytes: int, concurrency: int, duration_s: float) -> float:
+async def load(port: int, request_bytes: int, concurrency: int, duration_s: float,
+               rpc: str) -> float:
     request = b"y" * request_bytes
     channels = [grpc.aio.insecure_channel(f"127.0.0.1:{port}", options=[("floor.channel", i)])
                 for i in range(concurrency)]
-    calls = [ch.unary_unary(METHOD) for ch in channels]
     done = 0
     stop_at = time.perf_counter() + duration_s
 
-    async def caller(call) -> None:
+    async def caller(channel) -> None:
         nonlocal done
+        if rpc == "stream":
+            call = channel.stream_stream(STREAM)()
+            while time.perf_counter() < stop_at:
+                await call.write(request)
+                await call.read()
+                done += 1
+            await call.done_writing()
+            return
+        call = channel.unary_unary(METHOD)
         while time.perf_counter() < stop_at:
             await call(request, timeout=5)
             done += 1
 
-    await asyncio.gather(*(caller(c) for c in calls))
+    await asyncio.gather(*(caller(ch) for ch in channels))
     await asyncio.gather(*(ch.close() for ch in channels))
     return done / duration_s
 
@@ -74,6 +89,7 @@ def main() -> None:
     ap.add_argument("--duration-s", type=float, default=8.0)
     ap.add_argument("--concurrency", type=int, default=4)
     ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--rpc", choices=("unary", "stream"), default="unary")
     ap.add_argument("--serve", type=int, default=0, help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.serve:
@@ -87,21 +103,21 @@ def main() -> None:
                                   stdout=subprocess.PIPE, text=True)
         try:
             port = int(server.stdout.readline())
-            asyncio.run(load(port, request_bytes, a.concurrency, 1.0))  # warm
+            asyncio.run(load(port, request_bytes, a.concurrency, 1.0, a.rpc))  # warm
             before = cpu_s(server.pid)
-            rate = asyncio.run(load(port, request_bytes, a.concurrency, a.duration_s))
+            rate = asyncio.run(load(port, request_bytes, a.concurrency, a.duration_s, a.rpc))
             cpu_per_call = (cpu_s(server.pid) - before) / (rate * a.duration_s)
         finally:
             server.terminate()
             server.wait()
         runs.append({"calls_per_s": rate, "server_cpu_us_per_call": cpu_per_call * 1e6,
                      "server_cpu_us_per_event": cpu_per_call * 1e6 / a.batch})
-        print(f"{rate:,.0f} calls/s, server CPU {cpu_per_call * 1e6:.0f} us a call = "
+        print(f"{a.rpc}: {rate:,.0f} calls/s, server CPU {cpu_per_call * 1e6:.0f} us a call = "
               f"{cpu_per_call * 1e6 / a.batch:.2f} us an event of a batch of {a.batch}")
     per_event = [r["server_cpu_us_per_event"] for r in runs]
     print(f"median {statistics.median(per_event):.2f} us an event "
           f"({min(per_event):.2f}-{max(per_event):.2f}) over {a.runs} runs")
-    print(f"-> {write('grpc_floor', {'machine': machine(), 'batch': a.batch, 'request_bytes': request_bytes, 'answer_bytes': answer_bytes, 'runs': runs})}")
+    print(f"-> {write(f'grpc_floor_{a.rpc}', {'machine': machine(), 'batch': a.batch, 'rpc': a.rpc, 'request_bytes': request_bytes, 'answer_bytes': answer_bytes, 'runs': runs})}")
 
 
 if __name__ == "__main__":
