@@ -1,7 +1,10 @@
-"""Decode stage: a protobuf batch of AdEvent -> columns (numpy arrays and id lists).
+"""Decode stage: a request's bytes -> columns (numpy arrays and id lists).
 
-An invalid event never fails its batch: it is marked in `errors` with the
-field and the problem, and later decided as NO_BID_REASON_INVALID_EVENT.
+A columnar request is read by adbid._wire straight from its bytes (a
+WireRequest); anything else is parsed by protobuf (events or columns, with
+invalid UTF-8 salvaged per event). An invalid event never fails its batch: it
+is marked in `errors` with the field and the problem, and later decided as
+NO_BID_REASON_INVALID_EVENT.
 """
 
 from __future__ import annotations
