@@ -87,6 +87,20 @@ class Reserve:
                       + _s(self.request_id) + _s(self.campaign_id))
 
 
+def _texts(values: list[str]) -> tuple[bytes, bytes]:
+    """(UTF-8 byte lengths as <u2, the strings' UTF-8 bytes back to back). Ids are ASCII as a
+    rule: then one join and one encode do it, with no per-string call in Python."""
+    import numpy as np
+
+    joined = "".join(values)
+    data = joined.encode()
+    if len(data) == len(joined):  # ASCII: characters are bytes
+        lengths = np.fromiter(map(len, values), dtype="<u2", count=len(values))
+    else:
+        lengths = np.array([len(v.encode()) for v in values], dtype="<u2")
+    return lengths.tobytes(), data
+
+
 @dataclass
 class ReserveBatch:
     """The reservations of one batch of bids, sharing their times."""
@@ -102,16 +116,15 @@ class ReserveBatch:
     def encode(self) -> bytes:
         import numpy as np
 
-        rid = [r.encode() for r in self.request_ids]
-        cid = [c.encode() for c in self.campaign_ids]
+        rid_lens, rid = _texts(self.request_ids)
+        cid_lens, cid = _texts(self.campaign_ids)
         return _frame(b"".join((
-            _BATCH.pack(RESERVE_BATCH, len(rid), self.reserved_unix_ms, self.expires_unix_ms),
+            _BATCH.pack(RESERVE_BATCH, len(self.request_ids), self.reserved_unix_ms,
+                        self.expires_unix_ms),
             np.array(self.user_keys, dtype="<i8").tobytes(),
             np.array(self.prices_cpm_micros, dtype="<i8").tobytes(),
             np.array(self.costs_micros, dtype="<i8").tobytes(),
-            np.array([len(x) for x in rid], dtype="<u2").tobytes(),
-            np.array([len(x) for x in cid], dtype="<u2").tobytes(),
-            *rid, *cid)))
+            rid_lens, cid_lens, rid, cid)))
 
     @staticmethod
     def expand(payload: bytes) -> Iterator[Reserve]:

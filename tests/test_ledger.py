@@ -255,3 +255,15 @@ def test_a_snapshot_larger_than_the_threshold_is_not_rewritten_back_to_back(tmp_
         led.close()
 
     asyncio.run(go())
+
+
+def test_a_reserve_batch_round_trips_ascii_and_other_ids():
+    """The batch record joins ids into one string when they are ASCII and encodes each one
+    otherwise; both must read back exactly."""
+    from adbid.ledger_log import _HEAD, Reserve, ReserveBatch
+
+    for ids in (["r-1", "r-22", ""], ["é-1", "r-2", "漢字"]):
+        rb = ReserveBatch(ids, ["c1", "cé", "c3"], [1, -2, 3], [10, 20, 30], [1, 1, 1], 5, 9)
+        back = list(ReserveBatch.expand(rb.encode()[_HEAD.size:]))
+        assert back == [Reserve(r, c, u, p, k, 5, 9) for r, c, u, p, k in
+                        zip(ids, ["c1", "cé", "c3"], [1, -2, 3], [10, 20, 30], [1, 1, 1])]
