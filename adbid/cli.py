@@ -351,17 +351,16 @@ def bench(
     from dataclasses import asdict
 
     from adbid import bench_report
-    from adbid.loadgen import LoadSpec, run, server_stages
+    from adbid.loadgen import RPCS, WIRES, LoadSpec, run, server_stages
     from adbid.loadgen import sweep as rate_sweep
 
     _logging(False)
     spec = LoadSpec(target=target, admin_target=admin_target, rate=rate, concurrency=concurrency,
                     batch=batch, deadline_ms=deadline_ms, duration_s=duration_s,
                     max_requests=max_requests, test_traffic=test_traffic, wire=wire, rpc=rpc)
-    if wire not in ("columns", "events"):
-        raise typer.BadParameter("columns or events", param_hint="--wire")
-    if rpc not in ("unary", "stream"):
-        raise typer.BadParameter("unary or stream", param_hint="--rpc")
+    for value, allowed, hint in ((wire, WIRES, "--wire"), (rpc, RPCS, "--rpc")):
+        if value not in allowed:
+            raise typer.BadParameter(" or ".join(allowed), param_hint=hint)
     if sweep:
         if rate <= 0:
             raise typer.BadParameter("--sweep needs a starting --rate", param_hint="--rate")

@@ -158,7 +158,9 @@ def decode_columns(cols: pb.EventColumns | dict, errors: dict[int, str] | None =
 
     def strings(name: str) -> list[str]:
         values = column(name)
-        return list(values) if len(values) else [""] * n
+        if not len(values):
+            return [""] * n
+        return values if isinstance(values, list) else list(values)  # the reader's lists as-is
 
     def numbers(name: str, dtype) -> np.ndarray:
         values = column(name)
