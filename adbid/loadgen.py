@@ -18,6 +18,7 @@ unique (the ledger refuses reused ones) at the cost of one bytes.replace.
 from __future__ import annotations
 
 import asyncio
+import gc
 import itertools
 import random
 import time
@@ -75,6 +76,7 @@ class LoadResult:
     bids: int = 0
     shed_events: int = 0  # NO_BID_REASON_DEADLINE
     late: int = 0  # answered, but after the deadline
+    late_by_max_us: int = 0  # how far past its deadline the latest of those answers came
     latency_us: dict = field(default_factory=dict)  # p50/p90/p99/p99.9/max of answered calls
     client_lag_p99_us: float = 0.0  # how far behind its schedule the client sent
     server_stages: dict = field(default_factory=dict)
@@ -165,14 +167,17 @@ class _Streams:
                 if not fut.done():
                     fut.set_exception(exc)
 
-    async def bid(self, batch_id: str, data: bytes, timeout: float) -> pb.BidResponse:
+    async def bid(self, batch_id: str, data: bytes, deadline: float) -> pb.BidResponse:
         fut = asyncio.get_running_loop().create_future()
         self.waiting[batch_id] = fut
         i = next(self.turn)
         try:
             async with self.locks[i]:
-                await self.calls[i].write(data + _deadline_field(max(1, int(timeout * 1000))))
-            return await asyncio.wait_for(fut, timeout)
+                left = deadline - time.perf_counter()  # after waiting for the stream
+                if left <= 0:
+                    raise asyncio.TimeoutError
+                await self.calls[i].write(data + _deadline_field(max(1, int(left * 1000))))
+            return await asyncio.wait_for(fut, deadline - time.perf_counter())
         finally:
             self.waiting.pop(batch_id, None)
 
@@ -195,8 +200,10 @@ class _Recorder:
         r = self.result
         r.answered += 1
         self.hist.record_value(max(1, int(latency_s * 1e6)))
-        if latency_s * 1000 > self.spec.deadline_ms:
+        over_us = int(latency_s * 1e6 - self.spec.deadline_ms * 1000)
+        if over_us > 0:
             r.late += 1
+            r.late_by_max_us = max(r.late_by_max_us, over_us)
         if resp.HasField("columns"):
             reasons, bids = list(resp.columns.no_bid_reason), resp.columns.bid
         else:
@@ -230,10 +237,18 @@ def _summarise(r: LoadResult, hist: HdrHistogram, lag: HdrHistogram) -> None:
     r.histograms = {"latency": hist.encode().decode("ascii"), "lag": lag.encode().decode("ascii")}
 
 
-async def _call(bid, request: tuple[str, bytes], timeout_s: float, rec: _Recorder,
-                scheduled: float) -> None:
+async def _call(bid, request: tuple[str, bytes], rec: _Recorder, scheduled: float) -> None:
+    """One call whose deadline is its planned arrival plus the deadline. The time left is
+    taken as the call starts, not when it was planned: a task that starts late must not
+    carry a later deadline (the server would then answer in time by its clock, and late
+    by the auction's)."""
+    deadline = scheduled + rec.spec.deadline_ms / 1000
+    if time.perf_counter() >= deadline:
+        rec.result.expired += 1
+        return
+    rec.result.sent += 1
     try:
-        resp = await bid(*request, timeout_s)
+        resp = await bid(*request, deadline)
     except grpc.aio.AioRpcError as exc:
         rec.failed(exc.code())
         return
@@ -247,7 +262,6 @@ async def run(spec: LoadSpec) -> LoadResult:
     """One bounded run (duration_s and max_requests); open loop when spec.rate > 0."""
     templates = _Templates(spec)
     rec = _Recorder(spec)
-    timeout_s = spec.deadline_ms / 1000
     # Distinct channel arguments keep gRPC from sharing one connection among the channels.
     channels = [grpc.aio.insecure_channel(spec.target, options=[("adbid.loadgen.channel", i)])
                 for i in range(max(1, spec.connections))]
@@ -259,8 +273,8 @@ async def run(spec: LoadSpec) -> LoadResult:
         await asyncio.gather(*(ch.channel_ready() for ch in channels))
         turn = itertools.cycle(stubs)
 
-        def unary(batch_id: str, data: bytes, timeout: float):
-            return next(turn)(data, timeout=timeout)
+        def unary(batch_id: str, data: bytes, deadline: float):
+            return next(turn)(data, timeout=deadline - time.perf_counter())
 
         if spec.rpc == "stream":
             streams = _Streams(channels)
@@ -268,14 +282,19 @@ async def run(spec: LoadSpec) -> LoadResult:
         else:
             bid = unary
 
+        # What exists now lives through the run: keep it out of the collector's full
+        # passes, which otherwise stall this client for tens of ms and show as late answers.
+        gc.collect()
+        gc.freeze()
         start = time.perf_counter()
         stop_at = start + spec.duration_s
         if spec.rate > 0:
             rng = random.Random(spec.seed)
             tasks: set[asyncio.Task] = set()
             scheduled = start
-            while scheduled < stop_at and (rec.result.sent + rec.result.dropped
-                                           + rec.result.expired) < spec.max_requests:
+            planned = 0
+            while scheduled < stop_at and planned < spec.max_requests:
+                planned += 1
                 scheduled += rng.expovariate(spec.rate)
                 delay = scheduled - time.perf_counter()
                 if delay > 0:
@@ -285,22 +304,20 @@ async def run(spec: LoadSpec) -> LoadResult:
                     continue
                 behind = time.perf_counter() - scheduled
                 rec.lag.record_value(max(1, int(behind * 1e6)))
-                if behind >= timeout_s:
-                    rec.result.expired += 1
-                    continue
-                rec.result.sent += 1
-                t = asyncio.create_task(_call(bid, templates.next(), timeout_s - behind, rec,
-                                              scheduled))
+                t = asyncio.create_task(_call(bid, templates.next(), rec, scheduled))
                 tasks.add(t)
                 t.add_done_callback(tasks.discard)
             if tasks:
                 await asyncio.wait(tasks)
         else:
+            calls = 0
+
             async def caller() -> None:
-                while time.perf_counter() < stop_at and rec.result.sent < spec.max_requests:
-                    rec.result.sent += 1
+                nonlocal calls
+                while time.perf_counter() < stop_at and calls < spec.max_requests:
+                    calls += 1
                     refused = sum(rec.errors.values())
-                    await _call(bid, templates.next(), timeout_s, rec, time.perf_counter())
+                    await _call(bid, templates.next(), rec, time.perf_counter())
                     if sum(rec.errors.values()) > refused:
                         # Back off after a failed call, as a real client does: retrying
                         # at once turns a refusal into a flood that keeps the server busy.
@@ -309,6 +326,7 @@ async def run(spec: LoadSpec) -> LoadResult:
             await asyncio.gather(*(caller() for _ in range(spec.concurrency)))
         result = rec.finish(time.perf_counter() - start)
     finally:
+        gc.unfreeze()
         if streams is not None:
             await streams.close()
         await asyncio.gather(*(ch.close() for ch in channels))
@@ -348,6 +366,7 @@ def run_processes(spec: LoadSpec, processes: int) -> LoadResult:
                      "bids", "shed_events", "late"):
             setattr(out, name, getattr(out, name) + getattr(p, name))
         errors.update(p.errors)
+        out.late_by_max_us = max(out.late_by_max_us, p.late_by_max_us)
     out.errors = dict(errors)
     hist, lag = HdrHistogram(1, 60_000_000, 3), HdrHistogram(1, 60_000_000, 3)
     for p in parts:

@@ -11,6 +11,7 @@ they could be sent, shed events, and goodput (events decided in full per
 second). Each call's gRPC deadline runs from its planned arrival.
 
     python benchmarks/overload.py [--batch 64] [--deadline-ms 50] [--duration-s 10] [--workers N]
+        [--send-margin-ms M]
 """
 
 from __future__ import annotations
@@ -39,10 +40,15 @@ def main() -> None:
     ap.add_argument("--clients", type=int, default=2,
                     help="client processes sharing the load (one saturates at a few hundred "
                          "calls/s)")
+    ap.add_argument("--send-margin-ms", type=float, default=None,
+                    help="the server's --send-margin-ms (its default when not given): time kept "
+                         "back for the answer's way to the client")
     ap.add_argument("--max-shed", type=float, default=0.01,
                     help="share of events a sustainable rate may shed")
     a = ap.parse_args()
     args = ("--workers", str(a.workers), "--native-threads", "1") if a.workers > 1 else ()
+    if a.send_margin_ms is not None:
+        args += ("--send-margin-ms", str(a.send_margin_ms))
     with Server(*args) as srv:
         spec = LoadSpec(target=srv.target, batch=a.batch, deadline_ms=a.deadline_ms,
                         duration_s=min(a.duration_s, 5.0))
@@ -76,18 +82,21 @@ def main() -> None:
                    "p99_ms": r.latency_us.get("p99", 0) / 1000,
                    "missed_deadline": r.errors.get("DEADLINE_EXCEEDED", 0),
                    "withheld_late_server": late, "late_answers_client": r.late,
+                   "late_by_max_ms": r.late_by_max_us / 1000,
                    "errors": r.errors, "dropped": r.dropped, "expired_before_send": r.expired,
                    "shed_events": r.shed_events, "goodput_events_per_s": d["goodput_events_per_s"],
                    "client_lag_p99_ms": r.client_lag_p99_us / 1000}
             runs.append(row)
             print(f"{mult}x: offered {sustainable * mult:6.0f}/s, answered p50 {row['p50_ms']:.2f}"
                   f" ms, p99 {row['p99_ms']:.2f} ms, missed deadline {row['missed_deadline']},"
-                  f" withheld late (server) {late:.0f}, late (client) {r.late}, expired in the client "
+                  f" withheld late (server) {late:.0f}, late (client) {r.late}"
+                  f"{f' (at most {r.late_by_max_us / 1000:.1f} ms late)' if r.late else ''}"
+                  f", expired in the client "
                   f"{r.expired}, refused "
                   f"{r.errors.get('RESOURCE_EXHAUSTED', 0)}, shed {r.shed_events:,}, goodput "
                   f"{row['goodput_events_per_s']:,.0f} events/s, client lag p99 "
                   f"{row['client_lag_p99_ms']:.1f} ms")
-        print(f"-> {write('overload', {'machine': machine(), 'workers': a.workers, 'batch': a.batch, 'deadline_ms': a.deadline_ms, 'sustainable_batches_per_s': sustainable, 'sweep': [s.as_dict() for s in steps], 'runs': runs})}")
+        print(f"-> {write('overload', {'machine': machine(), 'workers': a.workers, 'send_margin_ms': a.send_margin_ms, 'batch': a.batch, 'deadline_ms': a.deadline_ms, 'sustainable_batches_per_s': sustainable, 'sweep': [s.as_dict() for s in steps], 'runs': runs})}")
 
 
 if __name__ == "__main__":

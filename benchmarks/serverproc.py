@@ -48,10 +48,12 @@ class Server:
                  "--log-format", "text", *args], stderr=f, stdout=subprocess.DEVNULL)
         deadline = time.monotonic() + 300
         while time.monotonic() < deadline:
-            if m := re.search(r"on 127\.0\.0\.1:(\d+) .*admin on 127\.0\.0\.1:(\d+)",
-                              self.log.read_text()):
-                self.target = f"127.0.0.1:{m.group(1)}"
-                self.admin_target = f"127.0.0.1:{m.group(2)}"
+            # Every worker says when it serves (and serves its metrics from then on).
+            ready = re.findall(r"on 127\.0\.0\.1:(\d+) .*admin on 127\.0\.0\.1:(\d+)",
+                               self.log.read_text())
+            if len(ready) >= self.workers:
+                self.target = f"127.0.0.1:{ready[0][0]}"
+                self.admin_target = f"127.0.0.1:{ready[0][1]}"
                 return
             if self.proc.poll() is not None:
                 raise RuntimeError(self.log.read_text())

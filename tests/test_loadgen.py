@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 
 import pytest
 
@@ -36,3 +37,28 @@ def test_an_arrival_whose_deadline_passed_before_sending_is_not_sent(server):
 def test_unknown_rpc_is_refused():
     with pytest.raises(ValueError, match="rpc"):
         asyncio.run(run(LoadSpec(rpc="carrier-pigeon", duration_s=0.1)))
+
+
+def test_a_call_that_starts_late_keeps_its_planned_deadline():
+    """The deadline handed to the call is the planned arrival plus the deadline, however late
+    the call's task starts; one that starts after it is expired and never sent."""
+    from adbid.loadgen import _call, _Recorder
+
+    seen = []
+
+    async def bid(batch_id: str, data: bytes, deadline: float):
+        seen.append(deadline)
+        raise asyncio.TimeoutError  # counted as a missed deadline; the answer is not the point
+
+    async def main():
+        rec = _Recorder(LoadSpec(deadline_ms=50.0))
+        planned = time.perf_counter()
+        await asyncio.sleep(0.02)  # the task starts 20 ms after its planned arrival
+        await _call(bid, ("b1", b""), rec, planned)
+        await _call(bid, ("b2", b""), rec, planned - 0.05)  # its deadline has passed
+        return rec, planned
+
+    rec, planned = asyncio.run(main())
+    assert seen == [pytest.approx(planned + 0.05, abs=1e-9)]
+    assert rec.result.sent == 1 and rec.result.expired == 1
+    assert rec.errors == {"DEADLINE_EXCEEDED": 1}
