@@ -146,7 +146,9 @@ def serve(
                                          min=0.0,
                                          help="Time kept back from each deadline for the way "
                                               "back to the caller (network and its event "
-                                              "loop): answers aim to leave this much early."),
+                                              "loop): answers must leave this much early, "
+                                              "and one ready later is withheld "
+                                              "(DEADLINE_EXCEEDED, its bids withdrawn)."),
     max_inflight: int = typer.Option(DEFAULTS.max_inflight_batches, envvar="ADBID_MAX_INFLIGHT",
                                      help="Cap on batches admitted at once; the limit adapts "
                                           "below it to what meets deadlines, and batches above "

@@ -49,8 +49,9 @@ class ServerConfig:
     max_batch_events: int = 4096  # larger batches are refused with INVALID_ARGUMENT
     max_message_bytes: int = 16 * 1024 * 1024  # gRPC receive/send limit
     default_deadline_ms: int = 50  # when neither the call nor the batch carries one
-    send_margin_ms: float = 2.0  # answers aim to leave this long before the deadline: the
-    # way back to the caller (network, its event loop) is part of the caller's deadline
+    send_margin_ms: float = 2.0  # answers must leave this long before the deadline (one
+    # ready later is withheld): the way back to the caller (network, its event loop) is part
+    # of the caller's deadline
     reservation_ttl_s: float = 300.0  # unanswered bids release their reservation after this
     grace_s: float = 5.0  # drain time on SIGTERM
     max_stream_inflight: int = 8  # batches in flight per BidStream

@@ -34,8 +34,9 @@ LOOP_LAG = Gauge("adbid_event_loop_lag_seconds",
                  "from every deadline")
 INFLIGHT = Gauge("adbid_inflight_batches", "Batches admitted and not yet answered")
 OVERLOAD = Counter("adbid_overload_rejections", "Batches refused at once: too many in flight")
-LATE_ANSWERS = Counter("adbid_late_answers", "Answers ready after their deadline: withheld "
-                       "(DEADLINE_EXCEEDED), their bids withdrawn")
+LATE_ANSWERS = Counter("adbid_late_answers", "Answers ready too late to arrive in time (after "
+                       "the deadline less the send margin): withheld (DEADLINE_EXCEEDED), "
+                       "their bids withdrawn")
 LATE_WINS = Counter("adbid_late_wins", "Wins booked after their reservation had expired")
 EXPIRED = Counter("adbid_expired_reservations", "Reservations released for want of a notice")
 PROVIDER = Info("adbid_execution_provider", "onnxruntime execution provider in use")

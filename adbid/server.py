@@ -200,15 +200,19 @@ class BidderService(bidder_pb2_grpc.BidderServicer):
         self._adapt(t3 - t0, left, shed)
         latency_us = int((t3 - t0) * 1e6)
         resp = finish(resp, latency_us)
-        if (over := time.monotonic() - deadline - self.cfg.send_margin_ms / 1000) > 0:
-            # Never answer late: the exchange has moved on, so these bids can neither win
-            # nor be billed. Their reservations go back at once instead of at expiry.
+        if (over := time.monotonic() - deadline) > 0:
+            # Never answer late. `deadline` is the last moment an answer can leave and still
+            # arrive (the caller's deadline less the send margin); one ready after it would
+            # reach an exchange that has moved on, so its bids could neither win nor be
+            # billed. Their reservations go back at once instead of at expiry.
             withdrawn = p.withdraw(batch, dec)
             metrics.LATE_ANSWERS.inc()
-            log.warning("answer ready %.2f ms after its deadline: withheld, %d bids withdrawn",
-                        over * 1e3, withdrawn)
-            raise Unmeetable(f"deadline: the answer was ready {over * 1e3:.2f} ms after the "
-                             f"deadline and was withheld; its {withdrawn} bids were withdrawn")
+            log.warning("answer ready %.2f ms after it had to leave (the deadline less the "
+                        "%.1f ms send margin): withheld, %d bids withdrawn",
+                        over * 1e3, self.cfg.send_margin_ms, withdrawn)
+            raise Unmeetable(f"deadline: the answer was ready {over * 1e3:.2f} ms after it had "
+                             f"to leave (the deadline less the {self.cfg.send_margin_ms:g} ms "
+                             f"send margin) and was withheld; its {withdrawn} bids were withdrawn")
         metrics.EVENTS.inc(n)
         metrics.BATCH_EVENTS.observe(n)
         bids = int(dec.bid.sum())

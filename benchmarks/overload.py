@@ -43,13 +43,16 @@ def main() -> None:
     ap.add_argument("--send-margin-ms", type=float, default=None,
                     help="the server's --send-margin-ms (its default when not given): time kept "
                          "back for the answer's way to the client")
+    ap.add_argument("--server-nice", type=int, default=0,
+                    help="run the server at this niceness, so that the clients on the same "
+                         "cores (standing in for an exchange's own machine) are not starved by it")
     ap.add_argument("--max-shed", type=float, default=0.01,
                     help="share of events a sustainable rate may shed")
     a = ap.parse_args()
     args = ("--workers", str(a.workers), "--native-threads", "1") if a.workers > 1 else ()
     if a.send_margin_ms is not None:
         args += ("--send-margin-ms", str(a.send_margin_ms))
-    with Server(*args) as srv:
+    with Server(*args, nice=a.server_nice) as srv:
         spec = LoadSpec(target=srv.target, batch=a.batch, deadline_ms=a.deadline_ms,
                         duration_s=min(a.duration_s, 5.0))
         steps, best = ([], None) if a.base_rate else sweep(
@@ -96,7 +99,7 @@ def main() -> None:
                   f"{r.errors.get('RESOURCE_EXHAUSTED', 0)}, shed {r.shed_events:,}, goodput "
                   f"{row['goodput_events_per_s']:,.0f} events/s, client lag p99 "
                   f"{row['client_lag_p99_ms']:.1f} ms")
-        print(f"-> {write('overload', {'machine': machine(), 'workers': a.workers, 'send_margin_ms': a.send_margin_ms, 'batch': a.batch, 'deadline_ms': a.deadline_ms, 'sustainable_batches_per_s': sustainable, 'sweep': [s.as_dict() for s in steps], 'runs': runs})}")
+        print(f"-> {write('overload', {'machine': machine(), 'workers': a.workers, 'send_margin_ms': a.send_margin_ms, 'server_nice': a.server_nice, 'batch': a.batch, 'deadline_ms': a.deadline_ms, 'sustainable_batches_per_s': sustainable, 'sweep': [s.as_dict() for s in steps], 'runs': runs})}")
 
 
 if __name__ == "__main__":

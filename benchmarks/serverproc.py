@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import signal
@@ -32,7 +33,9 @@ def free_port() -> int:
 
 
 class Server:
-    def __init__(self, *args: str) -> None:
+    def __init__(self, *args: str, nice: int = 0) -> None:
+        """`nice`: the server's scheduling niceness. A positive one lets load generators on
+        the same cores (standing in for an exchange on its own machine) run first."""
         self.dir = Path(tempfile.mkdtemp(prefix="adbid-bench-"))
         self.workers = int(args[args.index("--workers") + 1]) if "--workers" in args else 1
         # Worker i serves metrics on metrics_port + i: pick a port whose neighbours are free too.
@@ -45,7 +48,8 @@ class Server:
             self.proc = subprocess.Popen(
                 [BIN, "serve", "--port", "0", "--admin-port", "0", "--metrics-port",
                  str(self.metrics_port), "--ledger", str(self.dir / "ledger"),
-                 "--log-format", "text", *args], stderr=f, stdout=subprocess.DEVNULL)
+                 "--log-format", "text", *args], stderr=f, stdout=subprocess.DEVNULL,
+                preexec_fn=(lambda: os.nice(nice)) if nice else None)
         deadline = time.monotonic() + 300
         while time.monotonic() < deadline:
             # Every worker says when it serves (and serves its metrics from then on).

@@ -199,11 +199,15 @@ def test_a_cost_model_stuck_high_recovers_within_seconds(server, channel):
     assert recovered, "the cost model stayed stuck"
 
 
-def test_an_answer_ready_after_its_deadline_is_withheld_and_its_bids_withdrawn(server_factory):
+@pytest.mark.parametrize("margin_ms", [0.0, 1000.0])
+def test_an_answer_ready_after_its_deadline_is_withheld_and_its_bids_withdrawn(server_factory,
+                                                                               margin_ms):
     """When the cost model is wrong (here: told every stage is nearly free), a batch can pass
     every check and still be ready late. That answer must not leave: the call ends
-    DEADLINE_EXCEEDED, and its reservations and frequency counts go back at once."""
-    server = server_factory(send_margin_ms=0.0)
+    DEADLINE_EXCEEDED, and its reservations and frequency counts go back at once. "Late" is
+    after the deadline less the send margin (the way back): with a 1 s margin, an answer
+    ready 3 ms into a 1,003 ms deadline is already too late to arrive."""
+    server = server_factory(send_margin_ms=margin_ms)
     with grpc.insecure_channel(server.target) as ch:
         stub = bidder_pb2_grpc.BidderStub(ch)
         admin = admin_pb2_grpc.AdminStub(ch)
@@ -223,7 +227,8 @@ def test_an_answer_ready_after_its_deadline_is_withheld_and_its_bids_withdrawn(s
 
         server.call(underestimate())
         with pytest.raises(grpc.RpcError) as err:
-            stub.Bid(pb.BidRequest(events=events(4096, 12), deadline_ms=3), timeout=10)
+            stub.Bid(pb.BidRequest(events=events(4096, 12), deadline_ms=3 + int(margin_ms)),
+                     timeout=10)
         assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
         assert "withheld" in err.value.details()
         assert metrics.LATE_ANSWERS._value.get() == late_before + 1
