@@ -336,7 +336,15 @@ class SpendLedger:
         # Appended even when empty: the writer is FIFO, so when this append is done,
         # every earlier one, which may hold this caller's records, is done too. Shielded:
         # a caller cancelled meanwhile (its client gave up) must not cancel the write.
-        return asyncio.shield(asyncio.wrap_future(self.store.append(journal)))
+        written = self.store.append(journal)
+        if written.done():  # written on this thread: nothing to wait for
+            done = asyncio.get_running_loop().create_future()
+            if (exc := written.exception()) is not None:
+                done.set_exception(exc)
+            else:
+                done.set_result(None)
+            return done
+        return asyncio.shield(asyncio.wrap_future(written))
 
     async def flush(self) -> None:
         """Write everything journalled so far; returns once it (and all before it) is durable."""

@@ -25,7 +25,10 @@ acknowledging, which survives the process being killed (kill -9); "fsync"
 also fdatasyncs each group, which survives power loss, at 5-12 ms a commit on
 this project's test machines: more than a whole bidding deadline. Writes from
 concurrent batches that queue up while a group is written go out together
-(group commit).
+(group commit). In "write" mode, an append that finds the writer thread idle is
+written at once on the appending thread instead: an os.write to the page cache
+takes microseconds, while the hand-off to the writer and back takes a thread
+wake-up each way, which on an idle VM cost 0.5 ms at p50 and 6 ms at p99.
 
 Compaction: when the newest segment passes `segment_bytes`, the ledger writes
 its whole state (campaign overrides, spend, open reservations, recent closed
@@ -241,6 +244,10 @@ class LedgerLog:
         self.groups = 0  # commits (os.write [+ fdatasync]) so far
         self.appends = 0
         self.failures = 0
+        # Items handed to the writer thread (written by the appending thread only) and
+        # items it has finished (by the writer only): equal when it is idle.
+        self._queued = 0
+        self._finished = 0
 
     # -- reading ------------------------------------------------------------------
 
@@ -282,8 +289,24 @@ class LedgerLog:
         self._thread.start()
 
     def append(self, records: list) -> Future:
-        """Queue records; the future completes once they are durable."""
+        """Queue records; the future completes once they are durable. Call from one thread.
+
+        In "write" mode, when nothing is queued or being written, the records are written
+        here and now (the future is done on return): order on disk stays the order of
+        appends, since everything handed to the writer before is already written."""
         fut: Future = Future()
+        if self.sync == "write" and self._finished == self._queued and self._fd is not None:
+            try:
+                self._write(b"".join([rec.encode() for rec in records]))
+            except BaseException as exc:  # noqa: BLE001 - handed to the waiter, as below
+                log.exception("ledger write failed")
+                self.failures += 1
+                fut.set_exception(exc)
+            else:
+                self.appends += 1
+                fut.set_result(None)
+            return fut
+        self._queued += 1
         self._queue.put(("append", records, fut))
         return fut
 
@@ -299,6 +322,7 @@ class LedgerLog:
         thread) become a new segment, and the older segments are deleted."""
         self.compacting = True
         fut: Future = Future()
+        self._queued += 1
         self._queue.put(("compact", snapshot, fut))
         return fut
 
@@ -326,10 +350,12 @@ class LedgerLog:
             except BaseException as exc:  # noqa: BLE001 - handed to every waiter
                 log.exception("ledger write failed")
                 self.failures += 1
+                self._finished += len(group)
                 for _, _, fut in group:
                     if fut.set_running_or_notify_cancel():
                         fut.set_exception(exc)
             else:
+                self._finished += len(group)
                 for _, _, fut in group:
                     # A waiter that gave up (its call was cancelled) is skipped; the
                     # records are written all the same.

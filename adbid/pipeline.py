@@ -294,12 +294,13 @@ class Pipeline:
             self.ledger.record_bids([rids[i] for i in idx.tolist()], dec.campaign_row[idx],
                                     dec.price_cpm_micros[idx], batch.user_key[idx])
         dec.reason[blocked] = pb.NO_BID_REASON_INVALID_EVENT
+        commit = self.ledger.commit()  # written here and now when the ledger's writer is idle
         t3 = time.perf_counter()
         timers.record("decision", t3 - t2)
         costs.observe("decision", t3 - t2, n)
         self.completed_batches += 1
         self.typical_batch = max(1, int(0.9 * self.typical_batch + 0.1 * n))
-        return dec, self.ledger.commit()
+        return dec, commit
 
     def withdraw(self, batch: EventBatch, dec: Decisions) -> int:
         """Release the reservations (and frequency counts) of a decided batch whose answer

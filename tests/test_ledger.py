@@ -267,3 +267,34 @@ def test_a_reserve_batch_round_trips_ascii_and_other_ids():
         back = list(ReserveBatch.expand(rb.encode()[_HEAD.size:]))
         assert back == [Reserve(r, c, u, p, k, 5, 9) for r, c, u, p, k in
                         zip(ids, ["c1", "cé", "c3"], [1, -2, 3], [10, 20, 30], [1, 1, 1])]
+
+
+def test_appends_keep_their_order_whether_written_at_once_or_by_the_writer(tmp_path):
+    """In "write" mode an append that finds the writer thread idle is written on the spot
+    (its future is done on return); one that finds work queued goes behind that work. The
+    log holds the records in the order they were appended either way: here the queued
+    append must land after a compaction (which drops the older segment), not before it."""
+    import threading
+
+    from adbid.ledger_log import Spent
+
+    log = LedgerLog(tmp_path / "l", "write")
+    log.open()
+    first = log.append([Spent("a", 1)])
+    assert first.done() and first.exception() is None  # the writer was idle
+    gate = threading.Event()
+
+    def snapshot():  # consumed on the writer thread, which it holds until the gate opens
+        gate.wait(10)
+        yield Spent("s", 2)
+
+    compaction = log.compact(snapshot())
+    queued = log.append([Spent("b", 3)])
+    assert not queued.done()
+    gate.set()
+    compaction.result(10)
+    queued.result(10)
+    last = log.append([Spent("c", 4)])
+    assert last.done()
+    log.close()
+    assert [r.campaign_id for r in LedgerLog(tmp_path / "l").replay()] == ["s", "b", "c"]
