@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import OrderedDict
+from concurrent.futures import Future
 from dataclasses import dataclass
 from itertools import repeat
 from pathlib import Path
@@ -350,12 +351,13 @@ class SpendLedger:
         """Write everything journalled so far; returns once it (and all before it) is durable."""
         await self.commit()
 
-    def compact_if_needed(self) -> bool:
-        """Replace the log by a snapshot of the books once its segment is large; returns
-        whether a compaction was queued. Call right after flush(): the snapshot must
-        reflect exactly the records queued before it."""
+    def compact_if_needed(self) -> Future | None:
+        """Replace the log by a snapshot of the books once its segment is large; returns the
+        compaction's future when one was started (done once the log has switched to it),
+        else None. Call right after flush(): the snapshot must reflect exactly the records
+        written before it."""
         if self.store is None or not self.store.needs_compaction():
-            return False
+            return None
         if self._journal:
             raise RuntimeError("compact_if_needed() with unflushed records")
         ids = self.campaign_ids
@@ -380,8 +382,7 @@ class SpendLedger:
             for rid, (state, row, price) in closed:  # settled cost 0: spend is in Spent
                 yield Close(rid, state, None, 0, t, ids[row], price)
 
-        self.store.compact(snapshot())
-        return True
+        return self.store.compact(snapshot())
 
     def close(self) -> None:
         if self.store is not None:

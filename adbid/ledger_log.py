@@ -32,7 +32,11 @@ wake-up each way, which on an idle VM cost 0.5 ms at p50 and 6 ms at p99.
 
 Compaction: when the newest segment passes `segment_bytes`, the ledger writes
 its whole state (campaign overrides, spend, open reservations, recent closed
-ids) as a new segment, and the older segments are deleted.
+ids) as a new segment, and the older segments are deleted. The snapshot is
+written on a thread of its own while appends go on to the current segment;
+the writer then copies what was appended meanwhile behind it and switches.
+(Written by the writer thread itself, a 65 MiB snapshot held every append,
+and so every bid, for 5.5 s.)
 """
 
 from __future__ import annotations
@@ -40,6 +44,7 @@ from __future__ import annotations
 import logging
 import os
 import queue
+import shutil
 import struct
 import threading
 import time
@@ -248,6 +253,9 @@ class LedgerLog:
         # items it has finished (by the writer only): equal when it is idle.
         self._queued = 0
         self._finished = 0
+        self._counting = threading.Lock()  # guards _queued and the queue's order
+        self._io = threading.Lock()  # held while writing: by the writer, or an append at once
+        self._compaction: threading.Thread | None = None
 
     # -- reading ------------------------------------------------------------------
 
@@ -295,36 +303,74 @@ class LedgerLog:
         here and now (the future is done on return): order on disk stays the order of
         appends, since everything handed to the writer before is already written."""
         fut: Future = Future()
-        if self.sync == "write" and self._finished == self._queued and self._fd is not None:
+        if self.sync == "write" and self._fd is not None and self._io.acquire(blocking=False):
             try:
-                self._write(b"".join([rec.encode() for rec in records]))
-            except BaseException as exc:  # noqa: BLE001 - handed to the waiter, as below
-                log.exception("ledger write failed")
-                self.failures += 1
-                fut.set_exception(exc)
-            else:
-                self.appends += 1
-                fut.set_result(None)
-            return fut
-        self._queued += 1
-        self._queue.put(("append", records, fut))
+                if self._finished == self._queued:  # checked under the lock the writer holds
+                    try:
+                        self._write(b"".join([rec.encode() for rec in records]))
+                    except BaseException as exc:  # noqa: BLE001 - handed to the waiter
+                        log.exception("ledger write failed")
+                        self.failures += 1
+                        fut.set_exception(exc)
+                    else:
+                        self.appends += 1
+                        fut.set_result(None)
+                    return fut
+            finally:
+                self._io.release()
+        self._enqueue(("append", records, fut))
         return fut
+
+    def _enqueue(self, item: tuple) -> None:
+        with self._counting:  # the appending thread and a compaction's thread both enqueue
+            self._queued += 1
+            self._queue.put(item)
 
     def needs_compaction(self) -> bool:
         """The segment has passed segment_bytes and twice what the last compaction wrote,
-        and no compaction is queued: each compaction then writes at most as much as was
+        and no compaction is under way: each compaction then writes at most as much as was
         appended since the one before."""
         return not self.compacting and self.segment_size() >= max(self.segment_bytes,
                                                                   2 * self.compacted_bytes)
 
     def compact(self, snapshot) -> Future:
-        """Queue a compaction: the `snapshot` records (an iterable, consumed on the writer
-        thread) become a new segment, and the older segments are deleted."""
+        """Start a compaction: the `snapshot` records (an iterable) become a new segment, and
+        the older segments are deleted. Call when everything appended so far is written: the
+        snapshot stands for exactly that much of the current segment.
+
+        The snapshot is written and synced on a thread of its own, while appends go on to
+        the current segment (with many open reservations a snapshot is tens of MiB and
+        seconds of work, and bids wait for their appends). Then the writer thread copies
+        what was appended meanwhile behind the snapshot and switches to it."""
         self.compacting = True
         fut: Future = Future()
-        self._queued += 1
-        self._queue.put(("compact", snapshot, fut))
+        mark = self.segment_size()
+        self._compaction = threading.Thread(target=self._write_snapshot,
+                                            args=(snapshot, mark, fut),
+                                            name="adbid-ledger-compaction", daemon=True)
+        self._compaction.start()
         return fut
+
+    def _write_snapshot(self, snapshot, mark: int, fut: Future) -> None:
+        old = self.segments()
+        number = int(old[-1].stem.split("-")[1]) + 1 if old else 1
+        target = self.path / f"segment-{number:06d}.log"
+        tmp = target.with_suffix(".tmp")
+        written = 0
+        try:
+            with tmp.open("wb") as f:
+                for rec in snapshot:
+                    f.write(rec.encode())
+                    written += 1
+                f.flush()
+                os.fsync(f.fileno())
+        except BaseException as exc:  # noqa: BLE001 - handed to the waiter
+            log.exception("ledger compaction failed writing %s", tmp.name)
+            tmp.unlink(missing_ok=True)
+            self.compacting = False  # a later one may try again
+            fut.set_exception(exc)
+            return
+        self._enqueue(("switch", (tmp, target, old, mark, written), fut))
 
     def segment_size(self) -> int:
         return os.fstat(self._fd).st_size if self._fd is not None else 0
@@ -346,7 +392,8 @@ class LedgerLog:
                     break
                 group.append(nxt)
             try:
-                self._commit(group)
+                with self._io:
+                    self._commit(group)
             except BaseException as exc:  # noqa: BLE001 - handed to every waiter
                 log.exception("ledger write failed")
                 self.failures += 1
@@ -365,11 +412,11 @@ class LedgerLog:
     def _commit(self, group: list) -> None:
         data = bytearray()
         for kind, records, _ in group:
-            if kind == "compact":  # write what came before it to the old segment first
+            if kind == "switch":  # what came before it goes to the old segment first
                 self._write(bytes(data))
                 data.clear()
                 try:
-                    self._switch(records)
+                    self._switch(*records)
                 except BaseException:
                     self.compacting = False  # a later one may try again
                     raise
@@ -389,19 +436,20 @@ class LedgerLog:
             os.fdatasync(self._fd)
         self.groups += 1
 
-    def _switch(self, snapshot: list) -> None:
-        old = self.segments()
-        number = int(old[-1].stem.split("-")[1]) + 1 if old else 1
-        target = self.path / f"segment-{number:06d}.log"
-        tmp = target.with_suffix(".tmp")
-        written = 0
-        with tmp.open("wb") as f:
-            for rec in snapshot:
-                f.write(rec.encode())
-                written += 1
-            f.flush()
-            os.fsync(f.fileno())
-        os.rename(tmp, target)
+    def _switch(self, tmp: Path, target: Path, old: list[Path], mark: int, written: int) -> None:
+        """On the writer thread: the snapshot in `tmp` covers the current segment up to
+        `mark`; what was appended after it is copied behind the snapshot, which then
+        replaces every older segment."""
+        try:
+            with open(self._segment, "rb") as src, tmp.open("ab") as dst:
+                src.seek(mark)
+                shutil.copyfileobj(src, dst)
+                dst.flush()
+                os.fsync(dst.fileno())
+            os.rename(tmp, target)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
         dir_fd = os.open(self.path, os.O_RDONLY)
         try:
             os.fsync(dir_fd)
@@ -418,6 +466,9 @@ class LedgerLog:
                  target.name, written, self.compacted_bytes / 2**20, len(old))
 
     def close(self) -> None:
+        if self._compaction is not None:  # its switch must still reach the writer
+            self._compaction.join()
+            self._compaction = None
         if self._thread is not None:
             self._queue.put(None)
             self._thread.join()

@@ -239,9 +239,10 @@ def test_a_snapshot_larger_than_the_threshold_is_not_rewritten_back_to_back(tmp_
         for i in range(200):  # open reservations only: all of them go into the snapshot
             reserve(led, f"r{i}", i % 2, 1_000_000, now_ms=10**13)
         await led.flush()
-        assert led.compact_if_needed()
-        assert not led.compact_if_needed()  # one is queued already
-        await led.flush()  # the compaction ran (the writer is FIFO)
+        compaction = led.compact_if_needed()
+        assert compaction
+        assert not led.compact_if_needed()  # one is under way already
+        await asyncio.wrap_future(compaction)
         snapshot = led.store.compacted_bytes
         assert snapshot > led.store.segment_bytes and not led.store.compacting
         assert not led.compact_if_needed()  # no growth since: no second rewrite
@@ -250,8 +251,9 @@ def test_a_snapshot_larger_than_the_threshold_is_not_rewritten_back_to_back(tmp_
             reserve(led, f"r{i}", 0, 1_000_000, now_ms=10**13)
             i += 1
             await led.flush()
-        assert led.compact_if_needed()
-        await led.flush()
+        compaction = led.compact_if_needed()
+        assert compaction
+        await asyncio.wrap_future(compaction)
         led.close()
 
     asyncio.run(go())
@@ -269,11 +271,11 @@ def test_a_reserve_batch_round_trips_ascii_and_other_ids():
                         zip(ids, ["c1", "cé", "c3"], [1, -2, 3], [10, 20, 30], [1, 1, 1])]
 
 
-def test_appends_keep_their_order_whether_written_at_once_or_by_the_writer(tmp_path):
+def test_appends_go_on_during_a_compaction_and_land_behind_the_snapshot(tmp_path):
     """In "write" mode an append that finds the writer thread idle is written on the spot
-    (its future is done on return); one that finds work queued goes behind that work. The
-    log holds the records in the order they were appended either way: here the queued
-    append must land after a compaction (which drops the older segment), not before it."""
+    (its future is done on return). A compaction writes its snapshot on a thread of its
+    own: appends made meanwhile are durable at once, not held until it ends, and the
+    switch copies them behind the snapshot (the older segment is dropped)."""
     import threading
 
     from adbid.ledger_log import Spent
@@ -284,17 +286,17 @@ def test_appends_keep_their_order_whether_written_at_once_or_by_the_writer(tmp_p
     assert first.done() and first.exception() is None  # the writer was idle
     gate = threading.Event()
 
-    def snapshot():  # consumed on the writer thread, which it holds until the gate opens
+    def snapshot():  # consumed on the compaction's thread, held there until the gate opens
         gate.wait(10)
         yield Spent("s", 2)
 
     compaction = log.compact(snapshot())
-    queued = log.append([Spent("b", 3)])
-    assert not queued.done()
+    during = log.append([Spent("b", 3)])
+    assert during.result(2) is None and not compaction.done()
     gate.set()
     compaction.result(10)
-    queued.result(10)
-    last = log.append([Spent("c", 4)])
-    assert last.done()
+    after = log.append([Spent("c", 4)])
+    assert after.result(2) is None
     log.close()
     assert [r.campaign_id for r in LedgerLog(tmp_path / "l").replay()] == ["s", "b", "c"]
+    assert len(LedgerLog(tmp_path / "l").segments()) == 1
