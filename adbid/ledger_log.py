@@ -205,6 +205,19 @@ def _strings(payload: bytes, offset: int, n: int) -> tuple[list[str], int]:
     return out, offset
 
 
+def _starts_with_snapshot(seg: Path) -> bool:
+    """Whether a segment's first record is a compaction's (a CAMPAIGN change "snapshot")."""
+    with seg.open("rb") as f:
+        head = f.read(_HEAD.size)
+        if len(head) < _HEAD.size:
+            return False
+        length, crc = _HEAD.unpack(head)
+        payload = f.read(length)
+    if len(payload) != length or zlib.crc32(payload) != crc or payload[0] != CAMPAIGN:
+        return False
+    return decode(payload).change == "snapshot"
+
+
 def decode(payload: bytes):
     kind = payload[0]
     if kind == RESERVE:
@@ -262,9 +275,20 @@ class LedgerLog:
     def segments(self) -> list[Path]:
         return sorted(self.path.glob("segment-*.log"))
 
+    def live_segments(self) -> list[Path]:
+        """The segments that make up the books: from the newest one that begins with a
+        compaction's snapshot. A compaction cut off after putting its snapshot in place and
+        before deleting the older segments leaves them behind; replaying them as well
+        would count their spend twice."""
+        segs = self.segments()
+        for i in range(len(segs) - 1, 0, -1):
+            if _starts_with_snapshot(segs[i]):
+                return segs[i:]
+        return segs
+
     def replay(self) -> Iterator:
         """Every record in order; a torn or corrupt tail is reported and cut off."""
-        for seg in self.segments():
+        for seg in self.live_segments():
             data = seg.read_bytes()
             off = 0
             while off < len(data):
@@ -288,8 +312,16 @@ class LedgerLog:
     # -- writing ------------------------------------------------------------------
 
     def open(self) -> None:
-        """Start appending (after replay): to the newest segment, or a first one."""
-        segs = self.segments()
+        """Start appending (after replay): to the newest segment, or a first one. Segments
+        older than the newest snapshot (a compaction cut off) are deleted now."""
+        live = self.live_segments()
+        for seg in self.segments():
+            if seg not in live:
+                log.warning("ledger %s: left behind by a compaction cut off before it "
+                            "removed it; the snapshot in %s replaces it, deleting", seg.name,
+                            live[0].name)
+                seg.unlink()
+        segs = live
         target = segs[-1] if segs else self.path / "segment-000001.log"
         self._fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
         self._segment = target

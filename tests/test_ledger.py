@@ -180,6 +180,38 @@ def test_compaction_keeps_the_books_and_forgets_nothing_it_needs(tmp_path):
     assert [t[c]["spent"] for c in ("a", "b")] == before[0]
 
 
+def test_a_compaction_cut_off_before_removing_the_old_segment_counts_nothing_twice(tmp_path):
+    """The snapshot is in place but the process died before deleting the segment it
+    replaces: replay starts from the snapshot, and start-up deletes the leftover."""
+    path = tmp_path / "ledger"
+
+    async def go():
+        led = ledger(store=LedgerLog(path, "write"))
+        for i in range(10):
+            reserve(led, f"r{i}", i % 2, 1_000_000 + i, now_ms=10**13)
+            if i % 2 == 0:
+                led.apply(f"r{i}", WIN, 500_000)
+        await led.flush()
+        old = {seg.name: seg.read_bytes() for seg in led.store.segments()}
+        led.store.segment_bytes = 1  # compact now
+        await asyncio.wrap_future(led.compact_if_needed())
+        books = (led.spent_micros.tolist(), led.reserved_micros.tolist(), sorted(led.open),
+                 led.budget_micros.tolist(), led.active.tolist())
+        led.close()
+        return books, old
+
+    before, old = asyncio.run(go())
+    assert before[0] != [0, 0]
+    for name, data in old.items():  # as if the process died before deleting them
+        (path / name).write_bytes(data)
+    assert len(LedgerLog(path).segments()) == 2
+    t = ledger_log.totals(path)
+    assert [t[c]["spent"] for c in ("a", "b")] == before[0]
+    after, _ = books_of(path)
+    assert after == before
+    assert len(LedgerLog(path).segments()) == 1
+
+
 def test_campaign_updates_are_validated():
     led = ledger(budget=10_000)
     reserve(led, "r1", 0, 5_000_000)  # 5000 micros reserved
