@@ -326,26 +326,25 @@ class SpendLedger:
     # -- durability ---------------------------------------------------------------
 
     def commit(self) -> asyncio.Future:
-        """Hand everything journalled so far to the writer; the returned future is done once
-        it (and all before it) is durable. Lets a caller do other work (encode the answer)
+        """Make everything journalled so far durable: written at once when the store's writer
+        thread is idle, else handed to it. The returned future is done once it (and all
+        before it) is durable. Lets a caller do other work (encode the answer)
         while the write happens, then await it before acknowledging."""
         journal, self._journal = self._journal, []
-        if self.store is None:
-            done = asyncio.get_running_loop().create_future()
-            done.set_result(None)
-            return done
         # Appended even when empty: the writer is FIFO, so when this append is done,
-        # every earlier one, which may hold this caller's records, is done too. Shielded:
-        # a caller cancelled meanwhile (its client gave up) must not cancel the write.
-        written = self.store.append(journal)
-        if written.done():  # written on this thread: nothing to wait for
-            done = asyncio.get_running_loop().create_future()
-            if (exc := written.exception()) is not None:
-                done.set_exception(exc)
-            else:
-                done.set_result(None)
-            return done
-        return asyncio.shield(asyncio.wrap_future(written))
+        # every earlier one, which may hold this caller's records, is done too.
+        written = self.store.append(journal) if self.store is not None else None
+        if written is not None and not written.done():
+            # Shielded: a caller cancelled meanwhile (its client gave up) must not cancel
+            # the write.
+            return asyncio.shield(asyncio.wrap_future(written))
+        # No store, or written on this thread already: nothing to wait for.
+        done = asyncio.get_running_loop().create_future()
+        if written is not None and (exc := written.exception()) is not None:
+            done.set_exception(exc)
+        else:
+            done.set_result(None)
+        return done
 
     async def flush(self) -> None:
         """Write everything journalled so far; returns once it (and all before it) is durable."""
