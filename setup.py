@@ -66,6 +66,7 @@ extensions = [
         extra_compile_args=cflags,
     ),
     Extension("adbid._wire", ["ext/wire.pyx"], define_macros=macros, extra_compile_args=cflags),
+    Extension("adbid._fpmode", ["ext/fpmode.pyx"], extra_compile_args=cflags),
 ]
 
 setup(

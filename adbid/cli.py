@@ -207,8 +207,9 @@ def serve(
             source = ctx.get_parameter_source(param) if param else None
             if source is None or source.name == "DEFAULT":  # flags and ADBID_* win
                 settings[key] = value
-    _ensure_world(settings["world"], seed)
-    cfg = ServerConfig(**settings)
+    # ctx.params holds paths as str in some typer versions: from_dict makes them Path.
+    cfg = ServerConfig.from_dict(settings)
+    _ensure_world(cfg.world, seed)
     shown = {**cfg.as_dict(), "admin_token": "(set)" if cfg.admin_token else ""}
     logging.getLogger("adbid").info("configuration: %s", json.dumps(shown),
                                     extra={"config": shown, "config_file": str(config or "")})

@@ -15,6 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
+from adbid._fpmode import flush_denormals
 from adbid.config import ServerConfig
 from adbid.decision import Decisions, DecisionCore
 from adbid.decode import EventBatch
@@ -203,7 +204,9 @@ class Pipeline:
             id_table(self.creative_ids)
         self.timers = previous.timers if previous else StageTimers()
         self.costs = previous.costs if previous else StageCosts()
-        self.executor = ThreadPoolExecutor(cfg.native_threads, thread_name_prefix="adbid-native")
+        # Retrieval and scoring run here, subnormal floats flushed to zero (see _fpmode).
+        self.executor = ThreadPoolExecutor(cfg.native_threads, thread_name_prefix="adbid-native",
+                                           initializer=flush_denormals)
         self.inflight_batches = 0  # admitted and not yet answered
         self.peak_inflight_batches = 0
         self.shed_batches = 0  # answered DEADLINE for want of time, at any stage

@@ -43,3 +43,24 @@ def write(name: str, result: dict) -> Path:
     path = RESULTS / f"{name}.json"
     path.write_text(json.dumps(result, indent=2) + "\n")
     return path
+
+
+def demo_inputs(pipeline, batch: int, n: int = 16, seed: int = 0) -> list:
+    """`n` demo-traffic batches of `batch` events taken through decode and lookup as the
+    server does: (decoded batch, query vector, user vector, context vector) each."""
+    import numpy as np
+
+    from adbid.decode import decode
+    from adbid.demo_traffic import make_events
+    from adbid.lookup import resolve
+    from adbid.v1 import bidder_pb2 as pb
+
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(n):
+        b = decode(pb.BidRequest(events=make_events(batch, rng, test=True)).events)
+        u = pipeline.users.embeddings(pipeline.users.rows(b.user_id))
+        c = pipeline.contexts.embeddings(b.context_text)
+        resolve(b, pipeline.world.campaigns)
+        out.append((b, u + c, u, c))
+    return out

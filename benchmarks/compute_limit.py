@@ -30,36 +30,24 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import numpy as np
-
 sys.path.insert(0, str(Path(__file__).parent))
-from common import machine, write  # noqa: E402
+from common import demo_inputs, machine, write  # noqa: E402
 from serverproc import Server  # noqa: E402
 
+from adbid._fpmode import flush_denormals  # noqa: E402
 from adbid.config import ServerConfig, default_world_dir  # noqa: E402
-from adbid.decode import decode  # noqa: E402
-from adbid.demo_traffic import make_events  # noqa: E402
 from adbid.ledger import SpendLedger  # noqa: E402
 from adbid.loadgen import LoadSpec, run, server_stages  # noqa: E402
-from adbid.lookup import resolve  # noqa: E402
 from adbid.pipeline import NativeStages, Pipeline  # noqa: E402
-from adbid.v1 import bidder_pb2 as pb  # noqa: E402
 from adbid.world import World  # noqa: E402
 
 
 def native_costs(batch: int, repeats: int, threads: int) -> dict:
+    flush_denormals()  # as on the server's native threads
     world = World.load(default_world_dir())
     cfg = ServerConfig(world=world.path, ledger=None)
     p = Pipeline(NativeStages(world, cfg), cfg, SpendLedger(world.campaigns, None))
-    rng = np.random.default_rng(0)
-    inputs = []
-    for _ in range(16):
-        req = pb.BidRequest(events=make_events(batch, rng, test=True))
-        b = decode(req.events)
-        u = p.users.embeddings(p.users.rows(b.user_id))
-        c = p.contexts.embeddings(b.context_text)
-        resolve(b, world.campaigns)
-        inputs.append((b, u + c, u, c))
+    inputs = demo_inputs(p, batch)
     per = {"retrieval": [], "scoring": [], "decision": []}
     for _ in range(repeats):
         for b, q, u, c in inputs:
@@ -101,7 +89,7 @@ def parallel_limit(p: Pipeline, inputs: list, repeats: int, threads: int) -> flo
                 n += len(b)
         return n
 
-    with ThreadPoolExecutor(threads) as pool:
+    with ThreadPoolExecutor(threads, initializer=flush_denormals) as pool:
         t0 = time.perf_counter()
         events = sum(pool.map(lambda _: work(), range(threads)))
         return events / (time.perf_counter() - t0)

@@ -14,19 +14,41 @@ def numpy_mlp(model: onnx.ModelProto, user, context, device, cand_ad):
     return 1 / (1 + np.exp(-((h @ w["w2"])[..., 0] + w["b2"][0])))
 
 
+def random_inputs(world, b=7, k=5, seed=0):
+    rng = np.random.default_rng(seed)
+    d = world.dim
+    return (rng.standard_normal((b, d)).astype(np.float32),
+            rng.standard_normal((b, d)).astype(np.float32),
+            rng.integers(0, 5, b).astype(np.int64),
+            rng.integers(0, world.ad_index.ntotal, (b, k)).astype(np.int64))
+
+
 def test_scores_equal_the_mlp_computed_in_numpy(tiny_world):
-    s = Scorer(tiny_world.model_path, tiny_world.dim, tiny_world.ad_index.ntotal)
-    rng = np.random.default_rng(0)
-    b, k, d = 7, 5, tiny_world.dim
-    user = rng.standard_normal((b, d)).astype(np.float32)
-    ctx = rng.standard_normal((b, d)).astype(np.float32)
-    device = rng.integers(0, 5, b).astype(np.int64)
-    cand = rng.integers(0, tiny_world.ad_index.ntotal, (b, k)).astype(np.int64)
-    got = s.score(user, ctx, device, cand)
-    want = numpy_mlp(onnx.load(str(tiny_world.model_path)), user, ctx, device, cand)
-    assert got.shape == (b, k) and got.dtype == np.float32
+    s = Scorer(tiny_world.model_path, tiny_world.dim, tiny_world.ad_index.ntotal, use_gpu=False)
+    inputs = random_inputs(tiny_world)
+    got = s.score(*inputs)
+    want = numpy_mlp(onnx.load(str(tiny_world.model_path)), *inputs)
+    assert got.shape == inputs[3].shape and got.dtype == np.float32
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6)
     assert s.provider == CPU
+
+
+def test_cuda_scores_equal_the_cpu_scores(tiny_world):
+    """Runs where onnxruntime-gpu finds a GPU (the CUDA provider); skipped elsewhere."""
+    import onnxruntime as ort
+
+    if CUDA not in ort.get_available_providers():
+        pytest.skip("no CUDA provider in this onnxruntime")
+    gpu = Scorer(tiny_world.model_path, tiny_world.dim, tiny_world.ad_index.ntotal,
+                 require_gpu=True)
+    cpu = Scorer(tiny_world.model_path, tiny_world.dim, tiny_world.ad_index.ntotal, use_gpu=False)
+    assert (gpu.provider, cpu.provider) == (CUDA, CPU)
+    for b in (1, 7, 300):
+        inputs = random_inputs(tiny_world, b=b, k=16, seed=b)
+        got = gpu.score(*inputs)
+        assert got.shape == (b, 16) and got.dtype == np.float32
+        # TF32 matrix products on the GPU: about three decimal digits.
+        np.testing.assert_allclose(got, cpu.score(*inputs), rtol=2e-3, atol=1e-4)
 
 
 def test_signature_is_checked_against_the_world(tiny_world):
@@ -50,3 +72,4 @@ def test_require_gpu_refuses_the_cpu_fallback(tiny_world):
     with pytest.raises(GpuUnavailableError, match="CPUExecutionProvider"):
         Scorer(tiny_world.model_path, tiny_world.dim, tiny_world.ad_index.ntotal,
                require_gpu=True)
+

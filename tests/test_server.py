@@ -75,7 +75,9 @@ def test_reflection_lists_the_services(channel):
 
 def test_status_names_provider_world_and_auc(channel, tiny_world):
     s = status(channel)
-    assert s.execution_provider == "CPUExecutionProvider"
+    from conftest import expected_provider
+
+    assert s.execution_provider == expected_provider()
     assert s.world_version == tiny_world.version
     assert s.model_auc == pytest.approx(tiny_world.manifest["model"]["auc"])
     assert s.ads == tiny_world.ad_index.ntotal and s.top_k > 0 and s.faiss_threads == 1
