@@ -72,6 +72,10 @@ class Scorer:
         opts.log_severity_level = 3
         self.available_providers = ort.get_available_providers()
         requested = choose_providers(self.available_providers, use_gpu or require_gpu)
+        if CUDA in requested and hasattr(ort, "preload_dlls"):
+            # CUDA, cuBLAS and cuDNN from their pip wheels (`make serve GPU=1` installs
+            # them); a library it cannot find is left to the system's search path.
+            ort.preload_dlls()
         self.session = ort.InferenceSession(str(model_path), sess_options=opts, providers=requested)
         self.provider = self.session.get_providers()[0]
         self.intra_op_threads = intra_op_threads
