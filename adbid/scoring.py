@@ -75,7 +75,10 @@ class Scorer:
         if CUDA in requested and hasattr(ort, "preload_dlls"):
             # CUDA, cuBLAS and cuDNN from their pip wheels (`make serve GPU=1` installs
             # them); a library it cannot find is left to the system's search path.
-            ort.preload_dlls()
+            try:
+                ort.preload_dlls()
+            except Exception as exc:  # noqa: BLE001 - then the system's libraries, or the CPU
+                log.warning("onnxruntime could not preload the CUDA libraries: %s", exc)
         self.session = ort.InferenceSession(str(model_path), sess_options=opts, providers=requested)
         self.provider = self.session.get_providers()[0]
         self.intra_op_threads = intra_op_threads
