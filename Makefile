@@ -58,6 +58,7 @@ bench-all: $(STAMP)
 	$(PY) benchmarks/overload.py --batch 64 --start-rate 40
 	$(PY) benchmarks/peers.py --batch 64 --target-p99-ms 20
 	$(PY) benchmarks/pacing_day.py
+	$(PY) benchmarks/providers.py
 	$(PY) benchmarks/bench_ledger_store.py
 
 # Back to the optimised build: make proto.
