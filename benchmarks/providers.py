@@ -36,7 +36,7 @@ from adbid.config import ServerConfig, default_world_dir  # noqa: E402
 from adbid.ledger import SpendLedger  # noqa: E402
 from adbid.loadgen import LoadSpec, run, server_stages  # noqa: E402
 from adbid.pipeline import NativeStages, Pipeline  # noqa: E402
-from adbid.scoring import CPU, CUDA, Scorer  # noqa: E402
+from adbid.scoring import CPU, CUDA, GpuUnavailableError, Scorer  # noqa: E402
 from adbid.world import World  # noqa: E402
 
 
@@ -135,17 +135,23 @@ def main() -> None:
     a = ap.parse_args()
     world = World.load(default_world_dir())
     available = ort.get_available_providers()
-    providers = [CPU] + ([CUDA] if CUDA in available else [])
+    providers = [CPU]
     if CUDA not in available:
         print(f"onnxruntime {ort.__version__} offers {', '.join(available)}: no CUDA provider "
               "(onnxruntime-gpu, `make ... GPU=1`, on a machine with a GPU); CPU alone")
+    else:
+        try:  # onnxruntime-gpu lists CUDA whether or not a GPU and its libraries answer
+            Scorer(world.model_path, world.dim, world.ad_index.ntotal, require_gpu=True)
+            providers.append(CUDA)
+        except GpuUnavailableError as exc:
+            print(f"{exc}; CPU alone")
     result = {"machine": machine(), "onnxruntime": ort.__version__, "available": available,
               "scoring": in_process(world, [int(x) for x in a.batches.split(",")], a.repeats,
                                     providers)}
     if not a.no_server:
         conc = [int(x) for x in a.concurrency.split(",")]
         result["server"] = {"cpu": end_to_end("--no-gpu", conc, a.batch, a)}
-        if CUDA in available:
+        if CUDA in providers:
             result["server"]["cuda"] = end_to_end("--require-gpu", conc, a.batch, a)
     print(f"-> {write('providers', result)}")
 
