@@ -74,16 +74,6 @@ class ServerThread:
         self.loop.close()
 
 
-def expected_provider() -> str:
-    """The provider a server with the default --gpu runs the model on: CUDA where this
-    onnxruntime offers it (onnxruntime-gpu with a GPU), else the CPU."""
-    import onnxruntime as ort
-
-    from adbid.scoring import CPU, CUDA
-
-    return CUDA if CUDA in ort.get_available_providers() else CPU
-
-
 def server_config(world_dir: Path, ledger: Path | None, **overrides) -> ServerConfig:
     # Admin on the main (loopback) port, so that one channel reaches everything.
     return replace(ServerConfig(world=world_dir, ledger=ledger, host="127.0.0.1", port=0,
