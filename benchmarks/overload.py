@@ -23,12 +23,13 @@ three of four later runs (see the README).
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 from common import machine, write  # noqa: E402
-from serverproc import Server  # noqa: E402
+from serverproc import Server, cpu_list  # noqa: E402
 
 from adbid.loadgen import LoadSpec, run_processes, sweep  # noqa: E402
 
@@ -52,13 +53,22 @@ def main() -> None:
     ap.add_argument("--server-nice", type=int, default=0,
                     help="run the server at this niceness, so that the clients on the same "
                          "cores (standing in for an exchange's own machine) are not starved by it")
+    ap.add_argument("--server-cpus", type=cpu_list, default=None, metavar="LIST",
+                    help="pin the server (every thread and worker) to these CPUs, e.g. 0 or 0-1")
+    ap.add_argument("--client-cpus", type=cpu_list, default=None, metavar="LIST",
+                    help="pin the load generator's processes to these CPUs; with --server-cpus "
+                         "on other cores this stands in for an exchange on its own machine")
     ap.add_argument("--max-shed", type=float, default=0.01,
                     help="share of events a sustainable rate may shed")
     a = ap.parse_args()
     args = ("--workers", str(a.workers), "--native-threads", "1") if a.workers > 1 else ()
     if a.send_margin_ms is not None:
         args += ("--send-margin-ms", str(a.send_margin_ms))
-    with Server(*args, nice=a.server_nice) as srv:
+    if a.server_cpus and a.client_cpus and a.server_cpus & a.client_cpus:
+        raise SystemExit("--server-cpus and --client-cpus overlap")
+    with Server(*args, nice=a.server_nice, cpus=a.server_cpus) as srv:
+        if a.client_cpus:  # the client processes are started from this one and inherit it
+            os.sched_setaffinity(0, a.client_cpus)
         spec = LoadSpec(target=srv.target, batch=a.batch, deadline_ms=a.deadline_ms,
                         duration_s=min(a.duration_s, 5.0))
         steps, best = ([], None) if a.base_rate else sweep(
@@ -105,7 +115,12 @@ def main() -> None:
                   f"{r.errors.get('RESOURCE_EXHAUSTED', 0)}, shed {r.shed_events:,}, goodput "
                   f"{row['goodput_events_per_s']:,.0f} events/s, client lag p99 "
                   f"{row['client_lag_p99_ms']:.1f} ms")
-        print(f"-> {write('overload', {'machine': machine(), 'workers': a.workers, 'send_margin_ms': a.send_margin_ms, 'server_nice': a.server_nice, 'batch': a.batch, 'deadline_ms': a.deadline_ms, 'sustainable_batches_per_s': sustainable, 'sweep': [s.as_dict() for s in steps], 'runs': runs})}")
+        out = {"machine": machine(), "workers": a.workers, "send_margin_ms": a.send_margin_ms,
+               "server_nice": a.server_nice, "server_cpus": sorted(a.server_cpus or ()),
+               "client_cpus": sorted(a.client_cpus or ()), "batch": a.batch,
+               "deadline_ms": a.deadline_ms, "sustainable_batches_per_s": sustainable,
+               "sweep": [s.as_dict() for s in steps], "runs": runs}
+        print(f"-> {write('overload', out)}")
 
 
 if __name__ == "__main__":

@@ -32,10 +32,32 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def cpu_list(text: str) -> set[int]:
+    """`0-3,6` -> {0, 1, 2, 3, 6}, checked against the CPUs this process may use."""
+    cpus: set[int] = set()
+    for part in filter(None, text.split(",")):
+        lo, _, hi = part.partition("-")
+        cpus.update(range(int(lo), int(hi or lo) + 1))
+    allowed = os.sched_getaffinity(0)
+    if not cpus or not cpus <= allowed:
+        raise SystemExit(f"CPU list {text!r}: not among this process's CPUs {sorted(allowed)}")
+    return cpus
+
+
+def _start(nice: int, cpus: set[int] | None) -> None:
+    """In the server's process before exec: its niceness and CPUs, which every thread and
+    worker process it starts inherits."""
+    if nice:
+        os.nice(nice)
+    if cpus:
+        os.sched_setaffinity(0, cpus)
+
+
 class Server:
-    def __init__(self, *args: str, nice: int = 0) -> None:
+    def __init__(self, *args: str, nice: int = 0, cpus: set[int] | None = None) -> None:
         """`nice`: the server's scheduling niceness. A positive one lets load generators on
-        the same cores (standing in for an exchange on its own machine) run first."""
+        the same cores (standing in for an exchange on its own machine) run first.
+        `cpus`: the only CPUs the server (all its threads and workers) may run on."""
         self.dir = Path(tempfile.mkdtemp(prefix="adbid-bench-"))
         self.workers = int(args[args.index("--workers") + 1]) if "--workers" in args else 1
         # Worker i serves metrics on metrics_port + i: pick a port whose neighbours are free too.
@@ -49,7 +71,7 @@ class Server:
                 [BIN, "serve", "--port", "0", "--admin-port", "0", "--metrics-port",
                  str(self.metrics_port), "--ledger", str(self.dir / "ledger"),
                  "--log-format", "text", *args], stderr=f, stdout=subprocess.DEVNULL,
-                preexec_fn=(lambda: os.nice(nice)) if nice else None)
+                preexec_fn=(lambda: _start(nice, cpus)) if nice or cpus else None)
         deadline = time.monotonic() + 300
         while time.monotonic() < deadline:
             # Every worker says when it serves (and serves its metrics from then on).
