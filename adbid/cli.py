@@ -145,8 +145,10 @@ def serve(
     send_margin_ms: float = typer.Option(DEFAULTS.send_margin_ms, envvar="ADBID_SEND_MARGIN_MS",
                                          min=0.0,
                                          help="Time kept back from each deadline for the way "
-                                              "back to the caller (network and its event "
-                                              "loop): answers must leave this much early, "
+                                              "back to the caller (this server's event loop "
+                                              "after the last check, the network, the "
+                                              "caller's loop): answers must leave this much "
+                                              "early, "
                                               "and one ready later is withheld "
                                               "(DEADLINE_EXCEEDED, its bids withdrawn)."),
     max_inflight: int = typer.Option(DEFAULTS.max_inflight_batches, envvar="ADBID_MAX_INFLIGHT",

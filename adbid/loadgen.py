@@ -79,6 +79,11 @@ class LoadResult:
     late_by_max_us: int = 0  # how far past its deadline the latest of those answers came
     latency_us: dict = field(default_factory=dict)  # p50/p90/p99/p99.9/max of answered calls
     client_lag_p99_us: float = 0.0  # how far behind its schedule the client sent
+    # How long the client's event loop was held up (a probe's oversleep; the loop's timers
+    # round up to the millisecond, so below ~1 ms it is rounding): an answer that arrives
+    # while the loop is held is timed that much late by this client, not by the server.
+    client_stall_p99_us: float = 0.0
+    client_stall_max_us: float = 0.0
     server_stages: dict = field(default_factory=dict)
     histograms: dict = field(default_factory=dict)  # HDR-encoded latency and lag, for merging
 
@@ -193,6 +198,7 @@ class _Recorder:
         self.spec = spec
         self.hist = HdrHistogram(1, 60_000_000, 3)
         self.lag = HdrHistogram(1, 60_000_000, 3)
+        self.stall = HdrHistogram(1, 60_000_000, 3)
         self.result = LoadResult(spec=asdict(spec))
         self.errors: Counter = Counter()
 
@@ -223,18 +229,34 @@ class _Recorder:
         r = self.result
         r.elapsed_s = elapsed_s
         r.errors = dict(self.errors)
-        _summarise(r, self.hist, self.lag)
+        _summarise(r, self.hist, self.lag, self.stall)
         return r
 
 
-def _summarise(r: LoadResult, hist: HdrHistogram, lag: HdrHistogram) -> None:
+def _summarise(r: LoadResult, hist: HdrHistogram, lag: HdrHistogram,
+               stall: HdrHistogram) -> None:
     if hist.get_total_count():
         r.latency_us = {"p50": hist.get_value_at_percentile(50),
                         "p90": hist.get_value_at_percentile(90),
                         "p99": hist.get_value_at_percentile(99),
                         "p99.9": hist.get_value_at_percentile(99.9), "max": hist.get_max_value()}
     r.client_lag_p99_us = lag.get_value_at_percentile(99) if lag.get_total_count() else 0.0
-    r.histograms = {"latency": hist.encode().decode("ascii"), "lag": lag.encode().decode("ascii")}
+    if stall.get_total_count():
+        r.client_stall_p99_us = stall.get_value_at_percentile(99)
+        r.client_stall_max_us = stall.get_max_value()
+    r.histograms = {name: h.encode().decode("ascii")
+                    for name, h in (("latency", hist), ("lag", lag), ("stall", stall))}
+
+
+STALL_PROBE_S = 0.002
+
+
+async def _stall_probe(stall: HdrHistogram) -> None:
+    """Until cancelled: how much later than asked this loop wakes from a short sleep."""
+    while True:
+        t = time.perf_counter()
+        await asyncio.sleep(STALL_PROBE_S)
+        stall.record_value(max(1, int((time.perf_counter() - t - STALL_PROBE_S) * 1e6)))
 
 
 async def _call(bid, request: tuple[str, bytes], rec: _Recorder, scheduled: float) -> None:
@@ -265,7 +287,7 @@ async def run(spec: LoadSpec) -> LoadResult:
     # Distinct channel arguments keep gRPC from sharing one connection among the channels.
     channels = [grpc.aio.insecure_channel(spec.target, options=[("adbid.loadgen.channel", i)])
                 for i in range(max(1, spec.connections))]
-    streams = None
+    streams = probe = None
     try:
         stubs = [ch.unary_unary(BID, request_serializer=None,
                                 response_deserializer=pb.BidResponse.FromString)
@@ -286,6 +308,7 @@ async def run(spec: LoadSpec) -> LoadResult:
         # passes, which otherwise stall this client for tens of ms and show as late answers.
         gc.collect()
         gc.freeze()
+        probe = asyncio.create_task(_stall_probe(rec.stall))
         start = time.perf_counter()
         stop_at = start + spec.duration_s
         if spec.rate > 0:
@@ -326,6 +349,8 @@ async def run(spec: LoadSpec) -> LoadResult:
             await asyncio.gather(*(caller() for _ in range(spec.concurrency)))
         result = rec.finish(time.perf_counter() - start)
     finally:
+        if probe is not None:
+            probe.cancel()
         gc.unfreeze()
         if streams is not None:
             await streams.close()
@@ -368,12 +393,12 @@ def run_processes(spec: LoadSpec, processes: int) -> LoadResult:
         errors.update(p.errors)
         out.late_by_max_us = max(out.late_by_max_us, p.late_by_max_us)
     out.errors = dict(errors)
-    hist, lag = HdrHistogram(1, 60_000_000, 3), HdrHistogram(1, 60_000_000, 3)
+    merged = {name: HdrHistogram(1, 60_000_000, 3) for name in ("latency", "lag", "stall")}
     for p in parts:
-        if p.histograms:
-            hist.decode_and_add(p.histograms["latency"].encode("ascii"))
-            lag.decode_and_add(p.histograms["lag"].encode("ascii"))
-    _summarise(out, hist, lag)
+        for name, h in merged.items():
+            if p.histograms.get(name):
+                h.decode_and_add(p.histograms[name].encode("ascii"))
+    _summarise(out, merged["latency"], merged["lag"], merged["stall"])
     out.spec["client_processes"] = processes
     if spec.admin_target:
         out.server_stages = asyncio.run(server_stages(spec.admin_target))

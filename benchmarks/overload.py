@@ -12,12 +12,17 @@ sent, shed events, and goodput (events decided in full per second). Each call's
 gRPC deadline runs from its planned arrival, taken as the call starts.
 
     python benchmarks/overload.py [--batch 64] [--deadline-ms 50] [--duration-s 10] [--workers N]
-        [--send-margin-ms M] [--server-nice N]
+        [--send-margin-ms M] [--server-nice N] [--server-cpus 0-1 --client-cpus 2-13]
 
-The clients run on the same cores as the server. `--server-nice 5` lets them
-run first, as an exchange on its own machine would; with `--send-margin-ms 4`
-that left no late answer in six full runs here, but a 6 ms margin left some at 4× in
-three of four later runs (see the README).
+Each client process also probes its own event loop ("client loop stalls": how late a
+2 ms sleep wakes): an answer that comes in while the client's loop is held is timed
+late by the client. An answer with status OK had reached the client's gRPC core
+before the call's deadline timer ended it.
+
+By default the clients run on the same cores as the server, and on 2 shared cores a
+few answers a run reach them late at 4× whatever the margin (see the README).
+`--server-nice 5` lets them run first, as an exchange on its own machine would;
+`--server-cpus` and `--client-cpus` keep them on separate cores instead.
 """
 
 from __future__ import annotations
@@ -104,7 +109,9 @@ def main() -> None:
                    "late_by_max_ms": r.late_by_max_us / 1000,
                    "errors": r.errors, "dropped": r.dropped, "expired_before_send": r.expired,
                    "shed_events": r.shed_events, "goodput_events_per_s": d["goodput_events_per_s"],
-                   "client_lag_p99_ms": r.client_lag_p99_us / 1000}
+                   "client_lag_p99_ms": r.client_lag_p99_us / 1000,
+                   "client_stall_p99_ms": r.client_stall_p99_us / 1000,
+                   "client_stall_max_ms": r.client_stall_max_us / 1000}
             runs.append(row)
             print(f"{mult}x: offered {sustainable * mult:6.0f}/s, answered p50 {row['p50_ms']:.2f}"
                   f" ms, p99 {row['p99_ms']:.2f} ms, missed deadline {row['missed_deadline']},"
@@ -114,7 +121,8 @@ def main() -> None:
                   f"{r.expired}, refused "
                   f"{r.errors.get('RESOURCE_EXHAUSTED', 0)}, shed {r.shed_events:,}, goodput "
                   f"{row['goodput_events_per_s']:,.0f} events/s, client lag p99 "
-                  f"{row['client_lag_p99_ms']:.1f} ms")
+                  f"{row['client_lag_p99_ms']:.1f} ms, client loop stalls p99 "
+                  f"{row['client_stall_p99_ms']:.1f} ms, max {row['client_stall_max_ms']:.1f} ms")
         out = {"machine": machine(), "workers": a.workers, "send_margin_ms": a.send_margin_ms,
                "server_nice": a.server_nice, "server_cpus": sorted(a.server_cpus or ()),
                "client_cpus": sorted(a.client_cpus or ()), "batch": a.batch,

@@ -62,3 +62,24 @@ def test_a_call_that_starts_late_keeps_its_planned_deadline():
     assert seen == [pytest.approx(planned + 0.05, abs=1e-9)]
     assert rec.result.sent == 1 and rec.result.expired == 1
     assert rec.errors == {"DEADLINE_EXCEEDED": 1}
+
+
+def test_the_client_times_how_long_its_own_loop_was_held(server):
+    """The probe sees a stall of this client's event loop (here a 30 ms blocking call during
+    the run): an answer arriving then is timed that much late by the client itself."""
+    spec = LoadSpec(target=server.target, rate=20.0, batch=4, deadline_ms=2000,
+                    duration_s=0.6, max_requests=20, n_users=2_000)
+
+    async def with_a_stall():
+        async def hold():
+            await asyncio.sleep(0.2)
+            time.sleep(0.03)
+        holder = asyncio.create_task(hold())
+        r = await run(spec)
+        await holder
+        return r
+
+    r = asyncio.run(with_a_stall())
+    assert r.errors == {} and r.answered > 0
+    assert r.client_stall_max_us >= 25_000
+    assert 0 < r.client_stall_p99_us <= r.client_stall_max_us
