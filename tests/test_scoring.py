@@ -33,6 +33,16 @@ def test_scores_equal_the_mlp_computed_in_numpy(tiny_world):
     assert s.provider == CPU
 
 
+def test_several_intra_op_threads_score_as_one_does(tiny_world):
+    """With --onnx-threads 2 onnxruntime's pool threads flush subnormals (its own option);
+    the scores of a larger batch, split across the threads, match the numpy MLP still."""
+    s = Scorer(tiny_world.model_path, tiny_world.dim, tiny_world.ad_index.ntotal,
+               intra_op_threads=2, use_gpu=False)
+    inputs = random_inputs(tiny_world, b=256, k=16, seed=3)
+    want = numpy_mlp(onnx.load(str(tiny_world.model_path)), *inputs)
+    np.testing.assert_allclose(s.score(*inputs), want, rtol=1e-4, atol=1e-6)
+
+
 def test_cuda_scores_equal_the_cpu_scores(tiny_world):
     """Runs where onnxruntime-gpu finds a GPU (the CUDA provider); skipped elsewhere."""
     try:
