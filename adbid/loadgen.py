@@ -85,7 +85,7 @@ class LoadResult:
     client_stall_p99_us: float = 0.0
     client_stall_max_us: float = 0.0
     server_stages: dict = field(default_factory=dict)
-    histograms: dict = field(default_factory=dict)  # HDR-encoded latency and lag, for merging
+    histograms: dict = field(default_factory=dict)  # HDR-encoded latency, lag, stalls: merged
 
     @property
     def requests_per_s(self) -> float:

@@ -36,6 +36,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from common import machine, write  # noqa: E402
 from serverproc import Server, cpu_list  # noqa: E402
 
+from adbid.config import ServerConfig  # noqa: E402
 from adbid.loadgen import LoadSpec, run_processes, sweep  # noqa: E402
 
 
@@ -123,7 +124,8 @@ def main() -> None:
                   f"{row['goodput_events_per_s']:,.0f} events/s, client lag p99 "
                   f"{row['client_lag_p99_ms']:.1f} ms, client loop stalls p99 "
                   f"{row['client_stall_p99_ms']:.1f} ms, max {row['client_stall_max_ms']:.1f} ms")
-        out = {"machine": machine(), "workers": a.workers, "send_margin_ms": a.send_margin_ms,
+        margin = ServerConfig.send_margin_ms if a.send_margin_ms is None else a.send_margin_ms
+        out = {"machine": machine(), "workers": a.workers, "send_margin_ms": margin,
                "server_nice": a.server_nice, "server_cpus": sorted(a.server_cpus or ()),
                "client_cpus": sorted(a.client_cpus or ()), "batch": a.batch,
                "deadline_ms": a.deadline_ms, "sustainable_batches_per_s": sustainable,
