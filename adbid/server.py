@@ -425,6 +425,36 @@ class AdminService(admin_pb2_grpc.AdminServicer):
         return resp
 
 
+class Health(health.aio.HealthServicer):
+    """gRPC's health service, whose Watch streams end once the server drains, right after
+    telling their watcher NOT_SERVING. A watcher's stream is a call in flight like any
+    other: left open, it would hold every drain for the whole grace period."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._draining = asyncio.Event()
+
+    async def Watch(self, request, context) -> None:
+        watch = asyncio.ensure_future(super().Watch(request, context))
+        draining = asyncio.ensure_future(self._draining.wait())
+        try:
+            await asyncio.wait((watch, draining), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            draining.cancel()
+            if not watch.done():
+                watch.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await watch
+        if self._draining.is_set():  # the last word, even if the watcher's was already sent
+            await context.write(health_pb2.HealthCheckResponse(
+                status=health_pb2.HealthCheckResponse.NOT_SERVING))
+
+    async def drain(self) -> None:
+        """Every service NOT_SERVING from now on; open Watch streams say so and end."""
+        await self.enter_graceful_shutdown()
+        self._draining.set()
+
+
 class BidServer:
     """A running adbid server: `await start()`, then `await stop()`."""
 
@@ -459,7 +489,7 @@ class BidServer:
                    # Workers of one supervisor share the port; a lone server owns it.
                    ("grpc.so_reuseport", 1 if cfg.workers > 1 else 0)]
         self.server = grpc.aio.server(options=options)
-        self.health = health.aio.HealthServicer()
+        self.health = Health()
         self.bidder = BidderService(self, cfg)
         self.server.add_generic_rpc_handlers((self.bidder.handlers(),))
         admin = AdminService(self, cfg, self.started_at)
@@ -628,7 +658,7 @@ class BidServer:
 
     async def stop(self, grace_s: float | None = None) -> None:
         """Report NOT_SERVING, drain in-flight calls for the grace period, stop."""
-        await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
+        await self.health.drain()
         for task in self._tasks:
             task.cancel()
         grace = self.cfg.grace_s if grace_s is None else grace_s
