@@ -445,6 +445,8 @@ class Health(health.aio.HealthServicer):
                 watch.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await watch
+            elif not watch.cancelled():
+                watch.result()  # the stream broke (the watcher left): its error, not a warning
         if self._draining.is_set():  # the last word, even if the watcher's was already sent
             await context.write(health_pb2.HealthCheckResponse(
                 status=health_pb2.HealthCheckResponse.NOT_SERVING))

@@ -33,7 +33,7 @@ def test_scores_equal_the_mlp_computed_in_numpy(tiny_world):
     assert s.provider == CPU
 
 
-def test_several_intra_op_threads_score_as_one_does(tiny_world):
+def test_two_intra_op_threads_score_as_the_numpy_mlp(tiny_world):
     """With --onnx-threads 2 onnxruntime's pool threads flush subnormals (its own option);
     the scores of a larger batch, split across the threads, match the numpy MLP still."""
     s = Scorer(tiny_world.model_path, tiny_world.dim, tiny_world.ad_index.ntotal,
