@@ -76,7 +76,7 @@ def _logging(verbose: bool) -> None:
 
 def _ensure_world(world: Path, seed: int) -> None:
     """Build the demo world at `world` if it is the default location and missing."""
-    from adbid import world as world_mod
+    from adbid.world import artifacts as world_mod
 
     if (world / world_mod.MANIFEST).is_file():
         return
@@ -88,7 +88,7 @@ def _ensure_world(world: Path, seed: int) -> None:
 
 
 def _build_demo(out: Path, seed: int, spec_overrides: dict | None) -> dict:
-    from adbid.demo_world import DemoWorldSpec, build
+    from adbid.world.demo_world import DemoWorldSpec, build
 
     spec = DemoWorldSpec(seed=seed, **(spec_overrides or {}))
     manifest = build(out, spec, progress=sys.stderr.isatty())
@@ -223,9 +223,9 @@ def serve(
         except WorkerSetupError as exc:
             console.print(f"[red]error:[/red] {exc}")
             raise typer.Exit(2) from None
-    from adbid.scoring import GpuUnavailableError
+    from adbid.stages.scoring import GpuUnavailableError
     from adbid.server import run
-    from adbid.world import WorldError
+    from adbid.world.artifacts import WorldError
 
     try:
         run(cfg)
@@ -266,7 +266,7 @@ def bid(
     """Send a batch of demo events to a running server and print the decisions."""
     import numpy as np
 
-    from adbid.demo_traffic import make_events
+    from adbid.world.demo_traffic import make_events
     from adbid.v1 import bidder_pb2, bidder_pb2_grpc
 
     batch = make_events(events, np.random.default_rng(seed), test=test)
@@ -355,9 +355,9 @@ def bench(
     import asyncio
     from dataclasses import asdict
 
-    from adbid import bench_report
-    from adbid.loadgen import RPCS, WIRES, LoadSpec, run, server_stages
-    from adbid.loadgen import sweep as rate_sweep
+    from adbid.bench import report as bench_report
+    from adbid.bench.loadgen import RPCS, WIRES, LoadSpec, run, server_stages
+    from adbid.bench.loadgen import sweep as rate_sweep
 
     _logging(False)
     spec = LoadSpec(target=target, admin_target=admin_target, rate=rate, concurrency=concurrency,
@@ -434,7 +434,7 @@ def campaign(
     token: str = TokenOpt,
 ) -> None:
     """Change a campaign's budget or pause it on a running server (durable, logged)."""
-    from adbid.money import MICROS_PER_UNIT
+    from adbid.money.units import MICROS_PER_UNIT
     from adbid.v1 import admin_pb2
 
     if budget is None and pause is None:

@@ -26,16 +26,16 @@ from prometheus_client import start_http_server
 
 import adbid
 from adbid import logs, metrics
-from adbid.admission import AdmissionLimit, LoopLag
+from adbid.flow.admission import AdmissionLimit, LoopLag
 from adbid.config import ServerConfig
-from adbid.decode import (BadRequest, Request, UndecodableRequest, batch_size, decode_request,
+from adbid.edge.decode import (BadRequest, Request, UndecodableRequest, batch_size, decode_request,
                           is_columnar, parse_request, request_ids)
-from adbid.demo_traffic import make_events
-from adbid.encode import all_no_bid, encode, encode_columns, finish, serialize
-from adbid.ledger import LedgerError, SpendLedger, open_store
-from adbid.pipeline import NativeStages, Pipeline
+from adbid.world.demo_traffic import make_events
+from adbid.edge.encode import all_no_bid, encode, encode_columns, finish, serialize
+from adbid.money.ledger import LedgerError, SpendLedger, open_store
+from adbid.stages.pipeline import NativeStages, Pipeline
 from adbid.v1 import admin_pb2, admin_pb2_grpc, bidder_pb2, bidder_pb2_grpc
-from adbid.world import World
+from adbid.world.artifacts import World
 
 log = logging.getLogger(__name__)
 

@@ -6,7 +6,7 @@ gRPC, onnxruntime or OpenMP is ever copied across a fork) that binds the same
 port with SO_REUSEPORT; the kernel spreads connections over them.
 
 Money stays right without shared state: worker i owns a fixed 1/N slice of every
-budget (adbid.ledger.SpendLedger.slice_of) and keeps its own ledger in
+budget (adbid.money.ledger.SpendLedger.slice_of) and keeps its own ledger in
 <ledger>/worker-<i>. The ledger directory records N; starting it with another N is
 refused, since the slices (and the spend booked against them) would no longer add
 up. Shared budgets across processes and hosts are for Redis leases (DESIGN.md).

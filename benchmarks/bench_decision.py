@@ -19,7 +19,11 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).parent))
 from common import machine, repeat, write  # noqa: E402
 
-from adbid import _decision, decision_reference as ref, targeting  # noqa: E402
+from adbid import _decision  # noqa: E402
+
+from adbid.stages import decision_reference as ref
+
+from adbid.world import targeting
 
 
 def make_case(rng: np.random.Generator, batch: int, k: int, n_ads=3000, n_camps=300) -> dict:

@@ -4,7 +4,7 @@ Each flush is what one batch of 256 events writes: 256 reservations, plus 150
 settlements or releases of earlier ones, with random 32-hex-digit request ids
 as exchanges send them. Compared, on the same disk:
 
-  log-write       adbid.ledger_log.LedgerLog, sync="write" (survives kill -9)
+  log-write       adbid.money.journal.LedgerLog, sync="write" (survives kill -9)
   log-fsync       the same with fdatasync per commit (survives power loss; the default)
   sqlite-normal   SQLite, WAL, synchronous=NORMAL (survives kill -9), the store adbid
                   used first: table keyed by request id plus an index by state
@@ -29,9 +29,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 from common import machine, repeat, write  # noqa: E402
 
-from adbid.campaigns import CampaignTable  # noqa: E402
-from adbid.ledger import SpendLedger  # noqa: E402
-from adbid.ledger_log import Close, LedgerLog, Reserve  # noqa: E402
+from adbid.world.campaigns import CampaignTable  # noqa: E402
+from adbid.money.ledger import SpendLedger  # noqa: E402
+from adbid.money.journal import Close, LedgerLog, Reserve  # noqa: E402
 
 RESERVES, CLOSES = 256, 150
 

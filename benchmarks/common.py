@@ -50,9 +50,9 @@ def demo_inputs(pipeline, batch: int, n: int = 16, seed: int = 0) -> list:
     server does: (decoded batch, query vector, user vector, context vector) each."""
     import numpy as np
 
-    from adbid.decode import decode
-    from adbid.demo_traffic import make_events
-    from adbid.lookup import resolve
+    from adbid.edge.decode import decode
+    from adbid.world.demo_traffic import make_events
+    from adbid.stages.lookup import resolve
     from adbid.v1 import bidder_pb2 as pb
 
     rng = np.random.default_rng(seed)

@@ -36,10 +36,10 @@ from serverproc import Server  # noqa: E402
 
 from adbid._fpmode import flush_denormals  # noqa: E402
 from adbid.config import ServerConfig, default_world_dir  # noqa: E402
-from adbid.ledger import SpendLedger  # noqa: E402
-from adbid.loadgen import LoadSpec, run, server_stages  # noqa: E402
-from adbid.pipeline import NativeStages, Pipeline  # noqa: E402
-from adbid.world import World  # noqa: E402
+from adbid.money.ledger import SpendLedger  # noqa: E402
+from adbid.bench.loadgen import LoadSpec, run, server_stages  # noqa: E402
+from adbid.stages.pipeline import NativeStages, Pipeline  # noqa: E402
+from adbid.world.artifacts import World  # noqa: E402
 
 
 def native_costs(batch: int, repeats: int, threads: int) -> dict:

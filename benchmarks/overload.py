@@ -37,7 +37,7 @@ from common import machine, write  # noqa: E402
 from serverproc import Server, cpu_list  # noqa: E402
 
 from adbid.config import ServerConfig  # noqa: E402
-from adbid.loadgen import LoadSpec, run_processes, sweep  # noqa: E402
+from adbid.bench.loadgen import LoadSpec, run_processes, sweep  # noqa: E402
 
 
 def main() -> None:

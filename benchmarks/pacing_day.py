@@ -28,9 +28,9 @@ sys.path.insert(0, str(Path(__file__).parent))
 from common import RESULTS, machine, write  # noqa: E402
 
 from adbid import _decision  # noqa: E402
-from adbid.campaigns import CampaignTable  # noqa: E402
-from adbid.ledger import SpendLedger  # noqa: E402
-from adbid.pacing import DAY_S, PacingController  # noqa: E402
+from adbid.world.campaigns import CampaignTable  # noqa: E402
+from adbid.money.ledger import SpendLedger  # noqa: E402
+from adbid.money.pacing import DAY_S, PacingController  # noqa: E402
 from adbid.v1 import bidder_pb2 as pb  # noqa: E402
 
 DAY0 = 1_767_225_600  # 2026-01-01T00:00:00Z

@@ -32,7 +32,7 @@ from common import machine, write  # noqa: E402
 from serverproc import Server, free_port  # noqa: E402
 
 from adbid.config import default_world_dir  # noqa: E402
-from adbid.loadgen import LoadSpec, run, sweep  # noqa: E402
+from adbid.bench.loadgen import LoadSpec, run, sweep  # noqa: E402
 
 
 def best_rate(target: str, batch: int, target_p99_ms: float, start: float, duration_s: float,

@@ -12,8 +12,8 @@ import grpc
 import pytest
 
 from adbid.config import ServerConfig
-from adbid.demo_world import DemoWorldSpec, build
-from adbid.world import World
+from adbid.world.demo_world import DemoWorldSpec, build
+from adbid.world.artifacts import World
 
 
 @pytest.fixture(scope="session")

@@ -1,8 +1,8 @@
-"""The adaptive admission limit (adbid.admission.AdmissionLimit)."""
+"""The adaptive admission limit (adbid.flow.admission.AdmissionLimit)."""
 
 import time
 
-from adbid.admission import AdmissionLimit, LoopLag
+from adbid.flow.admission import AdmissionLimit, LoopLag
 
 
 def test_limit_grows_while_deadlines_are_met_easily_and_is_capped():

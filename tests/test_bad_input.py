@@ -12,8 +12,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from adbid import metrics
-from adbid.demo_traffic import make_events
-from adbid.pipeline import ALL_STAGES
+from adbid.world.demo_traffic import make_events
+from adbid.stages.pipeline import ALL_STAGES
 from adbid.v1 import admin_pb2, admin_pb2_grpc, bidder_pb2 as pb, bidder_pb2_grpc, lenient_pb2
 
 BID = "/adbid.v1.Bidder/Bid"

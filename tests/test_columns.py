@@ -6,8 +6,8 @@ import grpc
 import numpy as np
 import pytest
 
-from adbid.columns import decisions, to_columns
-from adbid.demo_traffic import make_events
+from adbid.client import decisions, to_columns
+from adbid.world.demo_traffic import make_events
 from adbid.v1 import bidder_pb2 as pb, bidder_pb2_grpc, lenient_pb2
 
 BID = "/adbid.v1.Bidder/Bid"

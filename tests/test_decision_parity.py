@@ -5,9 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from adbid import _decision, decision_reference as ref, targeting
-from adbid.targeting import csr
-from adbid.money import impression_cost_micros
+from adbid import _decision
+
+from adbid.stages import decision_reference as ref
+
+from adbid.world import targeting
+from adbid.world.targeting import csr
+from adbid.money.units import impression_cost_micros
 from adbid.v1 import bidder_pb2 as pb
 
 

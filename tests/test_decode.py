@@ -1,7 +1,7 @@
 import numpy as np
 
-from adbid import targeting
-from adbid.decode import decode
+from adbid.world import targeting
+from adbid.edge.decode import decode
 from adbid.v1 import bidder_pb2 as pb
 
 

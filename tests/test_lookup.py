@@ -1,6 +1,6 @@
 import numpy as np
 
-from adbid.lookup import ContextEncoder, UserLookup, usable_user_id
+from adbid.stages.lookup import ContextEncoder, UserLookup, usable_user_id
 
 
 def test_known_users_get_their_embedding_and_unknown_ones_zeros(tiny_world):
@@ -40,9 +40,9 @@ def test_block_lists_resolve_per_event_from_flat_columns(tiny_world):
     """Flat block lists (as on the columnar wire) resolve to what each event's own list
     means: the OR of its IAB tier-1 bits, and the ids of its known advertiser domains in
     order (unknown domains and codes dropped), events without lists owning nothing."""
-    from adbid import targeting
-    from adbid.decode import decode
-    from adbid.lookup import resolve
+    from adbid.world import targeting
+    from adbid.edge.decode import decode
+    from adbid.stages.lookup import resolve
     from adbid.v1 import bidder_pb2 as pb
 
     rng = np.random.default_rng(3)

@@ -14,12 +14,12 @@ from pathlib import Path
 import grpc
 import numpy as np
 
-from adbid.demo_traffic import make_events
-from adbid import ledger_log
-from adbid.ledger_log import LATE_WON, OPEN, WON, Close, LedgerLog, Reserve
-from adbid.money import impression_cost_micros
+from adbid.world.demo_traffic import make_events
+from adbid.money import journal as ledger_log
+from adbid.money.journal import LATE_WON, OPEN, WON, Close, LedgerLog, Reserve
+from adbid.money.units import impression_cost_micros
 from adbid.v1 import bidder_pb2 as pb, bidder_pb2_grpc
-from adbid.world import World
+from adbid.world.artifacts import World
 
 BIN = Path(sys.executable).parent / "adbid"
 KILLS = 10

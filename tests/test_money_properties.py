@@ -6,9 +6,11 @@ from __future__ import annotations
 import numpy as np
 from hypothesis import HealthCheck, event, given, settings, strategies as st
 
-from adbid import _decision, decision_reference as ref
-from adbid.campaigns import CampaignTable
-from adbid.ledger import SpendLedger
+from adbid import _decision
+
+from adbid.stages import decision_reference as ref
+from adbid.world.campaigns import CampaignTable
+from adbid.money.ledger import SpendLedger
 from adbid.v1 import bidder_pb2 as pb
 from test_decision_parity import random_case
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from adbid.demo_traffic import make_events
+from adbid.world.demo_traffic import make_events
 from adbid.v1 import bidder_pb2 as pb, bidder_pb2_grpc
 
 ROOT = Path(__file__).parent.parent

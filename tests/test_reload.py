@@ -10,9 +10,9 @@ import grpc
 import numpy as np
 import pytest
 
-from adbid import world as world_mod
-from adbid.demo_traffic import make_events
-from adbid.demo_world import DemoWorldSpec, build
+from adbid.world import artifacts as world_mod
+from adbid.world.demo_traffic import make_events
+from adbid.world.demo_world import DemoWorldSpec, build
 from adbid.v1 import admin_pb2, admin_pb2_grpc, bidder_pb2 as pb, bidder_pb2_grpc
 
 

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from adbid.retrieval import Retriever
+from adbid.stages.retrieval import Retriever
 
 
 def test_top_k_matches_brute_force_inner_product(tiny_world):

@@ -13,7 +13,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from adbid.demo_traffic import make_events
+from adbid.world.demo_traffic import make_events
 from adbid.v1 import admin_pb2, admin_pb2_grpc, bidder_pb2 as pb, bidder_pb2_grpc
 
 

@@ -10,8 +10,8 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
     ProtoReflectionDescriptorDatabase,
 )
 
-from adbid.demo_traffic import make_events
-from adbid.money import impression_cost_micros
+from adbid.world.demo_traffic import make_events
+from adbid.money.units import impression_cost_micros
 from adbid.v1 import admin_pb2, admin_pb2_grpc, bidder_pb2 as pb, bidder_pb2_grpc
 
 

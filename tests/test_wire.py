@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from adbid import _wire
-from adbid.columns import LISTS, SCALARS
+from adbid.client import LISTS, SCALARS
 from adbid.v1 import bidder_pb2 as pb
 
 INT32 = st.integers(-(2**31), 2**31 - 1)

@@ -14,8 +14,8 @@ import grpc
 import numpy as np
 import pytest
 
-from adbid.demo_traffic import make_events
-from adbid.world import World
+from adbid.world.demo_traffic import make_events
+from adbid.world.artifacts import World
 from adbid.v1 import admin_pb2, admin_pb2_grpc, bidder_pb2 as pb, bidder_pb2_grpc
 
 BIN = Path(sys.executable).parent / "adbid"

@@ -3,7 +3,7 @@ import shutil
 
 import pytest
 
-from adbid.world import World, WorldError
+from adbid.world.artifacts import World, WorldError
 
 
 def test_manifest_records_model_quality_and_checksums(tiny_world):
@@ -16,7 +16,7 @@ def test_manifest_records_model_quality_and_checksums(tiny_world):
 
 
 def test_same_seed_same_world(tmp_path, tiny_world):
-    from adbid.demo_world import DemoWorldSpec, build
+    from adbid.world.demo_world import DemoWorldSpec, build
 
     m = build(tmp_path / "again", DemoWorldSpec.tiny(), progress=False)
     assert m["version"] == tiny_world.version

@@ -20,14 +20,14 @@ from concurrent import futures
 import grpc
 import numpy as np
 
-from adbid import decision_reference as ref
+from adbid.stages import decision_reference as ref
 from adbid.config import ServerConfig
-from adbid.decode import decode
-from adbid.ledger import SpendLedger
-from adbid.lookup import resolve
-from adbid.pipeline import NativeStages
+from adbid.edge.decode import decode
+from adbid.money.ledger import SpendLedger
+from adbid.stages.lookup import resolve
+from adbid.stages.pipeline import NativeStages
 from adbid.v1 import bidder_pb2 as pb, bidder_pb2_grpc
-from adbid.world import World
+from adbid.world.artifacts import World
 
 
 class NaiveBidder(bidder_pb2_grpc.BidderServicer):

@@ -59,7 +59,7 @@ def main() -> None:
         def __init__(self, world_dir: str) -> None:
             from naive_server import NaiveBidder
 
-            from adbid.world import World
+            from adbid.world.artifacts import World
 
             self.bidder = NaiveBidder(World.load(world_dir))
             self.version = self.bidder.world.version

@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from triton_peer import INPUTS, OUTPUTS  # noqa: E402
 
 from adbid.v1 import bidder_pb2 as pb, bidder_pb2_grpc  # noqa: E402
-from adbid.world import World  # noqa: E402
+from adbid.world.artifacts import World  # noqa: E402
 
 
 class TritonFront(bidder_pb2_grpc.BidderServicer):

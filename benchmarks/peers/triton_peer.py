@@ -41,11 +41,11 @@ class TritonBidder:
     """The gathered-batch step: lookup, retrieval, scoring and the reference decision."""
 
     def __init__(self, world_dir: str) -> None:
-        from adbid import decision_reference as ref
-        from adbid.lookup import ContextEncoder, UserLookup
-        from adbid.retrieval import Retriever
-        from adbid.scoring import Scorer
-        from adbid.world import World
+        from adbid.stages import decision_reference as ref
+        from adbid.stages.lookup import ContextEncoder, UserLookup
+        from adbid.stages.retrieval import Retriever
+        from adbid.stages.scoring import Scorer
+        from adbid.world.artifacts import World
 
         self.ref = ref
         self.world = w = World.load(world_dir)
@@ -60,8 +60,8 @@ class TritonBidder:
         self.lock = threading.Lock()
 
     def infer(self, **inputs: np.ndarray) -> dict[str, np.ndarray]:
-        from adbid import targeting
-        from adbid.lookup import resolve
+        from adbid.world import targeting
+        from adbid.stages.lookup import resolve
 
         def text(name: str) -> list[str]:
             return [v.decode("utf-8") for v in inputs[name][:, 0]]
@@ -110,7 +110,7 @@ class TritonBidder:
 
 
 class _Columns(SimpleNamespace):
-    """The columns adbid.lookup.resolve reads (and the ones it fills)."""
+    """The columns adbid.stages.lookup.resolve reads (and the ones it fills)."""
 
     def __len__(self) -> int:
         return len(self.user_id)

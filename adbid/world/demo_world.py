@@ -24,7 +24,9 @@ import onnx
 from tqdm import tqdm
 
 import adbid
-from adbid import intent_model, targeting, world
+from adbid.world import intent_model
+from adbid.world import targeting
+from adbid.world import artifacts as world
 
 log = logging.getLogger(__name__)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from adbid.loadgen import LoadResult
+from adbid.bench.loadgen import LoadResult
 
 
 def write_json(path: Path, payload: dict) -> Path:

@@ -7,7 +7,7 @@ within the reservation window, releases it. Notices are idempotent by request
 id: the last `closed_capacity` closed request ids are remembered; a notice for
 an older one is refused as unknown, so it can never be counted twice. Every
 change is journalled and `flush()` writes it to the durable log
-(adbid.ledger_log) before the caller acknowledges anything; at start-up the
+(adbid.money.journal) before the caller acknowledges anything; at start-up the
 books are rebuilt from the log.
 
 Invariant, for every campaign at every instant (only late wins, which the
@@ -31,10 +31,10 @@ from typing import NamedTuple
 
 import numpy as np
 
-from adbid.campaigns import CampaignTable
-from adbid.ledger_log import (EXPIRED, LATE_WON, LOST, OPEN, WON, CampaignChange, Close,
+from adbid.world.campaigns import CampaignTable
+from adbid.money.journal import (EXPIRED, LATE_WON, LOST, OPEN, WON, CampaignChange, Close,
                               LedgerLog, Reserve, ReserveBatch, Spent, now_ms)
-from adbid.money import impression_cost_micros
+from adbid.money.units import impression_cost_micros
 from adbid.v1 import bidder_pb2 as pb
 
 log = logging.getLogger(__name__)

@@ -17,18 +17,18 @@ import numpy as np
 
 from adbid._fpmode import flush_denormals
 from adbid.config import ServerConfig
-from adbid.decision import Decisions, DecisionCore
-from adbid.decode import EventBatch
-from adbid.encode import id_table
-from adbid.ledger import SpendLedger
-from adbid.lookup import ContextEncoder, UserLookup, resolve
+from adbid.stages.decision import Decisions, DecisionCore
+from adbid.stages.batch import EventBatch
+from adbid.edge.encode import id_table
+from adbid.money.ledger import SpendLedger
+from adbid.stages.lookup import ContextEncoder, UserLookup, resolve
 from adbid import metrics
 from adbid.metrics import StageTimers
-from adbid.pacing import PacingController
-from adbid.retrieval import Retriever
-from adbid.scoring import Scorer
+from adbid.money.pacing import PacingController
+from adbid.stages.retrieval import Retriever
+from adbid.stages.scoring import Scorer
 from adbid.v1 import bidder_pb2 as pb
-from adbid.world import World
+from adbid.world.artifacts import World
 
 log = logging.getLogger(__name__)
 

@@ -3,7 +3,7 @@
 Layout (all arrays are .npy, loaded with allow_pickle=False; nothing is pickled):
 
     manifest.json          format, version, seed, sizes, model AUCs, sha256 of every file
-    model.onnx             intent model (signature in adbid.scoring)
+    model.onnx             intent model (signature in adbid.stages.scoring)
     ads.faiss              FAISS index over ad embeddings (row = ad)
     ad_campaign.npy        int32[A]   campaign row of each ad
     ad_creative_ids.npy    <U[A]      creative id of each ad
@@ -11,7 +11,7 @@ Layout (all arrays are .npy, loaded with allow_pickle=False; nothing is pickled)
     user_embeddings.npy    float32[U, D]
     topic_embeddings.npy   float32[T, D] context topics
     context_words.json     {word: topic row}
-    campaigns.json         campaign records (see adbid.campaigns)
+    campaigns.json         campaign records (see adbid.world.campaigns)
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from typing import Any
 import faiss
 import numpy as np
 
-from adbid.campaigns import CampaignTable
+from adbid.world.campaigns import CampaignTable
 
 log = logging.getLogger(__name__)
 

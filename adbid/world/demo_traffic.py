@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from adbid import targeting
-from adbid.demo_world import DEMO_SITES, TOPIC_WORDS, user_id
+from adbid.world import targeting
+from adbid.world.demo_world import DEMO_SITES, TOPIC_WORDS, user_id
 from adbid.v1 import bidder_pb2 as pb
 
 

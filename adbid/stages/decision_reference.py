@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from adbid.money import impression_cost_micros
+from adbid.money.units import impression_cost_micros
 
 REASON_NONE = 0
 REASON_NO_CANDIDATES = 1

@@ -29,8 +29,8 @@ import grpc
 import numpy as np
 from hdrh.histogram import HdrHistogram
 
-from adbid.columns import to_columns
-from adbid.demo_traffic import make_events
+from adbid.client import to_columns
+from adbid.world.demo_traffic import make_events
 from adbid.v1 import admin_pb2, admin_pb2_grpc, bidder_pb2 as pb
 
 PLACEHOLDER = "@" * 16
@@ -285,7 +285,7 @@ async def run(spec: LoadSpec) -> LoadResult:
     templates = _Templates(spec)
     rec = _Recorder(spec)
     # Distinct channel arguments keep gRPC from sharing one connection among the channels.
-    channels = [grpc.aio.insecure_channel(spec.target, options=[("adbid.loadgen.channel", i)])
+    channels = [grpc.aio.insecure_channel(spec.target, options=[("adbid.bench.loadgen.channel", i)])
                 for i in range(max(1, spec.connections))]
     streams = probe = None
     try:

@@ -21,8 +21,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from adbid.campaigns import CampaignTable
-from adbid.ledger import SpendLedger
+from adbid.world.campaigns import CampaignTable
+from adbid.money.ledger import SpendLedger
 
 DAY_S = 86_400
 

@@ -15,7 +15,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from adbid import intent_model
+from adbid.world import intent_model
 
 log = logging.getLogger(__name__)
 

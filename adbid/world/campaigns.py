@@ -19,14 +19,14 @@ from typing import Any
 
 import numpy as np
 
-from adbid import targeting
+from adbid.world import targeting
 
 PACING_MODES = ("even", "asap")
 
 
 @dataclass(frozen=True)
 class CampaignTable:
-    """One row per campaign. Money in int64 micros; masks as in adbid.targeting.
+    """One row per campaign. Money in int64 micros; masks as in adbid.world.targeting.
 
     Budgets and the active flag here are the world's starting values; the spend
     ledger owns their run-time values.

@@ -10,9 +10,9 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from adbid.decision import Decisions
+from adbid.stages.decision import Decisions
 from adbid import _wire
-from adbid.decode import EventBatch
+from adbid.stages.batch import EventBatch
 from adbid.v1 import bidder_pb2 as pb
 
 

@@ -12,9 +12,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from adbid import _decision
-from adbid.campaigns import CampaignTable
-from adbid.decode import EventBatch
-from adbid.ledger import Reservation, SpendLedger
+from adbid.world.campaigns import CampaignTable
+from adbid.stages.batch import EventBatch
+from adbid.money.ledger import Reservation, SpendLedger
 
 _ERRORS = {1: "an ad points at a campaign row outside the campaign table"}
 
@@ -55,7 +55,7 @@ class DecisionCore:
                blocked: np.ndarray | None = None, now_s: int = 0) -> Decisions:
         """cand_ad int64[B, K] ad rows (-1 = none), score float32[B, K] P(intent).
 
-        The batch must have been resolved (adbid.lookup.resolve). `blocked`
+        The batch must have been resolved (adbid.stages.lookup.resolve). `blocked`
         bool[B]: events that must not bid (invalid ones); they get no candidates
         and hence no reservation, and the caller sets their reason. `now_s`:
         Unix seconds, for frequency windows.
@@ -66,7 +66,7 @@ class DecisionCore:
         if cand_ad.shape != score.shape or cand_ad.ndim != 2 or len(cand_ad) != n:
             raise ValueError(f"cand_ad {cand_ad.shape} and score {score.shape} for {n} events")
         if batch.site_id is None:
-            raise ValueError("batch not resolved: call adbid.lookup.resolve first")
+            raise ValueError("batch not resolved: call adbid.stages.lookup.resolve first")
         if blocked is not None and blocked.any():
             cand_ad = cand_ad.copy()
             cand_ad[blocked] = -1

@@ -13,12 +13,12 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from adbid import targeting
-from adbid.campaigns import CampaignTable
-from adbid.world import World
+from adbid.world import targeting
+from adbid.world.campaigns import CampaignTable
+from adbid.world.artifacts import World
 
 if TYPE_CHECKING:  # no protobuf at run time: the Triton peer's venv has another protobuf
-    from adbid.decode import EventBatch
+    from adbid.stages.batch import EventBatch
 
 _WORD = re.compile(r"[a-z0-9]+")
 

@@ -1,0 +1,46 @@
+"""The pipeline's input: one batch of events as columns (numpy arrays and id lists).
+
+The edges build it (adbid.edge.decode); the lookup stage fills in what the world
+resolves; every later stage reads it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+@dataclass
+class EventBatch:
+    """One batch as columns; every array has one entry per event, in request order."""
+
+    request_id: list[str]
+    user_id: list[str]
+    context_text: list[str]
+    floor_micros: np.ndarray  # int64[B], CPM micros
+    first_price: np.ndarray  # uint8[B], 1 = first-price auction
+    device_type: np.ndarray  # int64[B], adbid.v1.DeviceType value (0 where invalid)
+    country_bit: np.ndarray  # int32[B], targeting bit index
+    device_bit: np.ndarray  # int32[B]
+    size_bit: np.ndarray  # int32[B]
+    is_test: np.ndarray  # uint8[B]
+    site_domain: list[str]
+    # Publisher block lists, flat as on the columnar wire: event i's entries are the next
+    # *_count[i] of the flat sequence.
+    blocked_advertisers: Sequence[str]  # OpenRTB badv: advertiser domains
+    blocked_advertisers_count: np.ndarray  # int64[B]
+    blocked_categories: Sequence[str]  # OpenRTB bcat: IAB codes
+    blocked_categories_count: np.ndarray  # int64[B]
+    errors: dict[int, str] = field(default_factory=dict)  # event position -> problem
+    # Filled by the lookup stage (adbid.stages.lookup.resolve), from the world's vocabularies:
+    user_key: np.ndarray | None = None  # uint64[B], hash of the user id
+    user_known: np.ndarray | None = None  # uint8[B], 1 = usable user id
+    site_id: np.ndarray | None = None  # int32[B], -1 = site in no campaign's list
+    blocked_category_mask: np.ndarray | None = None  # uint64[B]
+    blocked_adv_ptr: np.ndarray | None = None  # int32[B + 1], CSR over blocked_adv_ids
+    blocked_adv_ids: np.ndarray | None = None  # int32[...]
+
+    def __len__(self) -> int:
+        return len(self.request_id)
