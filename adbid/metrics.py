@@ -9,8 +9,6 @@ import numpy as np
 from hdrh.histogram import HdrHistogram
 from prometheus_client import Counter, Gauge, Histogram, Info
 
-STAGES = ("queue", "decode", "lookup", "retrieval", "scoring", "decision", "ledger", "encode", "resume",
-          "total")
 _BUCKETS_S = (50e-6, 100e-6, 250e-6, 500e-6, 1e-3, 2e-3, 3e-3, 5e-3, 7.5e-3, 10e-3, 15e-3,
               20e-3, 30e-3, 50e-3, 100e-3, 250e-3, 1.0)
 
@@ -103,12 +101,12 @@ class StageTimers:
     Status call under load.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, stages: tuple[str, ...]) -> None:
         self._lock = threading.Lock()
-        self._hist = {s: HdrHistogram(1, 60_000_000, 3) for s in STAGES}
-        self._sum_us = dict.fromkeys(STAGES, 0)
-        self._prom = {s: STAGE_SECONDS.labels(stage=s) for s in STAGES}
-        some = self._hist[STAGES[0]]
+        self._hist = {s: HdrHistogram(1, 60_000_000, 3) for s in stages}
+        self._sum_us = dict.fromkeys(stages, 0)
+        self._prom = {s: STAGE_SECONDS.labels(stage=s) for s in stages}
+        some = self._hist[stages[0]]
         # The highest value each bucket stands for (what hdrh reports for a percentile).
         self._top = np.array([some.get_highest_equivalent_value(some.get_value_from_index(i))
                               for i in range(some.counts_len)], dtype=np.int64)
@@ -137,25 +135,3 @@ class StageTimers:
                 out[s] = {"count": total, "mean_us": self._sum_us[s] / total if total else 0.0,
                           "p50_us": at(50), "p99_us": at(99)}
         return out
-
-
-def _zero_known_series() -> None:
-    """Export every known label combination at 0 from the start, so that dashboards and
-    alerts see a zero instead of no data."""
-    from adbid.v1 import bidder_pb2
-
-    for kind in ("invalid_request", "undecodable_request", "not_found", "failed_precondition",
-                 "overload", "deadline", "reload_refused", "unauthenticated", "internal",
-                 "housekeeping"):
-        ERRORS.labels(kind)
-    for stage in ("arrival", "admission", "queue", "retrieval", "scoring", "decision"):
-        SHED.labels(stage)
-    for value in bidder_pb2.NoBidReason.values():
-        if value:
-            NO_BIDS.labels(bidder_pb2.NoBidReason.Name(value))
-    for kind in ("OUTCOME_TYPE_WIN", "OUTCOME_TYPE_LOSS", "OUTCOME_TYPE_BILLING"):
-        for result in ("accepted", "duplicate", "rejected"):
-            NOTICES.labels(kind, result)
-
-
-_zero_known_series()

@@ -38,7 +38,7 @@ from adbid._fpmode import flush_denormals  # noqa: E402
 from adbid.config import ServerConfig, default_world_dir  # noqa: E402
 from adbid.money.ledger import SpendLedger  # noqa: E402
 from adbid.bench.loadgen import LoadSpec, run, server_stages  # noqa: E402
-from adbid.stages.pipeline import NativeStages, Pipeline  # noqa: E402
+from adbid.stages.pipeline import WorldStages, Pipeline  # noqa: E402
 from adbid.world.artifacts import World  # noqa: E402
 
 
@@ -46,7 +46,7 @@ def native_costs(batch: int, repeats: int, threads: int) -> dict:
     flush_denormals()  # as on the server's native threads
     world = World.load(default_world_dir())
     cfg = ServerConfig(world=world.path, ledger=None)
-    p = Pipeline(NativeStages(world, cfg), cfg, SpendLedger(world.campaigns, None))
+    p = Pipeline(WorldStages(world, cfg), cfg, SpendLedger(world.campaigns, None))
     inputs = demo_inputs(p, batch)
     per = {"retrieval": [], "scoring": [], "decision": []}
     for _ in range(repeats):

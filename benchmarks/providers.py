@@ -35,7 +35,7 @@ from adbid._fpmode import flush_denormals  # noqa: E402
 from adbid.config import ServerConfig, default_world_dir  # noqa: E402
 from adbid.money.ledger import SpendLedger  # noqa: E402
 from adbid.bench.loadgen import LoadSpec, run, server_stages  # noqa: E402
-from adbid.stages.pipeline import NativeStages, Pipeline  # noqa: E402
+from adbid.stages.pipeline import WorldStages, Pipeline  # noqa: E402
 from adbid.stages.scoring import CPU, CUDA, GpuUnavailableError, Scorer  # noqa: E402
 from adbid.world.artifacts import World  # noqa: E402
 
@@ -56,7 +56,7 @@ def in_process(world: World, batches: list[int], repeats: int, providers: list[s
     """Scoring alone on this thread. The CPU provider twice: IEEE arithmetic, then with
     subnormal floats flushed to zero as on the server's native threads."""
     cfg = ServerConfig(world=world.path, ledger=None, use_gpu=False)
-    p = Pipeline(NativeStages(world, cfg), cfg, SpendLedger(world.campaigns, None))
+    p = Pipeline(WorldStages(world, cfg), cfg, SpendLedger(world.campaigns, None))
     scorers = {prov: Scorer(world.model_path, world.dim, world.ad_index.ntotal,
                             intra_op_threads=cfg.onnx_threads, use_gpu=prov == CUDA,
                             require_gpu=prov == CUDA) for prov in providers}

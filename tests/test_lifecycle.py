@@ -65,15 +65,15 @@ def test_draining_reports_not_serving_and_finishes_the_calls_in_flight(server):
     the drain); a call in flight still gets its full answer; then the server stops, before
     the grace period is up, and refuses new calls."""
     pipeline = server.server.pipeline
-    real_decide = pipeline.decide
+    real_run = pipeline.run
     entered = threading.Event()
 
-    async def slow_decide(batch, deadline):  # the real decision, 0.5 s late
+    async def slow_run(batch, deadline):  # the real decision, 0.5 s late
         entered.set()
         await asyncio.sleep(0.5)
-        return await real_decide(batch, deadline)
+        return await real_run(batch, deadline)
 
-    pipeline.decide = slow_decide
+    pipeline.run = slow_run
     events = tiny_events(32, seed=3)
     with grpc.insecure_channel(server.target) as ch, ThreadPoolExecutor(2) as pool:
         watch = health_pb2_grpc.HealthStub(ch).Watch(

@@ -94,8 +94,9 @@ def test_stage_summary_matches_hdrh():
     import random
 
     from adbid.metrics import StageTimers
+    from adbid.stages import STAGES
 
-    timers = StageTimers()
+    timers = StageTimers(STAGES)
     rng = random.Random(7)
     values = [rng.lognormvariate(-7, 1.2) for _ in range(5000)]
     for v in values:

@@ -1,8 +1,8 @@
-"""The stage-cost model behind every deadline check (adbid.stages.pipeline.StageCost)."""
+"""The stage-cost model behind every deadline check (adbid.flow.deadlines.StageCost)."""
 
 import numpy as np
 
-from adbid.stages.pipeline import StageCost
+from adbid.flow.deadlines import StageCost
 
 
 def test_one_odd_batch_does_not_swing_the_estimate():

@@ -6,13 +6,15 @@ straight to bytes by adbid._wire instead of a message per event.
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Sequence
 
 import numpy as np
 
-from adbid.stages.decision import Decisions
 from adbid import _wire
 from adbid.stages.batch import EventBatch
+from adbid.stages.decision import Decisions
+from adbid.stages.pipeline import Pipeline
 from adbid.v1 import bidder_pb2 as pb
 
 
@@ -38,6 +40,24 @@ def encode(batch_id: str, batch: EventBatch, dec: Decisions, campaign_ids: Seque
 def id_table(ids: Sequence[str]) -> np.ndarray:
     """An object array of ids with "" appended: row -1 (no bid) picks the empty id."""
     return np.array([*ids, ""], dtype=object)
+
+
+_TABLES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def answer(batch_id: str, batch: EventBatch, dec: Decisions, pipeline: Pipeline,
+           columnar: bool) -> pb.BidResponse | bytes:
+    """The answer to a decided batch, in the form the request came in (columns as bytes,
+    events as a message). A pipeline's id tables are built once, on its first answer."""
+    version = pipeline.world.version
+    if not columnar:
+        return encode(batch_id, batch, dec, pipeline.campaign_ids, pipeline.creative_ids,
+                      version)
+    tables = _TABLES.get(pipeline)
+    if tables is None:
+        tables = _TABLES[pipeline] = (id_table(pipeline.campaign_ids),
+                                      id_table(pipeline.creative_ids))
+    return encode_columns(batch_id, batch, dec, tables[0], tables[1], version)
 
 
 def encode_columns(batch_id: str, batch: EventBatch, dec: Decisions, campaign_table: np.ndarray,

@@ -25,7 +25,7 @@ from adbid.config import ServerConfig
 from adbid.edge.decode import decode
 from adbid.money.ledger import SpendLedger
 from adbid.stages.lookup import resolve
-from adbid.stages.pipeline import NativeStages
+from adbid.stages.pipeline import WorldStages
 from adbid.v1 import bidder_pb2 as pb, bidder_pb2_grpc
 from adbid.world.artifacts import World
 
@@ -33,7 +33,7 @@ from adbid.world.artifacts import World
 class NaiveBidder(bidder_pb2_grpc.BidderServicer):
     def __init__(self, world: World) -> None:
         self.world = world
-        self.stages = NativeStages(world, ServerConfig(world=world.path, ledger=None))
+        self.stages = WorldStages(world, ServerConfig(world=world.path, ledger=None))
         self.ledger = SpendLedger(world.campaigns, None)
         self.freq = ref.FrequencyDict()
         self.lock = threading.Lock()
