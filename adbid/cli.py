@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 import sys
+import types
+import typing
 from pathlib import Path
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
-from adbid.config import ServerConfig, default_ledger_path, default_world_dir
+from adbid.bench.command import AdminTargetOpt, TargetOpt, bench
+from adbid.config import ServerConfig, default_world_dir, settings
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=(
     "adbid: a real-time bidding decision server. Batches of ad events in over gRPC; "
@@ -19,10 +23,6 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, help=(
     "no-bid per event out."))
 console = Console()
 DEFAULTS = ServerConfig()
-ADMIN_TARGET = f"{DEFAULTS.admin_host}:{DEFAULTS.admin_port}"
-TargetOpt = typer.Option("127.0.0.1:50051", envvar="ADBID_TARGET", help="Bidder address.")
-AdminTargetOpt = typer.Option(ADMIN_TARGET, envvar="ADBID_ADMIN_TARGET",
-                              help="Admin address (the server's --admin-host:--admin-port).")
 TokenOpt = typer.Option("", envvar="ADBID_ADMIN_TOKEN", help="Admin bearer token, if required.")
 TlsCaOpt = typer.Option(None, envvar="ADBID_TLS_CA", help="PEM CA to verify the server (TLS).")
 TlsCertOpt = typer.Option(None, envvar="ADBID_TLS_CLIENT_CERT",
@@ -103,114 +103,48 @@ def _build_demo(out: Path, seed: int, spec_overrides: dict | None) -> dict:
     return manifest
 
 
-# serve's parameter name -> ServerConfig field, where the two differ.
-_FIELD_OF = {"gpu": "use_gpu", "max_batch": "max_batch_events", "deadline_ms":
-             "default_deadline_ms", "max_inflight": "max_inflight_batches"}
+def _serve_parameters() -> list[inspect.Parameter]:
+    """One option per ServerConfig setting: its flag, ADBID_* variable, default and help
+    come from the field (adbid.config.settings)."""
+    hints = typing.get_type_hints(ServerConfig)
+    params = []
+    for f, flag, env in settings():
+        kind = hints[f.name]
+        if typing.get_origin(kind) in (typing.Union, types.UnionType):
+            kind = next(a for a in typing.get_args(kind) if a is not type(None))
+        default = getattr(DEFAULTS, f.name)
+        names = [f"{flag}/--no-{flag[2:]}"] if kind is bool else [flag]
+        bounds = {"min": f.metadata["min"]} if f.metadata.get("min") is not None else {}
+        option = typer.Option(default, *names, envvar=env, help=f.metadata["help"],
+                              show_default=str(default) if default is not None else False,
+                              **bounds)
+        params.append(inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY,
+                                        default=option, annotation=kind))
+    return params
 
 
-@app.command()
-def serve(
-    ctx: typer.Context,
-    config: Path = typer.Option(None, "--config", "-c", envvar="ADBID_CONFIG",
-                                help="TOML file of settings (keys as in adbid.config."
-                                     "ServerConfig); flags and ADBID_* variables win over it."),
-    log_format: str = typer.Option("auto", envvar="ADBID_LOG_FORMAT",
-                                   help="json, text, or auto (text on a terminal)."),
-    world: Path = typer.Option(DEFAULTS.world, envvar="ADBID_WORLD",
-                               help="World directory. The default one is built if missing."),
-    host: str = typer.Option(DEFAULTS.host, envvar="ADBID_HOST", help="Address to listen on."),
-    port: int = typer.Option(DEFAULTS.port, envvar="ADBID_PORT", help="gRPC port (0 = any)."),
-    metrics_port: int = typer.Option(DEFAULTS.metrics_port, envvar="ADBID_METRICS_PORT",
-                                     help="Prometheus /metrics port on --host (0 = off)."),
-    top_k: int = typer.Option(DEFAULTS.top_k, envvar="ADBID_TOP_K",
-                              help="Candidates retrieved per event."),
-    faiss_threads: int = typer.Option(DEFAULTS.faiss_threads, envvar="ADBID_FAISS_THREADS",
-                                      help="OpenMP threads for FAISS."),
-    onnx_threads: int = typer.Option(DEFAULTS.onnx_threads, envvar="ADBID_ONNX_THREADS",
-                                     help="onnxruntime intra-op threads."),
-    onnx_spinning: bool = typer.Option(DEFAULTS.onnx_spinning, envvar="ADBID_ONNX_SPINNING",
-                                       help="Let onnxruntime threads spin between runs."),
-    native_threads: int = typer.Option(DEFAULTS.native_threads, envvar="ADBID_NATIVE_THREADS",
-                                       help="Threads running retrieval + scoring."),
-    gpu: bool = typer.Option(DEFAULTS.use_gpu, envvar="ADBID_GPU",
-                             help="Use the CUDA provider when onnxruntime offers it."),
-    require_gpu: bool = typer.Option(False, envvar="ADBID_REQUIRE_GPU",
-                                     help="Refuse to start unless the model runs on CUDA."),
-    shading: float = typer.Option(DEFAULTS.shading, envvar="ADBID_SHADING",
-                                  help="First-price bid = value x shading (0..1]."),
-    max_batch: int = typer.Option(DEFAULTS.max_batch_events, envvar="ADBID_MAX_BATCH",
-                                  help="Largest batch accepted, in events."),
-    deadline_ms: int = typer.Option(DEFAULTS.default_deadline_ms, envvar="ADBID_DEADLINE_MS",
-                                    help="Deadline when the call carries none."),
-    send_margin_ms: float = typer.Option(DEFAULTS.send_margin_ms, envvar="ADBID_SEND_MARGIN_MS",
-                                         min=0.0,
-                                         help="Time kept back from each deadline for the way "
-                                              "back to the caller (this server's event loop "
-                                              "after the last check, the network, the "
-                                              "caller's loop): answers must leave this much "
-                                              "early, "
-                                              "and one ready later is withheld "
-                                              "(DEADLINE_EXCEEDED, its bids withdrawn)."),
-    max_inflight: int = typer.Option(DEFAULTS.max_inflight_batches, envvar="ADBID_MAX_INFLIGHT",
-                                     help="Cap on batches admitted at once; the limit adapts "
-                                          "below it to what meets deadlines, and batches above "
-                                          "it are refused at once (RESOURCE_EXHAUSTED)."),
-    admin_host: str = typer.Option(DEFAULTS.admin_host, envvar="ADBID_ADMIN_HOST",
-                                   help="Address of the Admin service's own port."),
-    admin_port: int = typer.Option(DEFAULTS.admin_port, envvar="ADBID_ADMIN_PORT",
-                                   help="Admin port (0 = any; -1 = on the main port, which "
-                                        "needs --admin-token unless --host is loopback)."),
-    admin_token: str = typer.Option("", envvar="ADBID_ADMIN_TOKEN",
-                                    help="Require 'authorization: Bearer TOKEN' on Admin calls."),
-    tls_cert: Path = typer.Option(None, envvar="ADBID_TLS_CERT",
-                                  help="PEM certificate chain: TLS on the gRPC port."),
-    tls_key: Path = typer.Option(None, envvar="ADBID_TLS_KEY", help="PEM key of --tls-cert."),
-    tls_client_ca: Path = typer.Option(None, envvar="ADBID_TLS_CLIENT_CA",
-                                       help="PEM CA: require client certificates (mutual TLS)."),
-    ledger: Path = typer.Option(default_ledger_path(), envvar="ADBID_LEDGER",
-                                help="Spend ledger directory (append-only log); created if "
-                                     "missing, replayed at start-up."),
-    ledger_sync: str = typer.Option(DEFAULTS.ledger_sync, envvar="ADBID_LEDGER_SYNC",
-                                    help="'write': each commit is handed to the OS before the "
-                                         "answer (survives kill -9); 'fsync': also fdatasync'ed "
-                                         "(survives power loss; 5-12 ms a commit here)."),
-    frequency_slots: int = typer.Option(DEFAULTS.frequency_slots, envvar="ADBID_FREQUENCY_SLOTS",
-                                        help="Frequency-cap counters (24 bytes each)."),
-    reservation_ttl_s: float = typer.Option(DEFAULTS.reservation_ttl_s,
-                                            envvar="ADBID_RESERVATION_TTL_S",
-                                            help="Release a bid's reservation after this."),
-    workers: int = typer.Option(DEFAULTS.workers, envvar="ADBID_WORKERS", min=1,
-                                help="Server processes sharing the port (SO_REUSEPORT), each "
-                                     "with 1/N of every budget and its own ledger, Admin and "
-                                     "metrics port (+i); about one per core."),
-    gil_switch_ms: float = typer.Option(DEFAULTS.gil_switch_ms, envvar="ADBID_GIL_SWITCH_MS",
-                                        help="Python's thread switch interval: how long the "
-                                             "event loop may keep the GIL from a thread whose "
-                                             "native work is done."),
-    seed: int = typer.Option(42, help="Seed of the demo world, when it has to be built."),
-    verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug logging."),
-) -> None:
-    """Serve bids over gRPC. With no options: the demo world on 127.0.0.1:50051."""
+def serve(ctx: typer.Context, config: Path | None, log_format: str, seed: int, verbose: bool,
+          **values) -> None:
+    """Serve bids over gRPC. With no options: the demo world on 127.0.0.1:50051.
+
+    Each setting is a flag, an ADBID_* variable or a --config file key (`adbid settings`
+    lists them); a flag or a variable wins over the file."""
     from adbid import logs
     from adbid.config import read_config_file
 
     logs.setup(log_format, verbose)
-    values = {k: v for k, v in ctx.params.items()
-              if k not in ("ctx", "config", "log_format", "seed", "verbose")}
-    settings = {_FIELD_OF.get(k, k): v for k, v in values.items()}
+    settings_given = dict(values)
     if config is not None:
         try:
             from_file = read_config_file(config)
         except ValueError as exc:
             raise typer.BadParameter(str(exc), param_hint="--config") from None
-        param_of = {_FIELD_OF.get(k, k): k for k in values}
         for key, value in from_file.items():
-            param = param_of.get(key)
-            source = ctx.get_parameter_source(param) if param else None
+            source = ctx.get_parameter_source(key) if key in values else None
             if source is None or source.name == "DEFAULT":  # flags and ADBID_* win
-                settings[key] = value
+                settings_given[key] = value
     # ctx.params holds paths as str in some typer versions: from_dict makes them Path.
-    cfg = ServerConfig.from_dict(settings)
+    cfg = ServerConfig.from_dict(settings_given)
     _ensure_world(cfg.world, seed)
     shown = {**cfg.as_dict(), "admin_token": "(set)" if cfg.admin_token else ""}
     logging.getLogger("adbid").info("configuration: %s", json.dumps(shown),
@@ -223,8 +157,8 @@ def serve(
         except WorkerSetupError as exc:
             console.print(f"[red]error:[/red] {exc}")
             raise typer.Exit(2) from None
-    from adbid.stages.scoring import GpuUnavailableError
     from adbid.server import run
+    from adbid.stages.scoring import GpuUnavailableError
     from adbid.world.artifacts import WorldError
 
     try:
@@ -232,6 +166,43 @@ def serve(
     except (WorldError, GpuUnavailableError, OSError) as exc:
         console.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2) from None
+
+
+serve.__signature__ = inspect.Signature([  # type: ignore[attr-defined]
+    inspect.Parameter("ctx", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=typer.Context),
+    inspect.Parameter("config", inspect.Parameter.KEYWORD_ONLY, annotation=Path, default=typer.Option(
+        None, "--config", "-c", envvar="ADBID_CONFIG",
+        help="TOML file of settings (keys: the setting names, as `adbid settings` lists "
+             "them); flags and ADBID_* variables win over it.")),
+    inspect.Parameter("log_format", inspect.Parameter.KEYWORD_ONLY, annotation=str,
+                      default=typer.Option("auto", envvar="ADBID_LOG_FORMAT",
+                                           help="json, text, or auto (text on a terminal).")),
+    *_serve_parameters(),
+    inspect.Parameter("seed", inspect.Parameter.KEYWORD_ONLY, annotation=int, default=typer.Option(
+        42, help="Seed of the demo world, when it has to be built.")),
+    inspect.Parameter("verbose", inspect.Parameter.KEYWORD_ONLY, annotation=bool,
+                      default=typer.Option(False, "--verbose", "-v", help="Debug logging.")),
+])
+app.command()(serve)
+
+
+@app.command("settings")
+def list_settings(markdown: bool = typer.Option(False, help="As a Markdown table.")) -> None:
+    """Every setting of `adbid serve`: flag, ADBID_* variable, config-file key, default."""
+    rows = [(flag, env, f.name, str(getattr(DEFAULTS, f.name)), f.metadata["help"])
+            for f, flag, env in settings()]
+    if markdown:
+        print("| flag | variable | file key | default | what it does |")
+        print("|---|---|---|---|---|")
+        for row in rows:
+            print("| " + " | ".join(f"`{c}`" if i < 3 else c for i, c in enumerate(row)) + " |")
+        return
+    table = Table(title="adbid serve settings (flag > variable > config file > default)")
+    for col in ("flag", "variable", "file key", "default", "what it does"):
+        table.add_column(col)
+    for row in rows:
+        table.add_row(*row)
+    console.print(table)
 
 
 @app.command("demo-world")
@@ -331,85 +302,6 @@ def status(
 
 
 @app.command()
-def bench(
-    target: str = TargetOpt,
-    admin_target: str = AdminTargetOpt,
-    rate: float = typer.Option(0.0, help="Open loop: batches/s with Poisson arrivals "
-                                         "(0 = closed loop)."),
-    concurrency: int = typer.Option(4, help="Closed loop: callers, each waiting for its answer."),
-    batch: int = typer.Option(256, help="Events per batch."),
-    deadline_ms: float = typer.Option(10.0, help="Deadline per batch (gRPC and deadline_ms)."),
-    duration_s: float = typer.Option(10.0, help="Length of each run."),
-    max_requests: int = typer.Option(1_000_000, help="Upper bound on batches per run."),
-    sweep: bool = typer.Option(False, help="Raise the open-loop rate (from --rate, x1.4 a step) "
-                                           "until p99 exceeds --target-p99-ms."),
-    target_p99_ms: float = typer.Option(10.0, help="Latency target of the sweep."),
-    test_traffic: bool = typer.Option(False, help="Send test traffic (no budget effects)."),
-    wire: str = typer.Option("columns", help="Request form: columns (EventColumns, the fast "
-                                             "form) or events (one AdEvent message each)."),
-    rpc: str = typer.Option("unary", help="unary (a Bid call per batch) or stream (one "
-                                          "BidStream per connection; cheaper per batch)."),
-    out: Path = typer.Option(Path("bench-results"), help="Directory for JSON and PNG output."),
-) -> None:
-    """Load a running server over gRPC and report throughput, latency (HDR) and stage costs."""
-    import asyncio
-    from dataclasses import asdict
-
-    from adbid.bench import report as bench_report
-    from adbid.bench.loadgen import RPCS, WIRES, LoadSpec, run, server_stages
-    from adbid.bench.loadgen import sweep as rate_sweep
-
-    _logging(False)
-    spec = LoadSpec(target=target, admin_target=admin_target, rate=rate, concurrency=concurrency,
-                    batch=batch, deadline_ms=deadline_ms, duration_s=duration_s,
-                    max_requests=max_requests, test_traffic=test_traffic, wire=wire, rpc=rpc)
-    for value, allowed, hint in ((wire, WIRES, "--wire"), (rpc, RPCS, "--rpc")):
-        if value not in allowed:
-            raise typer.BadParameter(" or ".join(allowed), param_hint=hint)
-    if sweep:
-        if rate <= 0:
-            raise typer.BadParameter("--sweep needs a starting --rate", param_hint="--rate")
-        results, best = rate_sweep(spec, target_p99_ms, rate)
-    else:
-        results, best = [asyncio.run(run(spec))], None
-    try:
-        stages = asyncio.run(server_stages(admin_target))
-    except Exception as exc:  # noqa: BLE001 - the breakdown is a bonus; say why it is missing
-        console.print(f"[yellow]no stage breakdown from {admin_target}: {exc}[/yellow]")
-        stages = {}
-    table = Table(title=f"adbid bench: batch {batch}, deadline {deadline_ms:g} ms; "
-                        "latency in ms; events per second")
-    for col in ("load", "calls/s", "events/s", "goodput", "p50", "p90", "p99", "p99.9",
-                "shed", "late", "errors", "bids"):
-        table.add_column(col, no_wrap=True)
-    for r in results:
-        d, lat = r.as_dict(), r.latency_us
-        table.add_row(f"{r.spec['rate']:.0f}/s" if r.spec["rate"] else f"c={concurrency}",
-                      f"{d['requests_per_s']:.0f}", f"{d['events_per_s']:,.0f}",
-                      f"{d['goodput_events_per_s']:,.0f}",
-                      *(f"{lat.get(p, 0) / 1000:.1f}" for p in ("p50", "p90", "p99", "p99.9")),
-                      f"{r.shed_events:,}", f"{r.late}",
-                      ", ".join(f"{k} {v}" for k, v in r.errors.items()),
-                      f"{d['bid_rate']:.0%}")
-    console.print(table)
-    if best is not None:
-        console.print(f"highest rate with p99 <= {target_p99_ms:g} ms: "
-                      f"{best.spec['rate']:.0f} batches/s = "
-                      f"{best.goodput_events_per_s:,.0f} events/s")
-    payload = {"spec": asdict(spec), "runs": [r.as_dict() for r in results],
-               "best": best.as_dict() if best else None, "server_stages": stages}
-    console.print(f"-> {bench_report.write_json(out / 'bench.json', payload)}")
-    try:
-        bench_report.plot_latency_vs_throughput(results, out / "latency.png",
-                                                f"batch {batch}, deadline {deadline_ms:g} ms")
-        if stages:
-            bench_report.plot_stages(stages, out / "stages.png", "server time per batch by stage")
-        console.print(f"-> {out / 'latency.png'}" + (f", {out / 'stages.png'}" if stages else ""))
-    except ImportError:
-        console.print("[yellow]plots need matplotlib: pip install 'adbid[bench]'[/yellow]")
-
-
-@app.command()
 def reload(
     world: str = typer.Argument("", help="World directory to serve (default: the current one)."),
     target: str = AdminTargetOpt,
@@ -448,6 +340,9 @@ def campaign(
     console.print(f"{c.campaign_id}: {'active' if c.active else 'paused'}, budget "
                   f"{c.budget_micros / 1e6:.2f}, spent {c.spent_micros / 1e6:.4f}, reserved "
                   f"{c.reserved_micros / 1e6:.4f}")
+
+
+app.command()(bench)
 
 
 if __name__ == "__main__":

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import Field, asdict, dataclass, field, fields
 from pathlib import Path
 
 
@@ -23,45 +23,84 @@ def default_ledger_path() -> Path:
     return adbid_home() / "ledger"
 
 
+def setting(default, help: str, *, flag: str = "", factory=None, minimum=None,
+            cli: bool = True):
+    """A ServerConfig field with what the CLI needs: its help text, its flag (default:
+    --field-name), an optional lower bound. The env variable is ADBID_ + the flag's name."""
+    meta = {"help": help, "flag": flag, "min": minimum, "cli": cli}
+    if factory is not None:
+        return field(default_factory=factory, metadata=meta)
+    return field(default=default, metadata=meta)
+
+
 @dataclass
 class ServerConfig:
-    world: Path = field(default_factory=default_world_dir)
-    ledger: Path | None = field(default_factory=default_ledger_path)  # log dir; None = memory only
-    ledger_sync: str = "write"  # "write" survives kill -9; "fsync" also power loss (5-12 ms/commit)
-    frequency_slots: int = 1 << 20  # frequency-cap counters (24 bytes each)
-    host: str = "127.0.0.1"
-    port: int = 50051  # 0 = pick a free port
-    metrics_port: int = 9464  # Prometheus /metrics on host; 0 = off, -1 = any free port
-    admin_host: str = "127.0.0.1"  # the Admin service listens here, apart from bidding traffic
-    admin_port: int = 50052  # 0 = any free port; -1 = on the main port (needs a token off loopback)
-    admin_token: str = ""  # when set, every Admin call needs "authorization: Bearer <token>"
-    tls_cert: Path | None = None  # PEM certificate chain for the gRPC port (TLS on when set)
-    tls_key: Path | None = None  # PEM private key for tls_cert
-    tls_client_ca: Path | None = None  # PEM CA bundle: clients must present a cert it signed
-    top_k: int = 16  # candidates retrieved per event
-    faiss_threads: int = 1  # OpenMP threads for FAISS search
-    onnx_threads: int = 1  # onnxruntime intra-op threads
-    onnx_spinning: bool = False  # let onnxruntime threads spin between runs
-    native_threads: int = 2  # executor threads running retrieval + scoring, overlapping batches
-    use_gpu: bool = True  # take the CUDA provider when onnxruntime offers it
-    require_gpu: bool = False  # refuse to start unless the CUDA provider runs the model
-    shading: float = 0.85  # first-price bid = value x shading (at least the floor)
-    max_batch_events: int = 4096  # larger batches are refused with INVALID_ARGUMENT
-    max_message_bytes: int = 16 * 1024 * 1024  # gRPC receive/send limit
-    default_deadline_ms: int = 50  # when neither the call nor the batch carries one
-    send_margin_ms: float = 4.0  # answers must leave this long before the deadline (one
-    # ready later is withheld): the way back to the caller (network, its event loop) is part
-    # of the caller's deadline, and so is the server's own event loop after the last check,
-    # up to ~2 ms under overload (2 ms left late answers at 4x load, 4 ms none: README)
-    reservation_ttl_s: float = 300.0  # unanswered bids release their reservation after this
-    grace_s: float = 5.0  # drain time on SIGTERM
-    max_stream_inflight: int = 8  # batches in flight per BidStream
-    max_inflight_batches: int = 32  # most batches ever admitted at once (the adaptive limit's cap)
+    """Every setting of `adbid serve`, declared once: the CLI's options, their ADBID_*
+    variables and the config file's keys are all made from these fields."""
 
-    workers: int = 1  # processes sharing the port (SO_REUSEPORT); each owns 1/N of every budget
-    worker_index: int = 0  # which worker this process is (set by the supervisor, not by users)
-    gil_switch_ms: float = 1.0  # Python's thread switch interval (its default, 5 ms, delays
-    # threads that finish native work and need the GIL back to hand over their result)
+    world: Path = setting(None, "World directory. The default one is built if missing.",
+                          factory=default_world_dir)
+    ledger: Path | None = setting(
+        None, "Spend ledger directory (append-only log); created if missing, replayed at "
+        "start-up.", factory=default_ledger_path)
+    ledger_sync: str = setting(
+        "write", "'write': each commit is handed to the OS before the answer (survives "
+        "kill -9); 'fsync': also fdatasync'ed (survives power loss; 5-12 ms a commit here).")
+    frequency_slots: int = setting(1 << 20, "Frequency-cap counters (24 bytes each).",
+                                   minimum=1)
+    host: str = setting("127.0.0.1", "Address to listen on.")
+    port: int = setting(50051, "gRPC port (0 = any free port).", minimum=0)
+    metrics_port: int = setting(9464, "Prometheus /metrics port on --host (0 = off, -1 = any "
+                                "free port).")
+    admin_host: str = setting("127.0.0.1", "Address of the Admin service's own port.")
+    admin_port: int = setting(50052, "Admin port (0 = any; -1 = on the main port, which needs "
+                              "--admin-token unless --host is loopback).")
+    admin_token: str = setting("", "Require 'authorization: Bearer TOKEN' on Admin calls.")
+    tls_cert: Path | None = setting(None, "PEM certificate chain: TLS on the gRPC port.")
+    tls_key: Path | None = setting(None, "PEM key of --tls-cert.")
+    tls_client_ca: Path | None = setting(None, "PEM CA: require client certificates "
+                                         "(mutual TLS).")
+    top_k: int = setting(16, "Candidates retrieved per event.", minimum=1)
+    faiss_threads: int = setting(1, "OpenMP threads for FAISS search.", minimum=1)
+    onnx_threads: int = setting(1, "onnxruntime intra-op threads.", minimum=1)
+    onnx_spinning: bool = setting(False, "Let onnxruntime threads spin between runs.")
+    native_threads: int = setting(2, "Threads running retrieval + scoring, overlapping "
+                                  "batches.", minimum=1)
+    use_gpu: bool = setting(True, "Use the CUDA provider when onnxruntime offers it.",
+                            flag="--gpu")
+    require_gpu: bool = setting(False, "Refuse to start unless the model runs on CUDA.")
+    shading: float = setting(0.85, "First-price bid = value x shading (0..1], at least the "
+                             "floor.")
+    max_batch_events: int = setting(4096, "Largest batch accepted, in events (larger: "
+                                    "INVALID_ARGUMENT).", flag="--max-batch", minimum=1)
+    max_message_bytes: int = setting(16 * 1024 * 1024, "gRPC receive and send limit, bytes.",
+                                     minimum=1024)
+    default_deadline_ms: int = setting(50, "Deadline when neither the call nor the batch "
+                                       "carries one.", flag="--deadline-ms", minimum=1)
+    # The way back to the caller (network, its event loop) is part of the caller's
+    # deadline, and so is this server's event loop after the last check, up to ~2 ms under
+    # overload (2 ms left late answers at 4x load, 4 ms none: docs/performance.md).
+    send_margin_ms: float = setting(
+        4.0, "Time kept back from each deadline for the way back to the caller: answers must "
+        "leave this much early, and one ready later is withheld (DEADLINE_EXCEEDED, its bids "
+        "withdrawn).", minimum=0.0)
+    reservation_ttl_s: float = setting(300.0, "Release a bid's reservation after this long "
+                                       "without a notice.", minimum=0.0)
+    grace_s: float = setting(5.0, "Drain time on SIGTERM.", minimum=0.0)
+    max_stream_inflight: int = setting(8, "Batches in flight per BidStream.", minimum=1)
+    max_inflight_batches: int = setting(
+        32, "Cap on batches admitted at once; the limit adapts below it to what meets "
+        "deadlines, and batches above it are refused at once (RESOURCE_EXHAUSTED).",
+        flag="--max-inflight", minimum=1)
+    workers: int = setting(1, "Server processes sharing the port (SO_REUSEPORT), each with "
+                           "1/N of every budget and its own ledger, Admin and metrics port "
+                           "(+i); about one per core.", minimum=1)
+    worker_index: int = setting(0, "Which worker this process is (set by the supervisor).",
+                                cli=False)
+    gil_switch_ms: float = setting(
+        1.0, "Python's thread switch interval: how long the event loop may keep the GIL from "
+        "a thread whose native work is done (Python's default, 5 ms, delays them).",
+        minimum=0.01)
 
     def as_dict(self) -> dict[str, object]:
         return {k: str(v) if isinstance(v, Path) else v for k, v in asdict(self).items()}
@@ -112,3 +151,25 @@ def read_config_file(path: Path) -> dict[str, object]:
                 raise ValueError(f"config file {path}: {key} must be a string")
             out[key] = value
     return out
+
+
+def settings() -> list[tuple[Field, str, str]]:
+    """(field, flag, env variable) of every setting a user may give."""
+    out = []
+    for f in fields(ServerConfig):
+        if not f.metadata.get("cli", True):
+            continue
+        flag = f.metadata.get("flag") or "--" + f.name.replace("_", "-")
+        out.append((f, flag, "ADBID_" + flag[2:].upper().replace("-", "_")))
+    return out
+
+
+def default_target() -> str:
+    """Where clients find a server started with the defaults (the Bidder service)."""
+    d = ServerConfig(ledger=None)
+    return f"{d.host}:{d.port}"
+
+
+def default_admin_target() -> str:
+    d = ServerConfig(ledger=None)
+    return f"{d.admin_host}:{d.admin_port}"

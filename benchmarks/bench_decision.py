@@ -65,17 +65,13 @@ def make_case(rng: np.random.Generator, batch: int, k: int, n_ads=3000, n_camps=
 
 
 def timer(impl, case: dict, calls: int):
-    outs = ref.empty_outputs(len(case["cand_ad"]))
-
     def once() -> float:
-        reserved = case["camp_reserved_micros"].copy()
         freq = (_decision.FrequencyTable(1 << 16) if impl is _decision.decide_batch
                 else ref.FrequencyDict())
-        args = {**case, "camp_reserved_micros": reserved, "freq": freq}
+        args = ref.grouped({**case, "camp_reserved_micros": case["camp_reserved_micros"].copy()})
         t0 = time.perf_counter()
         for _ in range(calls):
-            impl(**args, out_k=outs[0], out_price_micros=outs[1], out_value_micros=outs[2],
-                 out_reason=outs[3])
+            impl(**args, frequency=freq)
         return (time.perf_counter() - t0) / calls
 
     return once
@@ -90,12 +86,11 @@ def main() -> None:
     case = make_case(np.random.default_rng(0), a.batch, a.k)
     cands = a.batch * a.k
     core = repeat(timer(_decision.decide_batch, case, 200), a.repeats)
-    reference = repeat(timer(ref.decide_batch, case, 1), max(3, a.repeats // 3))
-    outs = ref.empty_outputs(a.batch)
-    ref.decide_batch(**{**case, "camp_reserved_micros": case["camp_reserved_micros"].copy()},
-                     freq=ref.FrequencyDict(),
-                     out_k=outs[0], out_price_micros=outs[1], out_value_micros=outs[2],
-                     out_reason=outs[3])
+    reference = repeat(timer(ref.reference_decide_batch, case, 1), max(3, a.repeats // 3))
+    args = ref.grouped({**case, "camp_reserved_micros": case["camp_reserved_micros"].copy()})
+    ref.reference_decide_batch(**args, frequency=ref.FrequencyDict())
+    out = args["out"]
+    outs = (out.candidate, out.price_cpm_micros, out.value_cpm_micros, out.reason)
     result = {
         "benchmark": "decision core vs pure-Python reference",
         "batch": a.batch, "k": a.k, "machine": machine(),

@@ -31,7 +31,8 @@ from common import machine, repeat, write  # noqa: E402
 
 from adbid.world.campaigns import CampaignTable  # noqa: E402
 from adbid.money.ledger import SpendLedger  # noqa: E402
-from adbid.money.journal import Close, LedgerLog, Reserve  # noqa: E402
+from adbid.money.journal import LedgerLog  # noqa: E402
+from adbid.money.records import Close, Reserve  # noqa: E402
 
 RESERVES, CLOSES = 256, 150
 

@@ -28,6 +28,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from common import RESULTS, machine, write  # noqa: E402
 
 from adbid import _decision  # noqa: E402
+from adbid.stages import decision_reference as ref  # noqa: E402
 from adbid.world.campaigns import CampaignTable  # noqa: E402
 from adbid.money.ledger import SpendLedger  # noqa: E402
 from adbid.money.pacing import DAY_S, PacingController  # noqa: E402
@@ -67,7 +68,7 @@ def run_day(table: CampaignTable, tick_s: int, events_per_s: float, seed: int,
         camp_site_block_ids=np.zeros(0, np.int32), camp_freq_cap=table.freq_cap,
         camp_freq_window_s=table.freq_window_s, camp_budget_micros=ledger.budget_micros,
         camp_spent_micros=ledger.spent_micros, camp_reserved_micros=ledger.reserved_micros,
-        freq=freq, shading=0.85)
+        shading=0.85)
     hours, series = [], []
     n_ticks = DAY_S // tick_s
     rid = 0
@@ -84,18 +85,21 @@ def run_day(table: CampaignTable, tick_s: int, events_per_s: float, seed: int,
         n = rng.poisson(traffic_rate(np.array([now - DAY0]), events_per_s)[0] * tick_s)
         if n == 0:
             continue
-        out = [np.empty(n, np.int32), np.empty(n, np.int64), np.empty(n, np.int64),
-               np.empty(n, np.int32)]
         first = (rng.random(n) < 0.6).astype(np.uint8)
         floor = (rng.integers(2, 20, n) * 100_000).astype(np.int64)
-        _decision.decide_batch(
-            np.tile(np.arange(c, dtype=np.int64), (n, 1)),
-            rng.beta(2, 30, (n, c)).astype(np.float32), floor, first,
-            np.zeros(n, np.int32), np.ones(n, np.int32), np.zeros(n, np.int32),
-            np.full(n, -1, np.int32), np.zeros(n, np.uint64), np.zeros(n + 1, np.int32),
-            np.zeros(0, np.int32), rng.integers(0, 1 << 62, n).astype(np.uint64),
-            np.ones(n, np.uint8), np.zeros(n, np.uint8), now_s=now, **camp,
-            out_k=out[0], out_price_micros=out[1], out_value_micros=out[2], out_reason=out[3])
+        args = ref.grouped({
+            "cand_ad": np.tile(np.arange(c, dtype=np.int64), (n, 1)),
+            "score": rng.beta(2, 30, (n, c)).astype(np.float32), "floor_micros": floor,
+            "first_price": first, "country_id": np.zeros(n, np.int32),
+            "device_id": np.ones(n, np.int32), "size_id": np.zeros(n, np.int32),
+            "site_id": np.full(n, -1, np.int32), "blocked_category_mask": np.zeros(n, np.uint64),
+            "blocked_adv_ptr": np.zeros(n + 1, np.int32), "blocked_adv_ids": np.zeros(0, np.int32),
+            "user_key": rng.integers(0, 1 << 62, n).astype(np.uint64),
+            "user_known": np.ones(n, np.uint8), "is_test": np.zeros(n, np.uint8), "now_s": now,
+            **camp})
+        _decision.decide_batch(**args, frequency=freq)
+        o = args["out"]
+        out = [o.candidate, o.price_cpm_micros, o.value_cpm_micros, o.reason]
         bid = np.flatnonzero(out[0] >= 0)
         if len(bid) == 0:
             continue

@@ -1,17 +1,6 @@
-# Declarations shared by the decision core (cimported by decision.pyx).
-# The reason codes equal the values of adbid.v1.NoBidReason
-# (tests/test_decision_parity.py checks it).
+# Declarations shared by the decision core (cimported by decision.pyx). Its no-bid
+# reason codes are generated from the proto at build time: decision_reasons.pxd.
 from libc.stdint cimport int32_t, int64_t, uint64_t
-
-cdef enum Reason:
-    REASON_NONE = 0
-    REASON_NO_CANDIDATES = 1
-    REASON_CAMPAIGN_INACTIVE = 2
-    REASON_TARGETING = 3
-    REASON_FREQUENCY_CAP = 4
-    REASON_BELOW_FLOOR = 5
-    REASON_BUDGET_EXHAUSTED = 6
-    REASON_BLOCKED = 9
 
 cdef enum ErrorCode:
     OK = 0

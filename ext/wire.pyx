@@ -23,6 +23,31 @@ from libc.string cimport memcpy
 
 import numpy as np
 
+# The field numbers this codec reads and writes, one enum per message. FIELDS below is built
+# from the same constants; tests/test_wire.py checks it against the protobuf descriptors, so
+# a field added to the proto fails the tests until this codec knows it.
+cdef enum:
+    REQ_BATCH_ID = 1
+    REQ_EVENTS = 2
+    REQ_DEADLINE_MS = 3
+    REQ_COLUMNS = 4
+cdef enum:
+    RESP_BATCH_ID = 1
+    RESP_DECISIONS = 2
+    RESP_WORLD_VERSION = 3
+    RESP_SERVER_LATENCY_US = 4
+    RESP_COLUMNS = 5
+cdef enum:
+    DEC_REQUEST_ID = 1
+    DEC_BID = 2
+    DEC_PRICE_CPM_MICROS = 3
+    DEC_CAMPAIGN_ID = 4
+    DEC_CREATIVE_ID = 5
+    DEC_SCORE = 6
+    DEC_NO_BID_REASON = 7
+    DEC_ERROR = 8
+    DEC_VALUE_CPM_MICROS = 9
+
 # EventColumns field number -> column name; strings and numbers (varints).
 STRING_FIELDS = {1: "request_id", 2: "user_id", 3: "context_text", 6: "country",
                  10: "site_domain", 13: "blocked_advertiser_domains", 15: "blocked_categories"}
@@ -39,6 +64,27 @@ KIND[:] = [0, 1, 1, 1, 2, 2, 1, 2, 2, 2, 1, 2, 2, 1, 2, 1, 2]
 cdef int WIDTH[N_FIELDS]
 WIDTH[:] = [0, 0, 0, 0, 64, 64, 0, 32, 32, 32, 0, 32, 1, 0, 33, 0, 33]
 
+
+FIELDS = {
+    "BidRequest": {"batch_id": REQ_BATCH_ID, "events": REQ_EVENTS,
+                   "deadline_ms": REQ_DEADLINE_MS, "columns": REQ_COLUMNS},
+    "BidResponse": {"batch_id": RESP_BATCH_ID, "decisions": RESP_DECISIONS,
+                    "world_version": RESP_WORLD_VERSION,
+                    "server_latency_us": RESP_SERVER_LATENCY_US, "columns": RESP_COLUMNS},
+    "DecisionColumns": {"request_id": DEC_REQUEST_ID, "bid": DEC_BID,
+                        "price_cpm_micros": DEC_PRICE_CPM_MICROS, "campaign_id": DEC_CAMPAIGN_ID,
+                        "creative_id": DEC_CREATIVE_ID, "score": DEC_SCORE,
+                        "no_bid_reason": DEC_NO_BID_REASON, "error": DEC_ERROR,
+                        "value_cpm_micros": DEC_VALUE_CPM_MICROS},
+    "EventColumns": {name: number for number, name in (*STRING_FIELDS.items(),
+                                                       *NUMBER_FIELDS.items())},
+}
+
+
+def column_kinds():
+    """(kind, width) per EventColumns field number 0..N-1, as the reader uses them: kind 1
+    string, 2 number, 0 skipped; width 64 int64, 32 int32/enum, 33 uint32, 1 bool."""
+    return [(KIND[i], WIDTH[i]) for i in range(N_FIELDS)]
 
 cdef inline int64_t convert(uint64_t v, int width) noexcept nogil:
     if width == 32:
@@ -169,13 +215,13 @@ def read_columns(bytes raw):
         if not varint(buf, &pos, end, &key):
             return None
         field, wire_type = <int>(key >> 3), <int>(key & 7)
-        if field == 2:  # events: the per-event form
+        if field == REQ_EVENTS:  # the per-event form
             return None
-        if field in (1, 4):
+        if field == REQ_BATCH_ID or field == REQ_COLUMNS:
             if wire_type != 2 or not varint(buf, &pos, end, &length) \
                     or length > <uint64_t>(end - pos):
                 return None
-            if field == 1:
+            if field == REQ_BATCH_ID:
                 batch_id = text(buf, pos, <Py_ssize_t>length)
                 if batch_id is None:
                     return None
@@ -184,7 +230,7 @@ def read_columns(bytes raw):
             else:
                 cols_at, cols_end = pos, pos + <Py_ssize_t>length
             pos += <Py_ssize_t>length
-        elif field == 3 and wire_type == 0:
+        elif field == REQ_DEADLINE_MS and wire_type == 0:
             if not varint(buf, &pos, end, &v):
                 return None
             deadline_ms = <int64_t>v
@@ -338,36 +384,36 @@ def write_columns(str batch_id, list request_ids, const int64_t[::1] bid,
     out.buf, out.len, out.cap = NULL, 0, 0
     try:
         for i in range(n):
-            put_string(&body, 1, request_ids[i])
-        put_packed(&body, 2, bid)
-        put_packed(&body, 3, price)
+            put_string(&body, DEC_REQUEST_ID, request_ids[i])
+        put_packed(&body, DEC_BID, bid)
+        put_packed(&body, DEC_PRICE_CPM_MICROS, price)
         for i in range(n):
-            put_string(&body, 4, campaign_ids[i])
+            put_string(&body, DEC_CAMPAIGN_ID, campaign_ids[i])
         for i in range(n):
-            put_string(&body, 5, creative_ids[i])
+            put_string(&body, DEC_CREATIVE_ID, creative_ids[i])
         if n:
-            put_varint(&body, (6 << 3) | 2)
+            put_varint(&body, (DEC_SCORE << 3) | 2)
             put_varint(&body, 4 * n)
             put_bytes(&body, <const char*>&score[0], 4 * n)  # little-endian floats (x86, ARM)
-        put_packed(&body, 7, reason)
+        put_packed(&body, DEC_NO_BID_REASON, reason)
         for position in sorted(errors):
             entry = errors[position]
             b = entry.encode("utf-8")
-            put_varint(&body, (8 << 3) | 2)
+            put_varint(&body, (DEC_ERROR << 3) | 2)
             put_varint(&body, 1 + varint_size(<uint32_t>position) + 1
                        + varint_size(len(b)) + len(b))
             put_varint(&body, (1 << 3) | 0)
             put_varint(&body, <uint32_t>position)
             put_string(&body, 2, entry)
-        put_packed(&body, 9, value)
+        put_packed(&body, DEC_VALUE_CPM_MICROS, value)
         if batch_id:
-            put_string(&out, 1, batch_id)
-        put_varint(&out, (5 << 3) | 2)
+            put_string(&out, RESP_BATCH_ID, batch_id)
+        put_varint(&out, (RESP_COLUMNS << 3) | 2)
         put_varint(&out, body.len)
         if body.len:
             put_bytes(&out, <const char*>body.buf, body.len)
         if world_version:
-            put_string(&out, 3, world_version)
+            put_string(&out, RESP_WORLD_VERSION, world_version)
         return PyBytes_FromStringAndSize(<const char*>out.buf, out.len)
     finally:
         free(body.buf)
@@ -381,7 +427,7 @@ def latency_field(int64_t server_latency_us):
     o.buf, o.len, o.cap = NULL, 0, 0
     try:
         if server_latency_us:
-            put_varint(&o, (4 << 3) | 0)
+            put_varint(&o, (RESP_SERVER_LATENCY_US << 3) | 0)
             put_varint(&o, <uint64_t>server_latency_us)
         return PyBytes_FromStringAndSize(<const char*>o.buf, o.len)
     finally:

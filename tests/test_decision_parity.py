@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -84,12 +87,14 @@ def run_both(case: dict, tables=None) -> tuple[tuple, tuple]:
     """
     core_freq, ref_freq = tables or (_decision.FrequencyTable(1 << 12), ref.FrequencyDict())
     results = []
-    for impl, freq in ((_decision.decide_batch, core_freq), (ref.decide_batch, ref_freq)):
-        args = {k: (v.copy() if isinstance(v, np.ndarray) else v) for k, v in case.items()}
-        outs = ref.empty_outputs(len(case["cand_ad"]))
-        err = impl(**args, freq=freq, out_k=outs[0], out_price_micros=outs[1],
-                   out_value_micros=outs[2], out_reason=outs[3])
-        results.append((err, *outs, args["camp_reserved_micros"]))
+    for impl, freq in ((_decision.decide_batch, core_freq),
+                       (ref.reference_decide_batch, ref_freq)):
+        args = ref.grouped({k: (v.copy() if isinstance(v, np.ndarray) else v)
+                            for k, v in case.items()})
+        err = impl(**args, frequency=freq)
+        out = args["out"]
+        results.append((err, out.candidate, out.price_cpm_micros, out.value_cpm_micros,
+                        out.reason, args["books"].reserved_micros))
     assert core_freq.evictions == 0
     n_camps = len(case["camp_active"])
     for user in set(case["user_key"].tolist()):
@@ -120,14 +125,12 @@ def check_invariants(case: dict, out: tuple) -> None:
     assert np.all(total[was_ok] <= case["camp_budget_micros"][was_ok]), "budget overspent"
 
 
-def test_reason_codes_match_the_protocol():
-    assert ref.REASON_NO_CANDIDATES == pb.NO_BID_REASON_NO_CANDIDATES
-    assert ref.REASON_CAMPAIGN_INACTIVE == pb.NO_BID_REASON_CAMPAIGN_INACTIVE
-    assert ref.REASON_TARGETING == pb.NO_BID_REASON_TARGETING
-    assert ref.REASON_FREQUENCY_CAP == pb.NO_BID_REASON_FREQUENCY_CAP
-    assert ref.REASON_BELOW_FLOOR == pb.NO_BID_REASON_BELOW_FLOOR
-    assert ref.REASON_BUDGET_EXHAUSTED == pb.NO_BID_REASON_BUDGET_EXHAUSTED
-    assert ref.REASON_BLOCKED == pb.NO_BID_REASON_BLOCKED
+def test_the_core_s_reason_codes_are_generated_from_the_protocol():
+    """ext/decision_reasons.pxd is written by the build from bidder.proto's NoBidReason."""
+    pxd = Path(__file__).resolve().parent.parent / "ext" / "decision_reasons.pxd"
+    generated = dict(re.findall(r"REASON_(\w+) = (\d+)", pxd.read_text()))
+    assert {f"NO_BID_REASON_{k}": int(v) for k, v in generated.items()} == \
+        dict(pb.NoBidReason.items())
 
 
 def test_core_matches_reference_on_thousands_of_random_batches():

@@ -231,7 +231,7 @@ def test_invariant_check_names_overspent_campaigns():
 
 
 def test_a_batch_of_reservations_round_trips_through_the_log(tmp_path):
-    from adbid.money.journal import Reserve, ReserveBatch
+    from adbid.money.records import Reserve, ReserveBatch
 
     batch = ReserveBatch(["r1", "日本-2", ""], ["a", "b", "a"], [-5, 2**62, 0], [1, 2, 3],
                          [4, 5, 6], 10, 20)
@@ -294,7 +294,7 @@ def test_a_snapshot_larger_than_the_threshold_is_not_rewritten_back_to_back(tmp_
 def test_a_reserve_batch_round_trips_ascii_and_other_ids():
     """The batch record joins ids into one string when they are ASCII and encodes each one
     otherwise; both must read back exactly."""
-    from adbid.money.journal import _HEAD, Reserve, ReserveBatch
+    from adbid.money.records import _HEAD, Reserve, ReserveBatch
 
     for ids in (["r-1", "r-22", ""], ["é-1", "r-2", "漢字"]):
         rb = ReserveBatch(ids, ["c1", "cé", "c3"], [1, -2, 3], [10, 20, 30], [1, 1, 1], 5, 9)
@@ -310,7 +310,7 @@ def test_appends_go_on_during_a_compaction_and_land_behind_the_snapshot(tmp_path
     switch copies them behind the snapshot (the older segment is dropped)."""
     import threading
 
-    from adbid.money.journal import Spent
+    from adbid.money.records import Spent
 
     log = LedgerLog(tmp_path / "l", "write")
     log.open()

@@ -42,7 +42,8 @@ def test_unknown_rpc_is_refused():
 def test_a_call_that_starts_late_keeps_its_planned_deadline():
     """The deadline handed to the call is the planned arrival plus the deadline, however late
     the call's task starts; one that starts after it is expired and never sent."""
-    from adbid.bench.loadgen import _call, _Recorder
+    from adbid.bench.loadgen import _call
+    from adbid.bench.results import Recorder as _Recorder
 
     seen = []
 

@@ -36,12 +36,13 @@ class Books:
 
     def bid(self, events: dict, now_s: int, shading: float, ids: list[str]):
         led = self.ledger
-        outs = ref.empty_outputs(len(ids))
-        err = self.impl(**events, **self.campaign, camp_budget_micros=led.budget_micros,
-                        camp_spent_micros=led.spent_micros,
-                        camp_reserved_micros=led.reserved_micros, freq=self.freq, now_s=now_s,
-                        shading=shading, out_k=outs[0], out_price_micros=outs[1],
-                        out_value_micros=outs[2], out_reason=outs[3])
+        args = ref.grouped({**events, **self.campaign, "camp_budget_micros": led.budget_micros,
+                            "camp_spent_micros": led.spent_micros,
+                            "camp_reserved_micros": led.reserved_micros, "now_s": now_s,
+                            "shading": shading})
+        out = args["out"]
+        err = self.impl(**args, frequency=self.freq)
+        outs = (out.candidate, out.price_cpm_micros, out.value_cpm_micros, out.reason)
         live = np.flatnonzero((outs[0] >= 0) & (events["is_test"] == 0))
         if len(live):
             rows = self.campaign["ad_campaign"][events["cand_ad"][live, outs[0][live]]]
@@ -80,7 +81,7 @@ def test_core_and_reference_keep_identical_books(seed, n_camps, budget_scale, st
     base = random_case(rng, 1, 1, n_ads=12, n_camps=n_camps, budget_scale=budget_scale)
     base["camp_spent_micros"] = np.minimum(base["camp_spent_micros"], base["camp_budget_micros"])
     core = Books(_decision.decide_batch, _decision.FrequencyTable(1 << 10), base)
-    reference = Books(ref.decide_batch, ref.FrequencyDict(), base)
+    reference = Books(ref.reference_decide_batch, ref.FrequencyDict(), base)
     now_s, n_ids, bid_ids = 1_000, 0, []
     for kind, a, b, c in [("batch", seed, 16, 4), *steps]:
         if kind == "batch":

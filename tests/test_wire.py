@@ -143,3 +143,24 @@ def test_write_columns_refuses_unequal_columns():
         assert "unequal" in str(exc)
     else:
         raise AssertionError("unequal columns were written")
+
+
+def test_the_codec_knows_every_field_of_the_messages_it_reads_and_writes():
+    """adbid._wire reads BidRequest/EventColumns and writes BidResponse/DecisionColumns from
+    bytes, by field number. A field added to the proto (or renumbered) fails here until the
+    codec handles it, instead of being skipped silently on the fast path."""
+    for message, known in _wire.FIELDS.items():
+        descriptor = getattr(pb, message).DESCRIPTOR
+        in_proto = {f.name: f.number for f in descriptor.fields}
+        assert known == in_proto, f"{message}: codec {known} != proto {in_proto}"
+
+
+def test_each_column_is_read_as_its_proto_type():
+    f = pb.EventColumns.DESCRIPTOR.fields[0]
+    by_type = {f.TYPE_STRING: (1, 0), f.TYPE_INT64: (2, 64), f.TYPE_INT32: (2, 32),
+               f.TYPE_ENUM: (2, 32), f.TYPE_UINT32: (2, 33), f.TYPE_BOOL: (2, 1)}
+    kinds = _wire.column_kinds()
+    for field in pb.EventColumns.DESCRIPTOR.fields:
+        assert kinds[field.number] == by_type[field.type], field.name
+    numbered = {f.number for f in pb.EventColumns.DESCRIPTOR.fields}
+    assert all(kind == (0, 0) for n, kind in enumerate(kinds) if n not in numbered)

@@ -23,12 +23,13 @@ import itertools
 import random
 import time
 from collections import Counter
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 
 import grpc
 import numpy as np
 from hdrh.histogram import HdrHistogram
 
+from adbid.bench.results import LoadResult, LoadSpec, Recorder, summarise
 from adbid.client import to_columns
 from adbid.world.demo_traffic import make_events
 from adbid.v1 import admin_pb2, admin_pb2_grpc, bidder_pb2 as pb
@@ -39,73 +40,6 @@ RETRY_BACKOFF_S = 0.005  # closed loop: pause after a failed call
 BID = "/adbid.v1.Bidder/Bid"
 BID_STREAM = "/adbid.v1.Bidder/BidStream"
 RPCS = ("unary", "stream")
-
-
-@dataclass
-class LoadSpec:
-    target: str = "127.0.0.1:50051"
-    admin_target: str = ""  # for the server's stage breakdown; "" = skip
-    rate: float = 0.0  # batches/s, open loop; 0 = closed loop at `concurrency`
-    concurrency: int = 4
-    batch: int = 256
-    deadline_ms: float = 10.0
-    duration_s: float = 10.0
-    max_requests: int = 1_000_000
-    test_traffic: bool = False  # True: no budget effects (and no ledger writes)
-    n_users: int = 100_000
-    seed: int = 1
-    max_outstanding: int = 4096  # open loop: arrivals beyond this are counted as dropped
-    wire: str = "columns"  # "columns" (EventColumns) or "events" (an AdEvent message each)
-    connections: int = 4  # channels (TCP connections), used in turn: SO_REUSEPORT workers
-    # are chosen per connection
-    rpc: str = "unary"  # "unary" (a Bid call per batch) or "stream" (one BidStream per
-    # connection, batches matched to replies by batch_id)
-
-
-@dataclass
-class LoadResult:
-    spec: dict
-    elapsed_s: float = 0.0
-    sent: int = 0
-    answered: int = 0
-    dropped: int = 0  # never sent: the client had max_outstanding calls open
-    expired: int = 0  # open loop: never sent, its deadline passed before the client could send
-    errors: dict = field(default_factory=dict)  # status code -> count
-    events: int = 0
-    decided_events: int = 0  # answered events not shed for the deadline
-    bids: int = 0
-    shed_events: int = 0  # NO_BID_REASON_DEADLINE
-    late: int = 0  # answered, but after the deadline
-    late_by_max_us: int = 0  # how far past its deadline the latest of those answers came
-    latency_us: dict = field(default_factory=dict)  # p50/p90/p99/p99.9/max of answered calls
-    client_lag_p99_us: float = 0.0  # how far behind its schedule the client sent
-    # How long the client's event loop was held up (a probe's oversleep; the loop's timers
-    # round up to the millisecond, so below ~1 ms it is rounding): an answer that arrives
-    # while the loop is held is timed that much late by this client, not by the server.
-    client_stall_p99_us: float = 0.0
-    client_stall_max_us: float = 0.0
-    server_stages: dict = field(default_factory=dict)
-    histograms: dict = field(default_factory=dict)  # HDR-encoded latency, lag, stalls: merged
-
-    @property
-    def requests_per_s(self) -> float:
-        return self.answered / self.elapsed_s if self.elapsed_s else 0.0
-
-    @property
-    def events_per_s(self) -> float:
-        return self.events / self.elapsed_s if self.elapsed_s else 0.0
-
-    @property
-    def goodput_events_per_s(self) -> float:
-        return self.decided_events / self.elapsed_s if self.elapsed_s else 0.0
-
-    def as_dict(self) -> dict:
-        d = asdict(self)
-        d.pop("histograms")
-        d.update(requests_per_s=self.requests_per_s, events_per_s=self.events_per_s,
-                 goodput_events_per_s=self.goodput_events_per_s,
-                 bid_rate=self.bids / self.events if self.events else 0.0)
-        return d
 
 
 class _Templates:
@@ -193,61 +127,6 @@ class _Streams:
         await asyncio.gather(*self.readers, return_exceptions=True)
 
 
-class _Recorder:
-    def __init__(self, spec: LoadSpec) -> None:
-        self.spec = spec
-        self.hist = HdrHistogram(1, 60_000_000, 3)
-        self.lag = HdrHistogram(1, 60_000_000, 3)
-        self.stall = HdrHistogram(1, 60_000_000, 3)
-        self.result = LoadResult(spec=asdict(spec))
-        self.errors: Counter = Counter()
-
-    def answered(self, resp: pb.BidResponse, latency_s: float) -> None:
-        r = self.result
-        r.answered += 1
-        self.hist.record_value(max(1, int(latency_s * 1e6)))
-        over_us = int(latency_s * 1e6 - self.spec.deadline_ms * 1000)
-        if over_us > 0:
-            r.late += 1
-            r.late_by_max_us = max(r.late_by_max_us, over_us)
-        if resp.HasField("columns"):
-            reasons, bids = list(resp.columns.no_bid_reason), resp.columns.bid
-        else:
-            reasons = [d.no_bid_reason for d in resp.decisions]
-            bids = [d.bid for d in resp.decisions]
-        n = len(reasons)
-        shed = reasons.count(pb.NO_BID_REASON_DEADLINE)
-        r.events += n
-        r.shed_events += shed
-        r.decided_events += n - shed
-        r.bids += sum(bids)
-
-    def failed(self, code: grpc.StatusCode) -> None:
-        self.errors[code.name] += 1
-
-    def finish(self, elapsed_s: float) -> LoadResult:
-        r = self.result
-        r.elapsed_s = elapsed_s
-        r.errors = dict(self.errors)
-        _summarise(r, self.hist, self.lag, self.stall)
-        return r
-
-
-def _summarise(r: LoadResult, hist: HdrHistogram, lag: HdrHistogram,
-               stall: HdrHistogram) -> None:
-    if hist.get_total_count():
-        r.latency_us = {"p50": hist.get_value_at_percentile(50),
-                        "p90": hist.get_value_at_percentile(90),
-                        "p99": hist.get_value_at_percentile(99),
-                        "p99.9": hist.get_value_at_percentile(99.9), "max": hist.get_max_value()}
-    r.client_lag_p99_us = lag.get_value_at_percentile(99) if lag.get_total_count() else 0.0
-    if stall.get_total_count():
-        r.client_stall_p99_us = stall.get_value_at_percentile(99)
-        r.client_stall_max_us = stall.get_max_value()
-    r.histograms = {name: h.encode().decode("ascii")
-                    for name, h in (("latency", hist), ("lag", lag), ("stall", stall))}
-
-
 STALL_PROBE_S = 0.002
 
 
@@ -259,7 +138,7 @@ async def _stall_probe(stall: HdrHistogram) -> None:
         stall.record_value(max(1, int((time.perf_counter() - t - STALL_PROBE_S) * 1e6)))
 
 
-async def _call(bid, request: tuple[str, bytes], rec: _Recorder, scheduled: float) -> None:
+async def _call(bid, request: tuple[str, bytes], rec: Recorder, scheduled: float) -> None:
     """One call whose deadline is its planned arrival plus the deadline. The time left is
     taken as the call starts, not when it was planned: a task that starts late must not
     carry a later deadline (the server would then answer in time by its clock, and late
@@ -283,7 +162,7 @@ async def _call(bid, request: tuple[str, bytes], rec: _Recorder, scheduled: floa
 async def run(spec: LoadSpec) -> LoadResult:
     """One bounded run (duration_s and max_requests); open loop when spec.rate > 0."""
     templates = _Templates(spec)
-    rec = _Recorder(spec)
+    rec = Recorder(spec)
     # Distinct channel arguments keep gRPC from sharing one connection among the channels.
     channels = [grpc.aio.insecure_channel(spec.target, options=[("adbid.bench.loadgen.channel", i)])
                 for i in range(max(1, spec.connections))]
@@ -398,7 +277,7 @@ def run_processes(spec: LoadSpec, processes: int) -> LoadResult:
         for name, h in merged.items():
             if p.histograms.get(name):
                 h.decode_and_add(p.histograms[name].encode("ascii"))
-    _summarise(out, merged["latency"], merged["lag"], merged["stall"])
+    summarise(out, merged["latency"], merged["lag"], merged["stall"])
     out.spec["client_processes"] = processes
     if spec.admin_target:
         out.server_stages = asyncio.run(server_stages(spec.admin_target))

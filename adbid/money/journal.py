@@ -11,14 +11,7 @@ Files, in one directory:
 
     segment-000001.log, segment-000002.log, ...   replayed in order at start-up
 
-A record is  u32 payload length | u32 crc32(payload) | payload. Replay stops at
-the first short or corrupt record (a torn tail after a crash) and truncates the
-file there. Payload kinds:
-
-    RESERVE   a bid's reservation        CLOSE     its settlement or release
-    CAMPAIGN  a budget or pause change   SPENT     committed spend (snapshots only)
-    RESERVE_BATCH  a batch's reservations as packed columns (what bidding writes: one
-                   record and one CRC a batch; replayed as individual RESERVEs)
+Records and their binary form: adbid.money.records.
 
 Durability (`sync`): "write" (the default) hands each group to the OS before
 acknowledging, which survives the process being killed (kill -9); "fsync"
@@ -45,164 +38,18 @@ import logging
 import os
 import queue
 import shutil
-import struct
 import threading
-import time
 import zlib
 from collections.abc import Iterator
 from concurrent.futures import Future
-from dataclasses import dataclass
 from pathlib import Path
+
+from adbid.money.records import (_HEAD, CAMPAIGN, LATE_WON, RESERVE_BATCH, WON, Close, Reserve,
+                                 ReserveBatch, Spent, read_record)
 
 log = logging.getLogger(__name__)
 
-OPEN, WON, LOST, EXPIRED, LATE_WON = 0, 1, 2, 3, 4
-STATE_NAMES = {OPEN: "open", WON: "won", LOST: "lost", EXPIRED: "expired", LATE_WON: "late won"}
-RESERVE, CLOSE, CAMPAIGN, SPENT, RESERVE_BATCH = 1, 2, 3, 4, 5
 SYNC_MODES = ("write", "fsync")
-
-_HEAD = struct.Struct("<II")
-_RESERVE = struct.Struct("<Bqqqqq")  # kind, user_key, price, cost, reserved_ms, expires_ms
-_CLOSE = struct.Struct("<BBqqq")  # kind, state, clearing (-1 = none), settled cost, closed_ms
-_CAMPAIGN = struct.Struct("<Bqbq")  # kind, budget, active, unix_ms
-_SPENT = struct.Struct("<Bq")
-_STR = struct.Struct("<H")
-_BATCH = struct.Struct("<BIqq")  # kind, count, reserved_ms, expires_ms
-
-
-def _s(text: str) -> bytes:
-    b = text.encode()
-    return _STR.pack(len(b)) + b
-
-
-def _frame(payload: bytes) -> bytes:
-    return _HEAD.pack(len(payload), zlib.crc32(payload)) + payload
-
-
-@dataclass
-class Reserve:
-    request_id: str
-    campaign_id: str
-    user_key: int
-    price_cpm_micros: int
-    cost_micros: int
-    reserved_unix_ms: int
-    expires_unix_ms: int
-
-    def encode(self) -> bytes:
-        return _frame(_RESERVE.pack(RESERVE, self.user_key, self.price_cpm_micros,
-                                    self.cost_micros, self.reserved_unix_ms, self.expires_unix_ms)
-                      + _s(self.request_id) + _s(self.campaign_id))
-
-
-def _texts(values: list[str]) -> tuple[bytes, bytes]:
-    """(UTF-8 byte lengths as <u2, the strings' UTF-8 bytes back to back). Ids are ASCII as a
-    rule: then one join and one encode do it, with no per-string call in Python."""
-    import numpy as np
-
-    joined = "".join(values)
-    data = joined.encode()
-    if len(data) == len(joined):  # ASCII: characters are bytes
-        lengths = np.fromiter(map(len, values), dtype="<u2", count=len(values))
-    else:
-        lengths = np.array([len(v.encode()) for v in values], dtype="<u2")
-    return lengths.tobytes(), data
-
-
-@dataclass
-class ReserveBatch:
-    """The reservations of one batch of bids, sharing their times."""
-
-    request_ids: list[str]
-    campaign_ids: list[str]
-    user_keys: list[int]
-    prices_cpm_micros: list[int]
-    costs_micros: list[int]
-    reserved_unix_ms: int
-    expires_unix_ms: int
-
-    def encode(self) -> bytes:
-        import numpy as np
-
-        rid_lens, rid = _texts(self.request_ids)
-        cid_lens, cid = _texts(self.campaign_ids)
-        return _frame(b"".join((
-            _BATCH.pack(RESERVE_BATCH, len(self.request_ids), self.reserved_unix_ms,
-                        self.expires_unix_ms),
-            np.array(self.user_keys, dtype="<i8").tobytes(),
-            np.array(self.prices_cpm_micros, dtype="<i8").tobytes(),
-            np.array(self.costs_micros, dtype="<i8").tobytes(),
-            rid_lens, cid_lens, rid, cid)))
-
-    @staticmethod
-    def expand(payload: bytes) -> Iterator[Reserve]:
-        import numpy as np
-
-        _, n, at, expires = _BATCH.unpack_from(payload)
-        off = _BATCH.size
-        cols = []
-        for dtype, size in (("<i8", 8), ("<i8", 8), ("<i8", 8), ("<u2", 2), ("<u2", 2)):
-            cols.append(np.frombuffer(payload, dtype=dtype, count=n, offset=off).tolist())
-            off += n * size
-        users, prices, costs, rid_len, cid_len = cols
-        rids, cids = [], []
-        for lengths, out in ((rid_len, rids), (cid_len, cids)):
-            for length in lengths:
-                out.append(payload[off:off + length].decode())
-                off += length
-        for i in range(n):
-            yield Reserve(rids[i], cids[i], users[i], prices[i], costs[i], at, expires)
-
-
-@dataclass
-class Close:
-    request_id: str
-    state: int
-    clearing_cpm_micros: int | None
-    settled_cost_micros: int
-    closed_unix_ms: int
-    campaign_id: str = ""  # carried so that a replay without the RESERVE still knows it
-    price_cpm_micros: int = 0
-
-    def encode(self) -> bytes:
-        clearing = -1 if self.clearing_cpm_micros is None else self.clearing_cpm_micros
-        return _frame(_CLOSE.pack(CLOSE, self.state, clearing, self.settled_cost_micros,
-                                  self.closed_unix_ms)
-                      + _s(self.request_id) + _s(self.campaign_id)
-                      + struct.pack("<q", self.price_cpm_micros))
-
-
-@dataclass
-class CampaignChange:
-    campaign_id: str
-    budget_micros: int
-    active: bool
-    change: str
-    reason: str
-    unix_ms: int
-
-    def encode(self) -> bytes:
-        return _frame(_CAMPAIGN.pack(CAMPAIGN, self.budget_micros, int(self.active), self.unix_ms)
-                      + _s(self.campaign_id) + _s(self.change) + _s(self.reason))
-
-
-@dataclass
-class Spent:
-    campaign_id: str
-    spent_micros: int
-
-    def encode(self) -> bytes:
-        return _frame(_SPENT.pack(SPENT, self.spent_micros) + _s(self.campaign_id))
-
-
-def _strings(payload: bytes, offset: int, n: int) -> tuple[list[str], int]:
-    out = []
-    for _ in range(n):
-        (length,) = _STR.unpack_from(payload, offset)
-        offset += 2
-        out.append(payload[offset:offset + length].decode())
-        offset += length
-    return out, offset
 
 
 def _starts_with_snapshot(seg: Path) -> bool:
@@ -215,29 +62,7 @@ def _starts_with_snapshot(seg: Path) -> bool:
         payload = f.read(length)
     if len(payload) != length or zlib.crc32(payload) != crc or payload[0] != CAMPAIGN:
         return False
-    return decode(payload).change == "snapshot"
-
-
-def decode(payload: bytes):
-    kind = payload[0]
-    if kind == RESERVE:
-        _, user_key, price, cost, at, expires = _RESERVE.unpack_from(payload)
-        (rid, cid), _ = _strings(payload, _RESERVE.size, 2)
-        return Reserve(rid, cid, user_key, price, cost, at, expires)
-    if kind == CLOSE:
-        _, state, clearing, cost, at = _CLOSE.unpack_from(payload)
-        (rid, cid), off = _strings(payload, _CLOSE.size, 2)
-        (price,) = struct.unpack_from("<q", payload, off)
-        return Close(rid, state, None if clearing < 0 else clearing, cost, at, cid, price)
-    if kind == CAMPAIGN:
-        _, budget, active, at = _CAMPAIGN.unpack_from(payload)
-        (cid, change, reason), _ = _strings(payload, _CAMPAIGN.size, 3)
-        return CampaignChange(cid, budget, bool(active), change, reason, at)
-    if kind == SPENT:
-        _, spent = _SPENT.unpack_from(payload)
-        (cid,), _ = _strings(payload, _SPENT.size, 1)
-        return Spent(cid, spent)
-    raise ValueError(f"unknown ledger record kind {kind}")
+    return read_record(payload).change == "snapshot"
 
 
 class LedgerLog:
@@ -259,9 +84,6 @@ class LedgerLog:
         self._fd: int | None = None
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
-        self.groups = 0  # commits (os.write [+ fdatasync]) so far
-        self.appends = 0
-        self.failures = 0
         # Items handed to the writer thread (written by the appending thread only) and
         # items it has finished (by the writer only): equal when it is idle.
         self._queued = 0
@@ -301,7 +123,7 @@ class LedgerLog:
                 if payload[0] == RESERVE_BATCH:
                     yield from ReserveBatch.expand(payload)
                 else:
-                    yield decode(payload)
+                    yield read_record(payload)
                 off += _HEAD.size + length
             if off < len(data):
                 log.warning("ledger %s: %d bytes of torn or corrupt tail cut off at %d",
@@ -342,10 +164,8 @@ class LedgerLog:
                         self._write(b"".join([rec.encode() for rec in records]))
                     except BaseException as exc:  # noqa: BLE001 - handed to the waiter
                         log.exception("ledger write failed")
-                        self.failures += 1
                         fut.set_exception(exc)
                     else:
-                        self.appends += 1
                         fut.set_result(None)
                     return fut
             finally:
@@ -428,7 +248,6 @@ class LedgerLog:
                     self._commit(group)
             except BaseException as exc:  # noqa: BLE001 - handed to every waiter
                 log.exception("ledger write failed")
-                self.failures += 1
                 self._finished += len(group)
                 for _, _, fut in group:
                     if fut.set_running_or_notify_cancel():
@@ -455,7 +274,6 @@ class LedgerLog:
             else:
                 for rec in records:
                     data += rec.encode()
-                self.appends += 1
         self._write(bytes(data))
 
     def _write(self, data: bytes) -> None:
@@ -466,7 +284,6 @@ class LedgerLog:
             view = view[os.write(self._fd, view):]
         if self.sync == "fsync":
             os.fdatasync(self._fd)
-        self.groups += 1
 
     def _switch(self, tmp: Path, target: Path, old: list[Path], mark: int, written: int) -> None:
         """On the writer thread: the snapshot in `tmp` covers the current segment up to
@@ -534,5 +351,3 @@ def totals(directory: Path) -> dict[str, dict[str, int]]:
     return out
 
 
-def now_ms() -> int:
-    return int(time.time() * 1000)

@@ -14,8 +14,7 @@ Invariant, for every campaign at every instant (only late wins, which the
 exchange already charged, can break it):  spent + reserved <= budget.
 
 All mutation happens on the server's event-loop thread (the decision core runs
-inline there), so the books need no lock. Log writes run on one writer thread,
-in order.
+inline there), so the books need no lock. Log writes run on one writer thread, in order.
 """
 
 from __future__ import annotations
@@ -32,9 +31,10 @@ from typing import NamedTuple
 import numpy as np
 
 from adbid.world.campaigns import CampaignTable
-from adbid.money.journal import (EXPIRED, LATE_WON, LOST, OPEN, WON, CampaignChange, Close,
-                              LedgerLog, Reserve, ReserveBatch, Spent, now_ms)
-from adbid.money.units import impression_cost_micros
+from adbid.money.journal import LedgerLog
+from adbid.money.records import (EXPIRED, LATE_WON, LOST, OPEN, WON, CampaignChange, Close,
+                                 Reserve, ReserveBatch, Spent, now_ms)
+from adbid.money.units import impression_cost_micros, impression_costs_micros
 from adbid.v1 import bidder_pb2 as pb
 
 log = logging.getLogger(__name__)
@@ -191,7 +191,7 @@ class SpendLedger:
         expires = now + self.reservation_ttl_ms
         rows = campaign_rows.tolist()
         prices = price_cpm_micros.tolist()
-        costs = ((price_cpm_micros + 999) // 1000).tolist()  # impression_cost_micros, vectorized
+        costs = impression_costs_micros(np.ascontiguousarray(price_cpm_micros, np.int64))
         users = user_keys.astype(np.int64).tolist()
         self.open.update(zip(request_ids, zip(rows, prices, costs, repeat(expires), users)))
         ids = self.campaign_ids

@@ -1,15 +1,13 @@
-"""Money rules shared by the decision core's reference, the ledger and the edges.
+"""Money units and the impression-cost rule.
 
 All money is int64 micros of the account currency. Prices on the wire are CPM
-(per thousand impressions); one impression at CPM price P costs P / 1000.
+(per thousand impressions); one impression at CPM price P costs P / 1000, rounded
+up (conservative for budgets). The rule is defined once, in the compiled decision
+loop (ext/decision.pyx), and the books and the Python reference call it from there.
 """
+
+from adbid._decision import impression_cost_micros, impression_costs_micros
 
 MICROS_PER_UNIT = 1_000_000
 
-
-def impression_cost_micros(price_cpm_micros: int) -> int:
-    """Cost of one impression at a CPM price, rounded up (conservative for budgets).
-
-    Must stay identical to impression_cost_micros in ext/decision.pyx.
-    """
-    return (price_cpm_micros + 999) // 1000
+__all__ = ["MICROS_PER_UNIT", "impression_cost_micros", "impression_costs_micros"]

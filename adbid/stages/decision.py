@@ -70,31 +70,25 @@ class DecisionCore:
         if blocked is not None and blocked.any():
             cand_ad = cand_ad.copy()
             cand_ad[blocked] = -1
-        out_k = np.empty(n, np.int32)
-        out_price = np.empty(n, np.int64)
-        out_value = np.empty(n, np.int64)
-        out_reason = np.empty(n, np.int32)
-        c, led = self.campaigns, self.ledger
-        err = _decision.decide_batch(
-            cand_ad, score, batch.floor_micros, batch.first_price, batch.country_bit,
-            batch.device_bit, batch.size_bit, batch.site_id, batch.blocked_category_mask,
-            batch.blocked_adv_ptr, batch.blocked_adv_ids, batch.user_key, batch.user_known,
-            batch.is_test, self.ad_campaign, led.active, c.value_per_action_micros, self.pacing,
-            c.country_mask, c.device_mask, c.size_mask, c.category_mask, c.advertiser_id,
-            c.site_allow_ptr, c.site_allow_ids, c.site_block_ptr, c.site_block_ids, c.freq_cap,
-            c.freq_window_s, led.budget_micros, led.spent_micros, led.reserved_micros,
-            self.frequency, now_s, self.shading, out_k, out_price, out_value, out_reason)
+        out = Decisions(bid=np.empty(0, bool), candidate=np.empty(n, np.int32),
+                        ad_row=np.empty(0, np.int64), campaign_row=np.empty(0, np.int32),
+                        price_cpm_micros=np.empty(n, np.int64),
+                        value_cpm_micros=np.empty(n, np.int64), score=np.empty(0, np.float32),
+                        reason=np.empty(n, np.int32))
+        err = _decision.decide_batch(cand_ad, score, batch, self.campaigns, self.ad_campaign,
+                                     self.pacing, self.ledger, self.frequency, now_s,
+                                     self.shading, out)
         if err:
             raise RuntimeError(f"decision core: {_ERRORS.get(err, f'error {err}')}")
-        bid = out_k >= 0
+        bid = out.candidate >= 0
         rows = np.arange(n)
-        k = np.where(bid, out_k, 0)
+        k = np.where(bid, out.candidate, 0)
         ad_row = np.where(bid, cand_ad[rows, k] if n else np.empty(0, np.int64), -1)
         campaign_row = np.where(bid, self.ad_campaign[np.maximum(ad_row, 0)], -1).astype(np.int32)
         chosen_score = np.where(bid, score[rows, k] if n else np.empty(0, np.float32), 0.0)
-        return Decisions(bid=bid, candidate=out_k, ad_row=ad_row, campaign_row=campaign_row,
-                         price_cpm_micros=out_price, value_cpm_micros=out_value,
-                         score=chosen_score.astype(np.float32), reason=out_reason)
+        out.bid, out.ad_row, out.campaign_row = bid, ad_row, campaign_row
+        out.score = chosen_score.astype(np.float32)
+        return out
 
     def release_frequency(self, res: Reservation, now_s: int) -> None:
         """Give back the frequency count of a bid that lost its auction."""

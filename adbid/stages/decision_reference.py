@@ -1,24 +1,30 @@
 """Pure-Python reference of the decision core (ext/decision.pyx).
 
-Same signature, same rules, same arithmetic order. The parity tests run both on
+Same arguments, same rules, same arithmetic order. The parity tests run both on
 random and edge-case batches and require identical outputs, budget
 reservations and frequency counts. Change both together.
+
+`grouped` turns one flat dict of arrays (the form tests and benchmarks draw) into
+the groups both take: events, campaigns, books and outputs.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from adbid.money.units import impression_cost_micros
+from types import SimpleNamespace
 
-REASON_NONE = 0
-REASON_NO_CANDIDATES = 1
-REASON_CAMPAIGN_INACTIVE = 2
-REASON_TARGETING = 3
-REASON_FREQUENCY_CAP = 4
-REASON_BELOW_FLOOR = 5
-REASON_BUDGET_EXHAUSTED = 6
-REASON_BLOCKED = 9
+from adbid.money.units import impression_cost_micros
+from adbid.v1 import bidder_pb2 as pb
+
+REASON_NONE = pb.NO_BID_REASON_UNSPECIFIED
+REASON_NO_CANDIDATES = pb.NO_BID_REASON_NO_CANDIDATES
+REASON_CAMPAIGN_INACTIVE = pb.NO_BID_REASON_CAMPAIGN_INACTIVE
+REASON_TARGETING = pb.NO_BID_REASON_TARGETING
+REASON_FREQUENCY_CAP = pb.NO_BID_REASON_FREQUENCY_CAP
+REASON_BELOW_FLOOR = pb.NO_BID_REASON_BELOW_FLOOR
+REASON_BUDGET_EXHAUSTED = pb.NO_BID_REASON_BUDGET_EXHAUSTED
+REASON_BLOCKED = pb.NO_BID_REASON_BLOCKED
 MAX_VALUE_MICROS = 9.0e18
 _M64 = (1 << 64) - 1
 
@@ -73,15 +79,27 @@ def _bit_set(mask: int, bit: int) -> bool:
     return 0 <= bit < 64 and (int(mask) >> int(bit)) & 1 == 1
 
 
-def decide_batch(cand_ad, score, floor_micros, first_price, country_id, device_id, size_id,
-                 site_id, blocked_category_mask, blocked_adv_ptr, blocked_adv_ids, user_key,
-                 user_known, is_test, ad_campaign, camp_active, camp_value_per_action_micros,
-                 camp_pacing, camp_country_mask, camp_device_mask, camp_size_mask,
-                 camp_category_mask, camp_advertiser_id, camp_site_allow_ptr, camp_site_allow_ids,
-                 camp_site_block_ptr, camp_site_block_ids, camp_freq_cap, camp_freq_window_s,
-                 camp_budget_micros, camp_spent_micros, camp_reserved_micros, freq, now_s,
-                 shading, out_k, out_price_micros, out_value_micros, out_reason) -> int:
-    """See adbid/_decision.pyi for argument shapes and dtypes."""
+def reference_decide_batch(cand_ad, score, events, campaigns, ad_campaign, pacing, books,
+                           frequency, now_s, shading, out) -> int:
+    """See adbid/_decision.pyi for the groups, shapes and dtypes."""
+    e, c_, b_ = events, campaigns, books
+    floor_micros, first_price, country_id, device_id, size_id, site_id = (
+        e.floor_micros, e.first_price, e.country_bit, e.device_bit, e.size_bit, e.site_id)
+    blocked_category_mask, blocked_adv_ptr, blocked_adv_ids = (
+        e.blocked_category_mask, e.blocked_adv_ptr, e.blocked_adv_ids)
+    user_key, user_known, is_test = e.user_key, e.user_known, e.is_test
+    camp_value_per_action_micros, camp_pacing = c_.value_per_action_micros, pacing
+    camp_country_mask, camp_device_mask, camp_size_mask, camp_category_mask = (
+        c_.country_mask, c_.device_mask, c_.size_mask, c_.category_mask)
+    camp_advertiser_id, camp_freq_cap, camp_freq_window_s = (
+        c_.advertiser_id, c_.freq_cap, c_.freq_window_s)
+    camp_site_allow_ptr, camp_site_allow_ids, camp_site_block_ptr, camp_site_block_ids = (
+        c_.site_allow_ptr, c_.site_allow_ids, c_.site_block_ptr, c_.site_block_ids)
+    camp_active, camp_budget_micros, camp_spent_micros, camp_reserved_micros = (
+        b_.active, b_.budget_micros, b_.spent_micros, b_.reserved_micros)
+    out_k, out_price_micros, out_value_micros, out_reason = (
+        out.candidate, out.price_cpm_micros, out.value_cpm_micros, out.reason)
+    freq = frequency
     n_ads, n_camps = len(ad_campaign), len(camp_active)
     error = 0
     for i in range(cand_ad.shape[0]):
@@ -150,7 +168,36 @@ def decide_batch(cand_ad, score, floor_micros, first_price, country_id, device_i
     return error
 
 
-def empty_outputs(n_events: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """(out_k int32, out_price_micros int64, out_value_micros int64, out_reason int32), each [B]."""
-    return (np.empty(n_events, np.int32), np.empty(n_events, np.int64),
-            np.empty(n_events, np.int64), np.empty(n_events, np.int32))
+EVENT_COLUMNS = {"floor_micros": "floor_micros", "first_price": "first_price",
+                 "country_id": "country_bit", "device_id": "device_bit", "size_id": "size_bit",
+                 "site_id": "site_id", "blocked_category_mask": "blocked_category_mask",
+                 "blocked_adv_ptr": "blocked_adv_ptr", "blocked_adv_ids": "blocked_adv_ids",
+                 "user_key": "user_key", "user_known": "user_known", "is_test": "is_test"}
+BOOK_COLUMNS = {"camp_active": "active", "camp_budget_micros": "budget_micros",
+                "camp_spent_micros": "spent_micros", "camp_reserved_micros": "reserved_micros"}
+
+
+def grouped(flat: dict) -> dict:
+    """A flat dict of decide_batch inputs (`country_id`, `camp_budget_micros`, ...; cand_ad,
+    score, ad_campaign, camp_pacing, now_s, shading) -> the grouped keyword arguments, with
+    fresh outputs under `out`. `books.reserved_micros` is the flat dict's array itself."""
+    n = len(flat["cand_ad"])
+    campaigns = {k[5:]: v for k, v in flat.items()
+                 if k.startswith("camp_") and k not in BOOK_COLUMNS and k != "camp_pacing"}
+    return dict(
+        cand_ad=flat["cand_ad"], score=flat["score"],
+        events=SimpleNamespace(**{attr: flat[k] for k, attr in EVENT_COLUMNS.items()}),
+        campaigns=SimpleNamespace(**campaigns), ad_campaign=flat["ad_campaign"],
+        pacing=flat["camp_pacing"],
+        books=SimpleNamespace(**{attr: flat[k] for k, attr in BOOK_COLUMNS.items()}),
+        now_s=flat["now_s"], shading=flat["shading"],
+        out=grouped_outputs(n))
+
+
+def grouped_outputs(n_events: int) -> SimpleNamespace:
+    """Fresh outputs for n events: candidate int32, price_cpm_micros int64,
+    value_cpm_micros int64, reason int32, each [B]."""
+    return SimpleNamespace(candidate=np.empty(n_events, np.int32),
+                           price_cpm_micros=np.empty(n_events, np.int64),
+                           value_cpm_micros=np.empty(n_events, np.int64),
+                           reason=np.empty(n_events, np.int32))

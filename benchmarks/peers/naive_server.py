@@ -58,18 +58,13 @@ class NaiveBidder(bidder_pb2_grpc.BidderServicer):
         cand = s.retriever.search(user + ctx)
         score = s.scorer.score(user, ctx, b.device_type, cand)
         c, led = self.world.campaigns, self.ledger
-        outs = ref.empty_outputs(len(events))
+        out_cols = ref.grouped_outputs(len(events))
         with self.lock:
-            ref.decide_batch(
-                cand, score, b.floor_micros, b.first_price, b.country_bit, b.device_bit,
-                b.size_bit, b.site_id, b.blocked_category_mask, b.blocked_adv_ptr,
-                b.blocked_adv_ids, b.user_key, b.user_known, b.is_test,
-                self.world.ad_campaign, led.active, c.value_per_action_micros,
-                np.ones(len(c)), c.country_mask, c.device_mask, c.size_mask,
-                c.category_mask, c.advertiser_id, c.site_allow_ptr, c.site_allow_ids,
-                c.site_block_ptr, c.site_block_ids, c.freq_cap, c.freq_window_s,
-                led.budget_micros, led.spent_micros, led.reserved_micros, self.freq, 0,
-                0.85, *outs)
+            ref.reference_decide_batch(cand, score, b, self.world.campaigns,
+                                       self.world.ad_campaign, np.ones(len(c)), led, self.freq,
+                                       0, 0.85, out_cols)
+        outs = (out_cols.candidate, out_cols.price_cpm_micros, out_cols.value_cpm_micros,
+                out_cols.reason)
         out = []
         for i, (k, price, value, reason) in enumerate(zip(*(x.tolist() for x in outs))):
             rid = events[i].request_id

@@ -85,20 +85,21 @@ class TritonBidder:
         cand = self.retriever.search(user + ctx)
         score = self.scorer.score(user, ctx, device, cand)
         c, ref = self.world.campaigns, self.ref
-        out_k, price, value, reason = ref.empty_outputs(n)
+        events = SimpleNamespace(
+            floor_micros=num["floor_cpm_micros"], first_price=(num["auction_type"] == 1).astype(np.uint8),
+            country_bit=targeting.country_bits(text("country")), device_bit=targeting.device_bits(device),
+            size_bit=targeting.size_bits(num["slot_width_px"], num["slot_height_px"]),
+            site_id=b.site_id, blocked_category_mask=b.blocked_category_mask,
+            blocked_adv_ptr=b.blocked_adv_ptr, blocked_adv_ids=b.blocked_adv_ids,
+            user_key=b.user_key, user_known=b.user_known, is_test=num["test"].astype(np.uint8))
+        books = SimpleNamespace(active=self.active, budget_micros=self.budget,
+                                spent_micros=self.spent, reserved_micros=self.reserved)
+        outs = ref.grouped_outputs(n)
         with self.lock:
-            ref.decide_batch(
-                cand, score, num["floor_cpm_micros"],
-                (num["auction_type"] == 1).astype(np.uint8), targeting.country_bits(text("country")),
-                targeting.device_bits(device),
-                targeting.size_bits(num["slot_width_px"], num["slot_height_px"]),
-                b.site_id, b.blocked_category_mask, b.blocked_adv_ptr, b.blocked_adv_ids,
-                b.user_key, b.user_known, num["test"].astype(np.uint8), self.world.ad_campaign,
-                self.active, c.value_per_action_micros, np.ones(len(c)), c.country_mask,
-                c.device_mask, c.size_mask, c.category_mask, c.advertiser_id, c.site_allow_ptr,
-                c.site_allow_ids, c.site_block_ptr, c.site_block_ids, c.freq_cap,
-                c.freq_window_s, self.budget, self.spent, self.reserved, self.freq, 0, 0.85,
-                out_k, price, value, reason)
+            ref.reference_decide_batch(cand, score, events, c, self.world.ad_campaign,
+                                       np.ones(len(c)), books, self.freq, 0, 0.85, outs)
+        out_k, price, value, reason = (outs.candidate, outs.price_cpm_micros,
+                                       outs.value_cpm_micros, outs.reason)
         bid = out_k >= 0
         rows = np.arange(n)
         k = np.where(bid, out_k, 0)
