@@ -9,7 +9,7 @@
 #   make bench-peers      adbid against the naive, Triton and Ray Serve peers (own venvs)
 #   make debug            rebuild the core with bounds checks and line tracing (make proto undoes it)
 #   make annotate         cython -a report of the decision loop (ext/decision.html)
-#   make lint             ruff: undefined names, unused imports, syntax
+#   make lint             ruff, mypy, cython-lint, and the compiled modules' stubs
 #   make proto            regenerate the gRPC stubs (and rebuild the core)
 #   make clean            remove everything generated
 
@@ -89,8 +89,13 @@ debug: $(STAMP)
 annotate: $(STAMP)
 	$(VENV)/bin/cython -a -3 ext/decision.pyx -o ext/decision.c && echo "wrote ext/decision.html"
 
+# ruff (rules in pyproject.toml), mypy on the package, cython-lint on the compiled core,
+# and the stubs of the compiled modules checked against what they export.
 lint: $(STAMP)
-	$(PY) -m ruff check adbid tests benchmarks --select F,E9
+	$(PY) -m ruff check adbid tests benchmarks
+	$(PY) -m mypy
+	PATH=$(abspath $(VENV))/bin:$$PATH $(VENV)/bin/cython-lint --max-line-length 100 ext/*.pyx ext/decision_types.pxd
+	$(PY) -m mypy.stubtest adbid._decision adbid._wire adbid._fpmode --allowlist .stubtest-allowlist
 
 # Rebuilds the package in place (stubs and the Cython core) in pip's isolated build env,
 # which has the pinned grpcio-tools and Cython.
@@ -99,4 +104,4 @@ proto: $(STAMP)
 	$(PY) -m pip install --quiet --no-deps -e .
 
 clean:
-	rm -rf build *.egg-info adbid/*.so adbid/v1/*_pb2*.py adbid/v1/*_pb2.pyi ext/*.c ext/*.html .venv .venv-gpu .venv-peers .venv-triton .pytest_cache .hypothesis
+	rm -rf build *.egg-info adbid/*.so adbid/v1/*_pb2*.py adbid/v1/*_pb2.pyi ext/*.c ext/*.html ext/decision_reasons.pxd .venv .venv-gpu .venv-peers .venv-triton .pytest_cache .hypothesis

@@ -170,8 +170,8 @@ def serve(ctx: typer.Context, config: Path | None, log_format: str, seed: int, v
 
 serve.__signature__ = inspect.Signature([  # type: ignore[attr-defined]
     inspect.Parameter("ctx", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=typer.Context),
-    inspect.Parameter("config", inspect.Parameter.KEYWORD_ONLY, annotation=Path, default=typer.Option(
-        None, "--config", "-c", envvar="ADBID_CONFIG",
+    inspect.Parameter("config", inspect.Parameter.KEYWORD_ONLY, annotation=Path,
+                      default=typer.Option(None, "--config", "-c", envvar="ADBID_CONFIG",
         help="TOML file of settings (keys: the setting names, as `adbid settings` lists "
              "them); flags and ADBID_* variables win over it.")),
     inspect.Parameter("log_format", inspect.Parameter.KEYWORD_ONLY, annotation=str,
@@ -237,8 +237,8 @@ def bid(
     """Send a batch of demo events to a running server and print the decisions."""
     import numpy as np
 
-    from adbid.world.demo_traffic import make_events
     from adbid.v1 import bidder_pb2, bidder_pb2_grpc
+    from adbid.world.demo_traffic import make_events
 
     batch = make_events(events, np.random.default_rng(seed), test=test)
     with _channel(target, tls_ca, tls_cert, tls_key) as channel:
@@ -294,7 +294,8 @@ def status(
         t = Table(title=f"top {campaigns} campaigns by spend (currency units)")
         for col in ("campaign", "active", "budget", "spent", "reserved", "pacing"):
             t.add_column(col)
-        for c in sorted(s.campaigns, key=lambda c: -(c.spent_micros + c.reserved_micros))[:campaigns]:
+        by_spend = sorted(s.campaigns, key=lambda c: -(c.spent_micros + c.reserved_micros))
+        for c in by_spend[:campaigns]:
             t.add_row(c.campaign_id, "yes" if c.active else "no", f"{c.budget_micros / 1e6:.2f}",
                       f"{c.spent_micros / 1e6:.4f}", f"{c.reserved_micros / 1e6:.4f}",
                       f"{c.pacing_multiplier:.2f}")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from dataclasses import Field, asdict, dataclass, field, fields
 from pathlib import Path
+from typing import Any
 
 
 def adbid_home() -> Path:
@@ -106,10 +107,11 @@ class ServerConfig:
         return {k: str(v) if isinstance(v, Path) else v for k, v in asdict(self).items()}
 
     @classmethod
-    def from_dict(cls, values: dict[str, object]) -> ServerConfig:
+    def from_dict(cls, values: dict[str, Any]) -> ServerConfig:
         """The inverse of as_dict (paths back to Path)."""
-        return cls(**{k: Path(v) if k in PATH_FIELDS and v is not None else v
-                      for k, v in values.items()})
+        converted: dict[str, Any] = {k: Path(v) if k in PATH_FIELDS and v is not None else v
+                                     for k, v in values.items()}
+        return cls(**converted)
 
 
 PATH_FIELDS = ("world", "ledger", "tls_cert", "tls_key", "tls_client_ca")

@@ -5,7 +5,6 @@ from __future__ import annotations
 import threading
 
 import numpy as np
-
 from hdrh.histogram import HdrHistogram
 from prometheus_client import Counter, Gauge, Histogram, Info
 
@@ -125,13 +124,13 @@ class StageTimers:
             for s, h in self._hist.items():
                 total = h.get_total_count()
                 cum = np.cumsum(np.ctypeslib.as_array(h.counts)[:h.counts_len])
-
-                def at(percentile: float) -> int:
-                    if not total:
-                        return 0
-                    want = max(1, int(percentile * total / 100 + 0.5))
-                    return int(self._top[np.searchsorted(cum, want)])
-
                 out[s] = {"count": total, "mean_us": self._sum_us[s] / total if total else 0.0,
-                          "p50_us": at(50), "p99_us": at(99)}
+                          "p50_us": self._at(cum, total, 50), "p99_us": self._at(cum, total, 99)}
         return out
+
+    def _at(self, cum: np.ndarray, total: int, percentile: float) -> int:
+        """The value at a percentile from cumulative bucket counts (0 when empty)."""
+        if not total:
+            return 0
+        want = max(1, int(percentile * total / 100 + 0.5))
+        return int(self._top[np.searchsorted(cum, want)])

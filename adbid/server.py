@@ -15,6 +15,7 @@ import logging
 import signal
 import sys
 import time
+from typing import Any
 
 import grpc
 import numpy as np
@@ -29,7 +30,8 @@ from adbid.edge.errors import ErrorInterceptor, ReloadRefused
 from adbid.edge.health import Health
 from adbid.edge.tls import is_loopback, tls_credentials
 from adbid.flow.deadlines import Timekeeper
-from adbid.money.ledger import SpendLedger, open_store
+from adbid.money.journal import open_log
+from adbid.money.ledger import SpendLedger
 from adbid.stages.pipeline import Pipeline, WorldStages
 from adbid.v1 import admin_pb2_grpc, bidder_pb2
 from adbid.world.artifacts import World
@@ -48,7 +50,7 @@ class BidServer:
         self.world = world
         self.port = 0
         self.metrics_port = 0
-        self._metrics_http = None
+        self._metrics_http: Any = None  # prometheus_client's WSGI server
         self._tasks: list[asyncio.Task] = []
         self.keeper = Timekeeper(cfg.default_deadline_ms, cfg.send_margin_ms)
 
@@ -58,9 +60,10 @@ class BidServer:
             raise OSError(f"Admin on the main port {cfg.host}:{cfg.port} needs --admin-token "
                           "(or keep it on its own loopback port with --admin-port)")
         credentials = tls_credentials(cfg)  # fail on a bad TLS setup before loading anything
-        world = self.world or await asyncio.to_thread(World.load, cfg.world)
+        world = self.world if self.world is not None else \
+            await asyncio.to_thread(World.load, cfg.world)
         stages = await asyncio.to_thread(WorldStages, world, cfg)
-        self.ledger = SpendLedger(world.campaigns, open_store(cfg.ledger, cfg.ledger_sync),
+        self.ledger = SpendLedger(world.campaigns, open_log(cfg.ledger, cfg.ledger_sync),
                                   cfg.reservation_ttl_s, share=(cfg.worker_index, cfg.workers))
         self.pipeline = Pipeline(stages, cfg, self.ledger)
         self._reload_lock = asyncio.Lock()
@@ -210,8 +213,11 @@ class BidServer:
                 if self.keeper.starved():
                     logs.request_id.set("calibration")
                     p = self.pipeline
-                    await self.keeper.recalibrate(
-                        lambda n: self._test_batch(p, n, seed=int(time.time()) + n))
+
+                    async def measure(n: int, p: Pipeline = p) -> None:
+                        await self._test_batch(p, n, seed=int(time.time()) + n)
+
+                    await self.keeper.recalibrate(measure)
                     logs.request_id.set("")
             except Exception:
                 log.exception("housekeeping failed")

@@ -17,12 +17,10 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import machine, repeat, write  # noqa: E402
+from common import machine, repeat, write
 
-from adbid import _decision  # noqa: E402
-
+from adbid import _decision
 from adbid.stages import decision_reference as ref
-
 from adbid.world import targeting
 
 

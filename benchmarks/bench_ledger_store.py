@@ -27,12 +27,12 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import machine, repeat, write  # noqa: E402
+from common import machine, repeat, write
 
-from adbid.world.campaigns import CampaignTable  # noqa: E402
-from adbid.money.ledger import SpendLedger  # noqa: E402
-from adbid.money.journal import LedgerLog  # noqa: E402
-from adbid.money.records import Close, Reserve  # noqa: E402
+from adbid.money.journal import LedgerLog
+from adbid.money.ledger import SpendLedger
+from adbid.money.records import Close, Reserve
+from adbid.world.campaigns import CampaignTable
 
 RESERVES, CLOSES = 256, 150
 
@@ -131,7 +131,7 @@ def main() -> None:
     for kind in ("log-write", "log-fsync", "sqlite-normal", "sqlite-full"):
         timings = [run(kind, batches) for _ in range(a.repeats)]
         it = iter(timings)
-        write_s = repeat(lambda: next(it)[0], a.repeats)
+        write_s = repeat(lambda it=it: next(it)[0], a.repeats)
         recover = sorted(t[1] for t in timings)[len(timings) // 2]
         per_flush = {k: v / a.flushes * 1e6 for k, v in write_s.items() if k != "n"}
         result["stores"][kind] = {"us_per_flush": per_flush,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
@@ -16,17 +17,13 @@ RESULTS = Path(__file__).parent / "results"
 
 def machine() -> dict:
     cpu = ""
-    try:
-        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo")
+    with contextlib.suppress(OSError, StopIteration), open("/proc/cpuinfo") as info:
+        cpu = next(line.split(":", 1)[1].strip() for line in info
                    if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
     versions = {}
     for pkg in ("numpy", "faiss-cpu", "onnxruntime", "onnxruntime-gpu", "grpcio", "Cython"):
-        try:
+        with contextlib.suppress(metadata.PackageNotFoundError):
             versions[pkg] = metadata.version(pkg)
-        except metadata.PackageNotFoundError:
-            pass
     return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(),
             "platform": platform.platform(), "versions": versions,
             "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
@@ -51,9 +48,9 @@ def demo_inputs(pipeline, batch: int, n: int = 16, seed: int = 0) -> list:
     import numpy as np
 
     from adbid.edge.decode import decode
-    from adbid.world.demo_traffic import make_events
     from adbid.stages.lookup import resolve
     from adbid.v1 import bidder_pb2 as pb
+    from adbid.world.demo_traffic import make_events
 
     rng = np.random.default_rng(seed)
     out = []

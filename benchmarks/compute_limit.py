@@ -12,7 +12,8 @@ this process, on the same 2 cores): concurrency 1 gives the server's own
 per-stage costs without contention, concurrency --concurrency its throughput
 (columnar requests as Bid calls and on BidStreams, and per-event messages for
 comparison); then `adbid serve
---workers N --native-threads 1` at 1.5 times the concurrency. Reported: compute-limit events/s, server
+--workers N --native-threads 1` at 1.5 times the concurrency. Reported: compute-limit
+events/s, server
 events/s and their ratio, and the server's overhead per event (everything but
 the three native calls).
 
@@ -31,15 +32,15 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import demo_inputs, machine, write  # noqa: E402
-from serverproc import Server  # noqa: E402
+from common import demo_inputs, machine, write
+from serverproc import Server
 
-from adbid._fpmode import flush_denormals  # noqa: E402
-from adbid.config import ServerConfig, default_world_dir  # noqa: E402
-from adbid.money.ledger import SpendLedger  # noqa: E402
-from adbid.bench.loadgen import LoadSpec, run, server_stages  # noqa: E402
-from adbid.stages.pipeline import WorldStages, Pipeline  # noqa: E402
-from adbid.world.artifacts import World  # noqa: E402
+from adbid._fpmode import flush_denormals
+from adbid.bench.loadgen import LoadSpec, run, server_stages
+from adbid.config import ServerConfig, default_world_dir
+from adbid.money.ledger import SpendLedger
+from adbid.stages.pipeline import Pipeline, WorldStages
+from adbid.world.artifacts import World
 
 
 def native_costs(batch: int, repeats: int, threads: int) -> dict:

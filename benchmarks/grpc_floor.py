@@ -25,7 +25,7 @@ from pathlib import Path
 import grpc
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import machine, write  # noqa: E402
+from common import machine, write
 
 METHOD, STREAM = "/floor.Echo/Call", "/floor.Echo/Stream"
 
@@ -117,7 +117,9 @@ def main() -> None:
     per_event = [r["server_cpu_us_per_event"] for r in runs]
     print(f"median {statistics.median(per_event):.2f} us an event "
           f"({min(per_event):.2f}-{max(per_event):.2f}) over {a.runs} runs")
-    print(f"-> {write(f'grpc_floor_{a.rpc}', {'machine': machine(), 'batch': a.batch, 'rpc': a.rpc, 'request_bytes': request_bytes, 'answer_bytes': answer_bytes, 'runs': runs})}")
+    result = {"machine": machine(), "batch": a.batch, "rpc": a.rpc,
+              "request_bytes": request_bytes, "answer_bytes": answer_bytes, "runs": runs}
+    print(f"-> {write(f'grpc_floor_{a.rpc}', result)}")
 
 
 if __name__ == "__main__":

@@ -33,11 +33,11 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import machine, write  # noqa: E402
-from serverproc import Server, cpu_list  # noqa: E402
+from common import machine, write
+from serverproc import Server, cpu_list
 
-from adbid.config import ServerConfig  # noqa: E402
-from adbid.bench.loadgen import LoadSpec, run_processes, sweep  # noqa: E402
+from adbid.bench.loadgen import LoadSpec, run_processes, sweep
+from adbid.config import ServerConfig
 
 
 def main() -> None:

@@ -25,14 +25,14 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import RESULTS, machine, write  # noqa: E402
+from common import RESULTS, machine, write
 
-from adbid import _decision  # noqa: E402
-from adbid.stages import decision_reference as ref  # noqa: E402
-from adbid.world.campaigns import CampaignTable  # noqa: E402
-from adbid.money.ledger import SpendLedger  # noqa: E402
-from adbid.money.pacing import DAY_S, PacingController  # noqa: E402
-from adbid.v1 import bidder_pb2 as pb  # noqa: E402
+from adbid import _decision
+from adbid.money.ledger import SpendLedger
+from adbid.money.pacing import DAY_S, PacingController
+from adbid.stages import decision_reference as ref
+from adbid.v1 import bidder_pb2 as pb
+from adbid.world.campaigns import CampaignTable
 
 DAY0 = 1_767_225_600  # 2026-01-01T00:00:00Z
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import shutil
 import signal
@@ -28,11 +29,11 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import machine, write  # noqa: E402
-from serverproc import Server, free_port  # noqa: E402
+from common import machine, write
+from serverproc import Server, free_port
 
-from adbid.config import default_world_dir  # noqa: E402
-from adbid.bench.loadgen import LoadSpec, run, sweep  # noqa: E402
+from adbid.bench.loadgen import LoadSpec, run, sweep
+from adbid.config import default_world_dir
 
 
 def best_rate(target: str, batch: int, target_p99_ms: float, start: float, duration_s: float,
@@ -73,10 +74,8 @@ def stop(proc: subprocess.Popen, sig: int = signal.SIGTERM) -> None:
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait()
-    try:
+    with contextlib.suppress(ProcessLookupError):
         os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
 
 
 def launch(kind: str, port: int, workspace: Path) -> list[tuple[subprocess.Popen, int]]:
@@ -138,13 +137,15 @@ def main() -> None:
             naive = out["systems"]["naive per-event (a)"]["best"]
             if kind != "naive" and naive:  # p99 at equal load: the naive peer's best rate
                 rate = naive["goodput_events_per_s"]
-                r = asyncio.run(run(LoadSpec(target=f"127.0.0.1:{port}", batch=1, rate=rate,
-                                             wire="events", duration_s=max(a.duration_s, 300 / rate),
-                                             deadline_ms=max(a.target_p99_ms * 3, 30))))
+                spec = LoadSpec(target=f"127.0.0.1:{port}", batch=1, rate=rate, wire="events",
+                                duration_s=max(a.duration_s, 300 / rate),
+                                deadline_ms=max(a.target_p99_ms * 3, 30))
+                r = asyncio.run(run(spec))
                 out["systems"][name]["equal_load"] = {
                     "events_per_s": rate, "p50_ms": r.latency_us.get("p50", 0) / 1000,
                     "p99_ms": r.latency_us.get("p99", 0) / 1000, "errors": r.errors}
-                print(f"  {name} at {rate:,.0f} events/s: p50 {r.latency_us.get('p50', 0) / 1000:.2f}"
+                p50 = r.latency_us.get("p50", 0) / 1000
+                print(f"  {name} at {rate:,.0f} events/s: p50 {p50:.2f}"
                       f" ms, p99 {r.latency_us.get('p99', 0) / 1000:.2f} ms, errors {r.errors}")
         finally:
             for proc, sig in reversed(procs):

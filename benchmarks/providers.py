@@ -28,16 +28,16 @@ import numpy as np
 import onnxruntime as ort
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import demo_inputs, machine, write  # noqa: E402
-from serverproc import Server  # noqa: E402
+from common import demo_inputs, machine, write
+from serverproc import Server
 
-from adbid._fpmode import flush_denormals  # noqa: E402
-from adbid.config import ServerConfig, default_world_dir  # noqa: E402
-from adbid.money.ledger import SpendLedger  # noqa: E402
-from adbid.bench.loadgen import LoadSpec, run, server_stages  # noqa: E402
-from adbid.stages.pipeline import WorldStages, Pipeline  # noqa: E402
-from adbid.stages.scoring import CPU, CUDA, GpuUnavailableError, Scorer  # noqa: E402
-from adbid.world.artifacts import World  # noqa: E402
+from adbid._fpmode import flush_denormals
+from adbid.bench.loadgen import LoadSpec, run, server_stages
+from adbid.config import ServerConfig, default_world_dir
+from adbid.money.ledger import SpendLedger
+from adbid.stages.pipeline import Pipeline, WorldStages
+from adbid.stages.scoring import CPU, CUDA, GpuUnavailableError, Scorer
+from adbid.world.artifacts import World
 
 
 def timed(score, inputs: list, repeats: int) -> list[float]:

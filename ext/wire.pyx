@@ -86,6 +86,7 @@ def column_kinds():
     string, 2 number, 0 skipped; width 64 int64, 32 int32/enum, 33 uint32, 1 bool."""
     return [(KIND[i], WIDTH[i]) for i in range(N_FIELDS)]
 
+
 cdef inline int64_t convert(uint64_t v, int width) noexcept nogil:
     if width == 32:
         return <int64_t><int32_t>v

@@ -12,8 +12,8 @@ import grpc
 import pytest
 
 from adbid.config import ServerConfig
-from adbid.world.demo_world import DemoWorldSpec, build
 from adbid.world.artifacts import World
+from adbid.world.demo_world import DemoWorldSpec, build
 
 
 @pytest.fixture(scope="session")

@@ -9,12 +9,13 @@ import grpc
 import numpy as np
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
-from adbid import metrics
+from adbid import metrics, stages
+from adbid.v1 import admin_pb2, admin_pb2_grpc, bidder_pb2_grpc, lenient_pb2
+from adbid.v1 import bidder_pb2 as pb
 from adbid.world.demo_traffic import make_events
-from adbid import stages
-from adbid.v1 import admin_pb2, admin_pb2_grpc, bidder_pb2 as pb, bidder_pb2_grpc, lenient_pb2
 
 BID = "/adbid.v1.Bidder/Bid"
 

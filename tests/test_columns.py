@@ -7,8 +7,9 @@ import numpy as np
 import pytest
 
 from adbid.client import decisions, to_columns
+from adbid.v1 import bidder_pb2 as pb
+from adbid.v1 import bidder_pb2_grpc, lenient_pb2
 from adbid.world.demo_traffic import make_events
-from adbid.v1 import bidder_pb2 as pb, bidder_pb2_grpc, lenient_pb2
 
 BID = "/adbid.v1.Bidder/Bid"
 

@@ -9,13 +9,11 @@ import numpy as np
 import pytest
 
 from adbid import _decision
-
+from adbid.money.units import impression_cost_micros
 from adbid.stages import decision_reference as ref
-
+from adbid.v1 import bidder_pb2 as pb
 from adbid.world import targeting
 from adbid.world.targeting import csr
-from adbid.money.units import impression_cost_micros
-from adbid.v1 import bidder_pb2 as pb
 
 
 def random_case(rng: np.random.Generator, n_events: int, k: int, n_ads: int = 40,
@@ -29,9 +27,10 @@ def random_case(rng: np.random.Generator, n_events: int, k: int, n_ads: int = 40
         score[rng.random((n_events, k)) < 0.02] = 0.0
         score[rng.random((n_events, k)) < 0.01] = np.nan
         score[rng.random((n_events, k)) < 0.01] = 1.5
-    mask = lambda: np.array([targeting.ALL_BITS if rng.random() < 0.6 else
-                             int(rng.integers(1, 1 << 62)) for _ in range(n_camps)],
-                            dtype=np.uint64)  # noqa: E731
+    def mask():
+        return np.array([targeting.ALL_BITS if rng.random() < 0.6 else
+                         int(rng.integers(1, 1 << 62)) for _ in range(n_camps)], dtype=np.uint64)
+
     n_sites, n_advs = 6, 4
     site_lists = lambda p: [rng.integers(0, n_sites, rng.integers(1, 3)).tolist()  # noqa: E731
                             if rng.random() < p else [] for _ in range(n_camps)]
@@ -194,7 +193,7 @@ def decide(case):
 
 
 def test_ties_pick_the_first_candidate():
-    _, k, price, value, reason, _ = decide(simple_case())
+    _, k, _, value, _, _ = decide(simple_case())
     assert k.tolist() == [0, 0, 0]
     assert value.tolist() == [1_000_000] * 3  # 1000 x 0.25 x 4_000 micros = $1 CPM
 

@@ -1,8 +1,8 @@
 import numpy as np
 
-from adbid.world import targeting
 from adbid.edge.decode import decode
 from adbid.v1 import bidder_pb2 as pb
+from adbid.world import targeting
 
 
 def event(**kw) -> pb.AdEvent:

@@ -28,8 +28,8 @@ RANKS = {
 }
 # The compiled kernels and the only modules that call them (money.units: the impression-cost
 # rule, defined once in the decision loop).
-FACADES = {"adbid._decision": ("adbid.stages", "adbid.money.units"), "adbid._fpmode": ("adbid.stages",),
-           "adbid._wire": ("adbid.edge",)}
+FACADES = {"adbid._decision": ("adbid.stages", "adbid.money.units"),
+           "adbid._fpmode": ("adbid.stages",), "adbid._wire": ("adbid.edge",)}
 MAX_LINES = 400
 
 

@@ -3,12 +3,12 @@ import asyncio
 import numpy as np
 import pytest
 
-from adbid.world.campaigns import CampaignTable
-from adbid.money.ledger import LedgerError, SpendLedger
 from adbid.money import journal as ledger_log
 from adbid.money.journal import LedgerLog
+from adbid.money.ledger import LedgerError, SpendLedger
 from adbid.money.units import impression_cost_micros
 from adbid.v1 import bidder_pb2 as pb
+from adbid.world.campaigns import CampaignTable
 
 WIN, LOSS, BILLING = pb.OUTCOME_TYPE_WIN, pb.OUTCOME_TYPE_LOSS, pb.OUTCOME_TYPE_BILLING
 

@@ -22,9 +22,9 @@ def test_unusable_ids():
 
 def test_context_is_the_mean_topic_of_known_words(tiny_world):
     enc = ContextEncoder(tiny_world, capacity=4)
-    (w0, t0), (w1, t1) = list(tiny_world.context_words.items())[0], \
-        [(w, t) for w, t in tiny_world.context_words.items()
-         if t != list(tiny_world.context_words.values())[0]][0]
+    first_topic = next(iter(tiny_world.context_words.values()))
+    (w0, t0), (w1, t1) = next(iter(tiny_world.context_words.items())), \
+        next((w, t) for w, t in tiny_world.context_words.items() if t != first_topic)
     out = enc.embeddings([f"{w0} unknownword", "nothing known here", f"{w0} {w1}", f"{w0} x"])
     topics = tiny_world.topic_embeddings
     np.testing.assert_allclose(out[0], topics[t0] / np.linalg.norm(topics[t0]), rtol=1e-5)
@@ -40,10 +40,10 @@ def test_block_lists_resolve_per_event_from_flat_columns(tiny_world):
     """Flat block lists (as on the columnar wire) resolve to what each event's own list
     means: the OR of its IAB tier-1 bits, and the ids of its known advertiser domains in
     order (unknown domains and codes dropped), events without lists owning nothing."""
-    from adbid.world import targeting
     from adbid.edge.decode import decode
     from adbid.stages.lookup import resolve
     from adbid.v1 import bidder_pb2 as pb
+    from adbid.world import targeting
 
     rng = np.random.default_rng(3)
     domains = [*tiny_world.campaigns.advertiser_ids, "unknown.example", ""]

@@ -10,10 +10,11 @@ from collections import defaultdict
 import grpc
 import numpy as np
 
-from adbid.world.demo_traffic import make_events
 from adbid.money import journal as ledger_log
 from adbid.money.units import impression_cost_micros
-from adbid.v1 import admin_pb2, admin_pb2_grpc, bidder_pb2 as pb, bidder_pb2_grpc
+from adbid.v1 import admin_pb2, admin_pb2_grpc, bidder_pb2_grpc
+from adbid.v1 import bidder_pb2 as pb
+from adbid.world.demo_traffic import make_events
 
 CLIENTS = 8
 BATCHES_PER_CLIENT = 25

@@ -14,13 +14,14 @@ from pathlib import Path
 import grpc
 import numpy as np
 
-from adbid.world.demo_traffic import make_events
 from adbid.money import journal as ledger_log
 from adbid.money.journal import LedgerLog
 from adbid.money.records import LATE_WON, OPEN, WON, Close, Reserve
 from adbid.money.units import impression_cost_micros
-from adbid.v1 import bidder_pb2 as pb, bidder_pb2_grpc
+from adbid.v1 import bidder_pb2 as pb
+from adbid.v1 import bidder_pb2_grpc
 from adbid.world.artifacts import World
+from adbid.world.demo_traffic import make_events
 
 BIN = Path(sys.executable).parent / "adbid"
 KILLS = 10

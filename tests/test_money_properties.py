@@ -4,15 +4,15 @@ reference, each with its own ledger and frequency state; the books stay identica
 from __future__ import annotations
 
 import numpy as np
-from hypothesis import HealthCheck, event, given, settings, strategies as st
+from hypothesis import HealthCheck, event, given, settings
+from hypothesis import strategies as st
+from test_decision_parity import random_case
 
 from adbid import _decision
-
-from adbid.stages import decision_reference as ref
-from adbid.world.campaigns import CampaignTable
 from adbid.money.ledger import SpendLedger
+from adbid.stages import decision_reference as ref
 from adbid.v1 import bidder_pb2 as pb
-from test_decision_parity import random_case
+from adbid.world.campaigns import CampaignTable
 
 CAMPAIGN_KEYS = [k for k in random_case(np.random.default_rng(0), 1, 1) if k.startswith("camp_")
                  or k == "ad_campaign"]
@@ -115,4 +115,5 @@ def test_core_and_reference_keep_identical_books(seed, n_camps, budget_scale, st
         assert core.ledger.violations() == [] or core.ledger.late_wins > 0
     assert core.freq.evictions == 0
     event(f"bids: {'none' if not bid_ids else 'some' if len(bid_ids) < 10 else 'many'}")
-    event(f"settled: {'yes' if any(core.ledger.spent_micros > base['camp_spent_micros']) else 'no'}")
+    settled = any(core.ledger.spent_micros > base["camp_spent_micros"])
+    event(f"settled: {'yes' if settled else 'no'}")

@@ -13,8 +13,9 @@ from pathlib import Path
 
 import numpy as np
 
+from adbid.v1 import bidder_pb2 as pb
+from adbid.v1 import bidder_pb2_grpc
 from adbid.world.demo_traffic import make_events
-from adbid.v1 import bidder_pb2 as pb, bidder_pb2_grpc
 
 ROOT = Path(__file__).parent.parent
 BIN = Path(sys.executable).parent / "adbid"

@@ -10,10 +10,11 @@ import grpc
 import numpy as np
 import pytest
 
+from adbid.v1 import admin_pb2, admin_pb2_grpc, bidder_pb2_grpc
+from adbid.v1 import bidder_pb2 as pb
 from adbid.world import artifacts as world_mod
 from adbid.world.demo_traffic import make_events
 from adbid.world.demo_world import DemoWorldSpec, build
-from adbid.v1 import admin_pb2, admin_pb2_grpc, bidder_pb2 as pb, bidder_pb2_grpc
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +56,7 @@ def test_reloads_under_load_fail_no_request_and_switch_the_model(server, tiny_wo
                                  timeout=10)
                     assert len(r.decisions) == 32
                     versions.append(r.world_version)
-                except Exception as exc:  # noqa: BLE001 - every failure is a test failure
+                except Exception as exc:
                     failures.append(repr(exc))
 
     threads = [threading.Thread(target=client, args=(s,)) for s in range(4)]

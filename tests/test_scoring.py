@@ -2,8 +2,15 @@ import numpy as np
 import onnx
 import pytest
 
+from adbid.stages.scoring import (
+    CPU,
+    CUDA,
+    GpuUnavailableError,
+    ModelError,
+    Scorer,
+    choose_providers,
+)
 from adbid.world import intent_model
-from adbid.stages.scoring import CPU, CUDA, GpuUnavailableError, ModelError, Scorer, choose_providers
 
 
 def numpy_mlp(model: onnx.ModelProto, user, context, device, cand_ad):

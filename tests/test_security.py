@@ -13,15 +13,16 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from adbid.v1 import admin_pb2, admin_pb2_grpc, bidder_pb2_grpc
+from adbid.v1 import bidder_pb2 as pb
 from adbid.world.demo_traffic import make_events
-from adbid.v1 import admin_pb2, admin_pb2_grpc, bidder_pb2 as pb, bidder_pb2_grpc
 
 
 def issue(name: str, ca: tuple | None = None, server: bool = False):
     """(key, cert): self-signed CA when `ca` is None, else signed by it."""
     key = ec.generate_private_key(ec.SECP256R1())
     subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     builder = (x509.CertificateBuilder().subject_name(subject)
                .issuer_name(ca[1].subject if ca else subject).public_key(key.public_key())
                .serial_number(x509.random_serial_number())
@@ -124,8 +125,9 @@ def test_admin_token_is_required_when_set(server_factory):
 def test_admin_on_a_public_main_port_without_a_token_is_refused(tiny_world_dir, tmp_path):
     import asyncio
 
-    from adbid.server import BidServer
     from conftest import server_config
+
+    from adbid.server import BidServer
 
     cfg = server_config(tiny_world_dir, tmp_path / "l", host="0.0.0.0", admin_port=-1)
     with pytest.raises(OSError, match="admin-token"):

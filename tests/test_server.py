@@ -11,9 +11,10 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
 )
 
 from adbid import metrics, stages
-from adbid.world.demo_traffic import make_events
 from adbid.money.units import impression_cost_micros
-from adbid.v1 import admin_pb2, admin_pb2_grpc, bidder_pb2 as pb, bidder_pb2_grpc
+from adbid.v1 import admin_pb2, admin_pb2_grpc, bidder_pb2_grpc
+from adbid.v1 import bidder_pb2 as pb
+from adbid.world.demo_traffic import make_events
 
 
 def bid(channel, events, batch_id="b", timeout=10.0, **kw) -> pb.BidResponse:
@@ -47,7 +48,7 @@ def test_bid_prices_respect_floor_value_and_budget(server, channel):
         assert e.floor_cpm_micros <= d.price_cpm_micros <= d.value_cpm_micros
         assert d.campaign_id and d.creative_id and 0 < d.score <= 1
         assert d.no_bid_reason == pb.NO_BID_REASON_UNSPECIFIED
-    for e, d in zip(events, resp.decisions):
+    for d in resp.decisions:
         if not d.bid:
             assert d.no_bid_reason != pb.NO_BID_REASON_UNSPECIFIED and d.price_cpm_micros == 0
     s = status(channel)

@@ -14,9 +14,10 @@ import grpc
 import numpy as np
 import pytest
 
-from adbid.world.demo_traffic import make_events
+from adbid.v1 import admin_pb2, admin_pb2_grpc, bidder_pb2_grpc
+from adbid.v1 import bidder_pb2 as pb
 from adbid.world.artifacts import World
-from adbid.v1 import admin_pb2, admin_pb2_grpc, bidder_pb2 as pb, bidder_pb2_grpc
+from adbid.world.demo_traffic import make_events
 
 BIN = Path(sys.executable).parent / "adbid"
 SERVING = re.compile(r"worker (\d)/(\d): serving .* on 127\.0\.0\.1:(\d+) .*admin on "
@@ -36,7 +37,8 @@ def wait_serving(proc, log, workers: int) -> tuple[int, list[int]]:
     deadline = time.monotonic() + 90
     while time.monotonic() < deadline:
         log.seek(0)
-        found = {m.group(1): (int(m.group(3)), int(m.group(4))) for m in SERVING.finditer(log.read())}
+        found = {m.group(1): (int(m.group(3)), int(m.group(4)))
+                 for m in SERVING.finditer(log.read())}
         if len(found) == workers:
             ports = {p for p, _ in found.values()}
             assert len(ports) == 1, found  # one shared port
@@ -120,7 +122,7 @@ def test_workers_refuse_admin_on_the_shared_port(tiny_world_dir, tmp_path, admin
 def test_workers_exit_when_the_supervisor_is_killed(tiny_world_dir, tmp_path):
     proc, log = start(tiny_world_dir, tmp_path / "ledger", 2, tmp_path)
     try:
-        port, _ = wait_serving(proc, log, 2)
+        wait_serving(proc, log, 2)
         children = [int(p) for p in subprocess.run(
             ["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split()]
         assert len(children) == 2

@@ -34,5 +34,5 @@ def test_corrupt_or_inconsistent_worlds_are_refused(tmp_path, tiny_world_dir):
     (bad / "campaigns.json").write_text(json.dumps(records))
     with pytest.raises(WorldError, match="budget_micros"):
         World.load(bad, verify_checksums=False)
-    with pytest.raises(WorldError, match="no manifest.json"):
+    with pytest.raises(WorldError, match=r"no manifest\.json"):
         World.load(tmp_path / "missing")

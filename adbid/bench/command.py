@@ -40,11 +40,10 @@ def bench(
     import asyncio
     from dataclasses import asdict
 
+    from adbid import logs
     from adbid.bench import report as bench_report
     from adbid.bench.loadgen import RPCS, WIRES, LoadSpec, run, server_stages
     from adbid.bench.loadgen import sweep as rate_sweep
-
-    from adbid import logs
 
     logs.setup("text", False)
     spec = LoadSpec(target=target, admin_target=admin_target, rate=rate, concurrency=concurrency,
@@ -61,7 +60,7 @@ def bench(
         results, best = [asyncio.run(run(spec))], None
     try:
         stages = asyncio.run(server_stages(admin_target))
-    except Exception as exc:  # noqa: BLE001 - the breakdown is a bonus; say why it is missing
+    except Exception as exc:
         console.print(f"[yellow]no stage breakdown from {admin_target}: {exc}[/yellow]")
         stages = {}
     table = Table(title=f"adbid bench: batch {batch}, deadline {deadline_ms:g} ms; "

@@ -31,8 +31,9 @@ from hdrh.histogram import HdrHistogram
 
 from adbid.bench.results import LoadResult, LoadSpec, Recorder, summarise
 from adbid.client import to_columns
+from adbid.v1 import admin_pb2, admin_pb2_grpc
+from adbid.v1 import bidder_pb2 as pb
 from adbid.world.demo_traffic import make_events
-from adbid.v1 import admin_pb2, admin_pb2_grpc, bidder_pb2 as pb
 
 PLACEHOLDER = "@" * 16
 WIRES = ("columns", "events")
@@ -114,7 +115,7 @@ class _Streams:
             async with self.locks[i]:
                 left = deadline - time.perf_counter()  # after waiting for the stream
                 if left <= 0:
-                    raise asyncio.TimeoutError
+                    raise TimeoutError
                 await self.calls[i].write(data + _deadline_field(max(1, int(left * 1000))))
             return await asyncio.wait_for(fut, deadline - time.perf_counter())
         finally:
@@ -153,7 +154,7 @@ async def _call(bid, request: tuple[str, bytes], rec: Recorder, scheduled: float
     except grpc.aio.AioRpcError as exc:
         rec.failed(exc.code())
         return
-    except asyncio.TimeoutError:  # a stream's reply did not come in time
+    except TimeoutError:  # a stream's reply did not come in time
         rec.failed(grpc.StatusCode.DEADLINE_EXCEEDED)
         return
     rec.answered(resp, time.perf_counter() - scheduled)

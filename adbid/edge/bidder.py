@@ -20,8 +20,16 @@ import numpy as np
 from adbid import logs, metrics
 from adbid.config import ServerConfig
 from adbid.edge import notices
-from adbid.edge.decode import (BadRequest, Request, UndecodableRequest, batch_size,
-                               decode_request, is_columnar, parse_request, request_ids)
+from adbid.edge.decode import (
+    BadRequest,
+    Request,
+    UndecodableRequest,
+    batch_size,
+    decode_request,
+    is_columnar,
+    parse_request,
+    request_ids,
+)
 from adbid.edge.encode import all_no_bid, answer, finish, serialize
 from adbid.edge.errors import Overloaded
 from adbid.flow.admission import AdmissionLimit, LoopLag
@@ -42,7 +50,7 @@ for _value, _name in REASON_NAMES.items():
 class Tally:
     """Events decided and bids made by this process (what Admin.Status reports)."""
 
-    __slots__ = ("events", "bids")
+    __slots__ = ("bids", "events")
 
     def __init__(self) -> None:
         self.events = 0

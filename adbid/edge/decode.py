@@ -17,9 +17,8 @@ import numpy as np
 
 from adbid import _wire
 from adbid.stages.batch import EventBatch
-
-from adbid.world import targeting
 from adbid.v1 import bidder_pb2 as pb
+from adbid.world import targeting
 
 MAX_REQUEST_ID_CHARS = 128
 MAX_USER_ID_CHARS = 256

@@ -70,9 +70,11 @@ def encode_columns(batch_id: str, batch: EventBatch, dec: Decisions, campaign_ta
         if invalid.any() else {}
     return _wire.write_columns(
         batch_id, batch.request_id, bid.astype(np.int64),
-        np.where(bid, dec.price_cpm_micros, 0), campaign_table[np.where(bid, dec.campaign_row, -1)].tolist(),
+        np.where(bid, dec.price_cpm_micros, 0),
+        campaign_table[np.where(bid, dec.campaign_row, -1)].tolist(),
         creative_table[np.where(bid, dec.ad_row, -1)].tolist(),
-        np.where(bid, dec.score, 0).astype(np.float32), np.where(bid, 0, dec.reason).astype(np.int64),
+        np.where(bid, dec.score, 0).astype(np.float32),
+        np.where(bid, 0, dec.reason).astype(np.int64),
         np.where(invalid, 0, dec.value_cpm_micros), errors, world_version)
 
 

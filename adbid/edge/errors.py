@@ -39,7 +39,7 @@ class Unauthenticated(PermissionError):
 
 
 # Exceptions a client caused: the status each maps to, and its adbid_errors kind.
-CLIENT_ERRORS: dict[type[Exception], tuple[grpc.StatusCode, str]] = {
+CLIENT_ERRORS: dict[type[BaseException], tuple[grpc.StatusCode, str]] = {
     BadRequest: (grpc.StatusCode.INVALID_ARGUMENT, "invalid_request"),
     UndecodableRequest: (grpc.StatusCode.INVALID_ARGUMENT, "undecodable_request"),
     Overloaded: (grpc.StatusCode.RESOURCE_EXHAUSTED, "overload"),
@@ -75,7 +75,7 @@ def _unary(method: str, fn: Callable) -> Callable:
             response = await fn(request, context)
         except (grpc.aio.AbortError, asyncio.CancelledError):
             raise
-        except Exception as exc:  # noqa: BLE001 - mapped, or logged and INTERNAL
+        except Exception as exc:
             await _fail(method, exc, context)
         metrics.REQUESTS.labels(method, "OK").inc()
         return response
@@ -90,7 +90,7 @@ def _streaming(method: str, fn: Callable) -> Callable:
                 yield reply
         except (grpc.aio.AbortError, asyncio.CancelledError, GeneratorExit):
             raise
-        except Exception as exc:  # noqa: BLE001 - mapped, or logged and INTERNAL
+        except Exception as exc:
             await _fail(method, exc, context)
         metrics.REQUESTS.labels(method, "OK").inc()
 

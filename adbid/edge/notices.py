@@ -25,7 +25,7 @@ def parse_outcomes(raw: bytes, max_outcomes: int) -> pb.ReportOutcomesRequest:
     request = pb.ReportOutcomesRequest()
     try:
         request.ParseFromString(raw)
-    except Exception as exc:  # noqa: BLE001 - protobuf's DecodeError and friends
+    except Exception as exc:
         raise UndecodableRequest(f"request: not an adbid.v1.ReportOutcomesRequest ({exc})") \
             from None
     if len(request.outcomes) > max_outcomes:

@@ -99,6 +99,7 @@ class StageCost:
             elif above is None:
                 above = self.classes[k]
         if below is None:  # smaller than anything seen
+            assert above is not None  # there is at least one class
             return max(FIXED_STAGE_S, above[1])
         n0, s0 = below
         if n_events <= n0:
@@ -254,7 +255,7 @@ class Deadline:
     """One batch's deadline: `at` (time.monotonic()) is the last moment its answer may
     leave; `budget_s` the time it was given on arrival, before the send margin."""
 
-    __slots__ = ("keeper", "at", "budget_s")
+    __slots__ = ("at", "budget_s", "keeper")
 
     def __init__(self, keeper: Timekeeper, at: float, budget_s: float) -> None:
         self.keeper, self.at, self.budget_s = keeper, at, budget_s

@@ -44,8 +44,18 @@ from collections.abc import Iterator
 from concurrent.futures import Future
 from pathlib import Path
 
-from adbid.money.records import (_HEAD, CAMPAIGN, LATE_WON, RESERVE_BATCH, WON, Close, Reserve,
-                                 ReserveBatch, Spent, read_record)
+from adbid.money.records import (
+    _HEAD,
+    CAMPAIGN,
+    LATE_WON,
+    RESERVE_BATCH,
+    WON,
+    Close,
+    Reserve,
+    ReserveBatch,
+    Spent,
+    read_record,
+)
 
 log = logging.getLogger(__name__)
 
@@ -162,7 +172,7 @@ class LedgerLog:
                 if self._finished == self._queued:  # checked under the lock the writer holds
                     try:
                         self._write(b"".join([rec.encode() for rec in records]))
-                    except BaseException as exc:  # noqa: BLE001 - handed to the waiter
+                    except BaseException as exc:
                         log.exception("ledger write failed")
                         fut.set_exception(exc)
                     else:
@@ -216,7 +226,7 @@ class LedgerLog:
                     written += 1
                 f.flush()
                 os.fsync(f.fileno())
-        except BaseException as exc:  # noqa: BLE001 - handed to the waiter
+        except BaseException as exc:
             log.exception("ledger compaction failed writing %s", tmp.name)
             tmp.unlink(missing_ok=True)
             self.compacting = False  # a later one may try again
@@ -246,7 +256,7 @@ class LedgerLog:
             try:
                 with self._io:
                     self._commit(group)
-            except BaseException as exc:  # noqa: BLE001 - handed to every waiter
+            except BaseException as exc:
                 log.exception("ledger write failed")
                 self._finished += len(group)
                 for _, _, fut in group:
@@ -279,11 +289,13 @@ class LedgerLog:
     def _write(self, data: bytes) -> None:
         if not data:
             return
+        fd = self._fd
+        assert fd is not None, "the log is not open"
         view = memoryview(data)
         while view:
-            view = view[os.write(self._fd, view):]
+            view = view[os.write(fd, view):]
         if self.sync == "fsync":
-            os.fdatasync(self._fd)
+            os.fdatasync(fd)
 
     def _switch(self, tmp: Path, target: Path, old: list[Path], mark: int, written: int) -> None:
         """On the writer thread: the snapshot in `tmp` covers the current segment up to
@@ -304,7 +316,8 @@ class LedgerLog:
             os.fsync(dir_fd)
         finally:
             os.close(dir_fd)
-        os.close(self._fd)
+        if self._fd is not None:
+            os.close(self._fd)
         self._fd = os.open(target, os.O_WRONLY | os.O_APPEND)
         self._segment = target
         for seg in old:
@@ -351,3 +364,6 @@ def totals(directory: Path) -> dict[str, dict[str, int]]:
     return out
 
 
+def open_log(path: Path | None, sync: str = "write") -> LedgerLog | None:
+    """The log in `path`, or None (books in memory only) when no path is given."""
+    return None if path is None else LedgerLog(path, sync)

@@ -25,17 +25,16 @@ from collections import OrderedDict
 from concurrent.futures import Future
 from dataclasses import dataclass
 from itertools import repeat
-from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
 
-from adbid.world.campaigns import CampaignTable
+from adbid.money import records as states  # WON, LOST, EXPIRED, LATE_WON
 from adbid.money.journal import LedgerLog
-from adbid.money.records import (EXPIRED, LATE_WON, LOST, OPEN, WON, CampaignChange, Close,
-                                 Reserve, ReserveBatch, Spent, now_ms)
+from adbid.money.records import CampaignChange, Close, Reserve, ReserveBatch, Spent, now_ms
 from adbid.money.units import impression_cost_micros, impression_costs_micros
 from adbid.v1 import bidder_pb2 as pb
+from adbid.world.campaigns import CampaignTable
 
 log = logging.getLogger(__name__)
 
@@ -131,7 +130,7 @@ class SpendLedger:
                 res = self.open.pop(rec.request_id, None)
                 if res is not None:
                     self.reserved_micros[row] -= res[COST]
-                if rec.state in (WON, LATE_WON):
+                if rec.state in (states.WON, states.LATE_WON):
                     self.spent_micros[row] += rec.settled_cost_micros
                 self._remember(rec.request_id, rec.state, row, rec.price_cpm_micros)
             elif isinstance(rec, CampaignChange):
@@ -227,12 +226,12 @@ class SpendLedger:
                 return NoticeResult(False, error="request_id: no bid with this id is known "
                                                  "(or it closed too long ago to remember)")
             state, row, price = closed
-            if state == EXPIRED and outcome != pb.OUTCOME_TYPE_LOSS:
+            if state == states.EXPIRED and outcome != pb.OUTCOME_TYPE_LOSS:
                 return self._late_win(request_id, row, price, clearing_cpm_micros, now)
             return NoticeResult(True, duplicate=True)
         if outcome == pb.OUTCOME_TYPE_LOSS:
             self.reserved_micros[res[ROW]] -= res[COST]
-            self._close(request_id, res, LOST, None, 0, now)
+            self._close(request_id, res, states.LOST, None, 0, now)
             return NoticeResult(True, released=Reservation(*res))
         clearing = clearing_cpm_micros or res[PRICE]  # 0 = "not given": settle at the bid
         if clearing > res[PRICE]:
@@ -241,7 +240,7 @@ class SpendLedger:
         cost = impression_cost_micros(clearing)
         self.reserved_micros[res[ROW]] -= res[COST]
         self.spent_micros[res[ROW]] += cost
-        self._close(request_id, res, WON, clearing, cost, now)
+        self._close(request_id, res, states.WON, clearing, cost, now)
         return NoticeResult(True)
 
     def _close(self, request_id: str, res: tuple, state: int, clearing: int | None,
@@ -259,8 +258,8 @@ class SpendLedger:
                                              f"the bid {price}")
         cost = impression_cost_micros(clearing)
         self.spent_micros[row] += cost
-        self._remember(request_id, LATE_WON, row, price)
-        self._journal.append(Close(request_id, LATE_WON, clearing, cost, now,
+        self._remember(request_id, states.LATE_WON, row, price)
+        self._journal.append(Close(request_id, states.LATE_WON, clearing, cost, now,
                                    self.campaign_ids[row], price))
         self.late_wins += 1
         log.warning("late win for %s after its reservation expired: booked %d micros to %s",
@@ -284,7 +283,7 @@ class SpendLedger:
         for rid in gone:
             res = self.open[rid]
             self.reserved_micros[res[ROW]] -= res[COST]
-            self._close(rid, res, EXPIRED, None, 0, now)
+            self._close(rid, res, states.EXPIRED, None, 0, now)
             released.append(Reservation(*res))
         self.expired += len(gone)
         return released
@@ -391,10 +390,3 @@ class SpendLedger:
         """Campaigns breaking spent + reserved <= budget (empty when the books are right)."""
         over = np.flatnonzero(self.spent_micros + self.reserved_micros > self.budget_micros)
         return [self.campaign_ids[c] for c in over]
-
-
-def open_store(path: Path | None, sync: str = "write") -> LedgerLog | None:
-    return None if path is None else LedgerLog(path, sync)
-
-
-__all__ = ["SpendLedger", "Reservation", "NoticeResult", "LedgerError", "open_store", "OPEN"]

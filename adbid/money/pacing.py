@@ -21,8 +21,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from adbid.world.campaigns import CampaignTable
 from adbid.money.ledger import SpendLedger
+from adbid.world.campaigns import CampaignTable
 
 DAY_S = 86_400
 
@@ -53,7 +53,8 @@ class PacingController:
         self._integral = np.zeros(n)
         self._last_committed: np.ndarray | None = None
         self._last_s = now_s
-        self._day = None
+        self._day: int | None = None
+        self._day_base: np.ndarray = np.zeros(0, np.int64)
 
     def inherit(self, old: PacingController) -> None:
         """Carry the controller state of the campaigns both worlds have (the old rows)."""

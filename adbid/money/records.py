@@ -105,7 +105,8 @@ class ReserveBatch:
             cols.append(np.frombuffer(payload, dtype=dtype, count=n, offset=off).tolist())
             off += n * size
         users, prices, costs, rid_len, cid_len = cols
-        rids, cids = [], []
+        rids: list[str] = []
+        cids: list[str] = []
         for lengths, out in ((rid_len, rids), (cid_len, cids)):
             for length in lengths:
                 out.append(payload[off:off + length].decode())

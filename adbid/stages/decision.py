@@ -12,9 +12,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from adbid import _decision
-from adbid.world.campaigns import CampaignTable
-from adbid.stages.batch import EventBatch
 from adbid.money.ledger import Reservation, SpendLedger
+from adbid.stages.batch import EventBatch
+from adbid.world.campaigns import CampaignTable
 
 _ERRORS = {1: "an ad points at a campaign row outside the campaign table"}
 

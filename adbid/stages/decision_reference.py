@@ -10,9 +10,9 @@ the groups both take: events, campaigns, books and outputs.
 
 from __future__ import annotations
 
-import numpy as np
-
 from types import SimpleNamespace
+
+import numpy as np
 
 from adbid.money.units import impression_cost_micros
 from adbid.v1 import bidder_pb2 as pb
@@ -107,7 +107,8 @@ def reference_decide_batch(cand_ad, score, events, campaigns, ad_campaign, pacin
         rejected_value, rejected_reason = -1, REASON_NO_CANDIDATES
         floor = int(floor_micros[i])
         site = int(site_id[i])
-        blocked_advertisers = set(blocked_adv_ids[blocked_adv_ptr[i]:blocked_adv_ptr[i + 1]].tolist())
+        start, stop = blocked_adv_ptr[i], blocked_adv_ptr[i + 1]
+        blocked_advertisers = set(blocked_adv_ids[start:stop].tolist())
         for k in range(cand_ad.shape[1]):
             ad = int(cand_ad[i, k])
             if ad < 0 or ad >= n_ads:
@@ -125,9 +126,7 @@ def reference_decide_batch(cand_ad, score, events, campaigns, ad_campaign, pacin
                 reason = REASON_CAMPAIGN_INACTIVE
             elif not (_bit_set(camp_country_mask[c], country_id[i])
                       and _bit_set(camp_device_mask[c], device_id[i])
-                      and _bit_set(camp_size_mask[c], size_id[i])):
-                reason = REASON_TARGETING
-            elif allow and site not in allow:
+                      and _bit_set(camp_size_mask[c], size_id[i])) or (allow and site not in allow):
                 reason = REASON_TARGETING
             elif (int(camp_category_mask[c]) & int(blocked_category_mask[i]) or site in block
                   or int(camp_advertiser_id[c]) in blocked_advertisers):

@@ -14,8 +14,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from adbid.world import targeting
-from adbid.world.campaigns import CampaignTable
 from adbid.world.artifacts import World
+from adbid.world.campaigns import CampaignTable
 
 if TYPE_CHECKING:  # no protobuf at run time: the Triton peer's venv has another protobuf
     from adbid.stages.batch import EventBatch
@@ -111,9 +111,10 @@ class ContextEncoder:
         """float32[B, D]."""
         if len(self._row) + len(texts) > len(self._table):
             self._row.clear()
-        rows = list(map(self._row.get, texts))
-        if None in rows:  # texts not seen since the last clear
+        seen = list(map(self._row.get, texts))
+        if None in seen:  # texts not seen since the last clear
             get, add = self._row.get, self._add
             rows = [r if r is not None else r2 if (r2 := get(t)) is not None else add(t)
-                    for r, t in zip(rows, texts)]
-        return self._table[rows]
+                    for r, t in zip(seen, texts)]
+            return self._table[rows]
+        return self._table[seen]  # type: ignore[index]  # no None left in it

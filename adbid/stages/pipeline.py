@@ -84,9 +84,9 @@ class Pipeline:
         self.retriever, self.scorer = stages.retriever, stages.scorer
         ledger.extend(world.campaigns)
         self.ledger = ledger
-        self.core = DecisionCore(world.campaigns, world.ad_campaign, ledger, cfg.shading,
-                                 cfg.frequency_slots,
-                                 frequency=previous.core.frequency if previous else None)
+        self.core: DecisionCore = DecisionCore(
+            world.campaigns, world.ad_campaign, ledger, cfg.shading, cfg.frequency_slots,
+            frequency=previous.core.frequency if previous else None)
         self.pacing = PacingController(world.campaigns, ledger, self.core.pacing,
                                        now_s=time.time())
         if previous is not None:
@@ -175,6 +175,7 @@ class Pipeline:
         if live.any():
             idx = np.flatnonzero(live)
             rids = batch.request_id
+            assert batch.user_key is not None  # resolved by the lookup stage
             self.ledger.record_bids([rids[i] for i in idx.tolist()], dec.campaign_row[idx],
                                     dec.price_cpm_micros[idx], batch.user_key[idx])
         dec.reason[blocked] = pb.NO_BID_REASON_INVALID_EVENT

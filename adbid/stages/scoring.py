@@ -83,7 +83,7 @@ class Scorer:
             # them); a library it cannot find is left to the system's search path.
             try:
                 ort.preload_dlls()
-            except Exception as exc:  # noqa: BLE001 - then the system's libraries, or the CPU
+            except Exception as exc:
                 log.warning("onnxruntime could not preload the CUDA libraries: %s", exc)
         self.session = ort.InferenceSession(str(model_path), sess_options=opts, providers=requested)
         self.provider = self.session.get_providers()[0]

@@ -58,7 +58,8 @@ def write_manifest(path: Path, info: dict[str, Any]) -> dict[str, Any]:
     """
     files = {name: {"sha256": sha256_of(path / name), "bytes": (path / name).stat().st_size}
              for name in FILES}
-    digest = hashlib.sha256("".join(f["sha256"] for f in files.values()).encode()).hexdigest()
+    digest = hashlib.sha256("".join(str(f["sha256"]) for f in files.values())
+                            .encode()).hexdigest()
     manifest = {"format": FORMAT, **info, "version": f"{info.get('name', 'world')}-{digest[:12]}",
                 "files": files}
     (path / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
@@ -98,7 +99,8 @@ class World:
         """Load and cross-check a world directory; raises WorldError saying what is wrong."""
         path = Path(path)
         if not (path / MANIFEST).is_file():
-            raise WorldError(f"{path}: no {MANIFEST}; build one with `adbid demo-world --out {path}`")
+            raise WorldError(f"{path}: no {MANIFEST}; build one with "
+                             f"`adbid demo-world --out {path}`")
         manifest = json.loads((path / MANIFEST).read_text())
         if manifest.get("format") != FORMAT:
             raise WorldError(f"{path}: world format {manifest.get('format')!r}, expected {FORMAT}")
@@ -148,7 +150,7 @@ class World:
             problems.append(f"topic embeddings are not {d}-d")
         if len(self.ad_campaign) != n_ads or len(self.ad_creative_ids) != n_ads:
             problems.append(f"ad table has {len(self.ad_campaign)} rows, index has {n_ads} ads")
-        if len(self.ad_campaign) and not (0 <= self.ad_campaign.min()
+        if len(self.ad_campaign) and not (self.ad_campaign.min() >= 0
                                           and self.ad_campaign.max() < len(self.campaigns)):
             problems.append("ad_campaign points outside the campaign table")
         bad_words = [w for w, t in self.context_words.items()

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from adbid.v1 import bidder_pb2 as pb
 from adbid.world import targeting
 from adbid.world.demo_world import DEMO_SITES, TOPIC_WORDS, user_id
-from adbid.v1 import bidder_pb2 as pb
 
 
 def make_events(n: int, rng: np.random.Generator, n_users: int = 100_000,
@@ -25,7 +25,7 @@ def make_events(n: int, rng: np.random.Generator, n_users: int = 100_000,
             context_text=f"{words[0]} {words[1]} news",
             floor_cpm_micros=int(rng.integers(1, 40)) * 100_000,
             country=targeting.COUNTRIES[rng.integers(len(targeting.COUNTRIES))],
-            device_type=int(rng.integers(1, 5)),
+            device_type=pb.DeviceType.ValueType(int(rng.integers(1, 5))),
             slot_width_px=w, slot_height_px=h,
             site_domain=f"site{rng.integers(DEMO_SITES)}.example",
             blocked_categories=["IAB7-39", "IAB25"] if rng.random() < 0.1 else [],

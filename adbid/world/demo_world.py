@@ -24,9 +24,8 @@ import onnx
 from tqdm import tqdm
 
 import adbid
-from adbid.world import intent_model
-from adbid.world import targeting
 from adbid.world import artifacts as world
+from adbid.world import intent_model, targeting
 
 log = logging.getLogger(__name__)
 
@@ -90,14 +89,15 @@ def true_probability(ua: np.ndarray, ca: np.ndarray, device: np.ndarray) -> np.n
     return 1.0 / (1.0 + np.exp(-logit))
 
 
-def build(out: Path, spec: DemoWorldSpec = DemoWorldSpec(), progress: bool = True) -> dict[str, Any]:
+def build(out: Path, spec: DemoWorldSpec | None = None,
+          progress: bool = True) -> dict[str, Any]:
     """Build the world into `out` (replaced atomically if it exists); returns the manifest."""
+    import onnxruntime as ort
     from sklearn.metrics import roc_auc_score
     from sklearn.neural_network import MLPClassifier
 
-    import onnxruntime as ort
-
     t_start = time.perf_counter()
+    spec = spec or DemoWorldSpec()
     rng = np.random.default_rng(spec.seed)
     steps = tqdm(total=7, desc="demo world", unit="step", disable=not progress)
     n_topics, d = len(TOPIC_WORDS), spec.dim
@@ -167,6 +167,7 @@ def build(out: Path, spec: DemoWorldSpec = DemoWorldSpec(), progress: bool = Tru
                         batch_size=512, learning_rate_init=3e-3, random_state=spec.seed,
                         tol=0.0, n_iter_no_change=spec.train_epochs + 1)
     import warnings
+
     from sklearn.exceptions import ConvergenceWarning
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)  # fixed epoch budget by design

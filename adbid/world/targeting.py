@@ -8,10 +8,9 @@ with an unknown country never passes a country-targeted campaign.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-
 import functools
 import itertools
+from collections.abc import Iterable
 
 import numpy as np
 

@@ -20,13 +20,14 @@ from concurrent import futures
 import grpc
 import numpy as np
 
-from adbid.stages import decision_reference as ref
 from adbid.config import ServerConfig
 from adbid.edge.decode import decode
 from adbid.money.ledger import SpendLedger
+from adbid.stages import decision_reference as ref
 from adbid.stages.lookup import resolve
 from adbid.stages.pipeline import WorldStages
-from adbid.v1 import bidder_pb2 as pb, bidder_pb2_grpc
+from adbid.v1 import bidder_pb2 as pb
+from adbid.v1 import bidder_pb2_grpc
 from adbid.world.artifacts import World
 
 

@@ -23,10 +23,11 @@ import numpy as np
 import tritonclient.http.aio as triton_http
 
 sys.path.insert(0, str(Path(__file__).parent))
-from triton_peer import INPUTS, OUTPUTS  # noqa: E402
+from triton_peer import INPUTS, OUTPUTS
 
-from adbid.v1 import bidder_pb2 as pb, bidder_pb2_grpc  # noqa: E402
-from adbid.world.artifacts import World  # noqa: E402
+from adbid.v1 import bidder_pb2 as pb
+from adbid.v1 import bidder_pb2_grpc
+from adbid.world.artifacts import World
 
 
 class TritonFront(bidder_pb2_grpc.BidderServicer):

@@ -60,8 +60,8 @@ class TritonBidder:
         self.lock = threading.Lock()
 
     def infer(self, **inputs: np.ndarray) -> dict[str, np.ndarray]:
-        from adbid.world import targeting
         from adbid.stages.lookup import resolve
+        from adbid.world import targeting
 
         def text(name: str) -> list[str]:
             return [v.decode("utf-8") for v in inputs[name][:, 0]]
@@ -86,8 +86,10 @@ class TritonBidder:
         score = self.scorer.score(user, ctx, device, cand)
         c, ref = self.world.campaigns, self.ref
         events = SimpleNamespace(
-            floor_micros=num["floor_cpm_micros"], first_price=(num["auction_type"] == 1).astype(np.uint8),
-            country_bit=targeting.country_bits(text("country")), device_bit=targeting.device_bits(device),
+            floor_micros=num["floor_cpm_micros"],
+            first_price=(num["auction_type"] == 1).astype(np.uint8),
+            country_bit=targeting.country_bits(text("country")),
+            device_bit=targeting.device_bits(device),
             size_bit=targeting.size_bits(num["slot_width_px"], num["slot_height_px"]),
             site_id=b.site_id, blocked_category_mask=b.blocked_category_mask,
             blocked_adv_ptr=b.blocked_adv_ptr, blocked_adv_ids=b.blocked_adv_ids,
