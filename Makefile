@@ -5,7 +5,7 @@
 #   make serve GPU=1      same, with onnxruntime-gpu in a separate venv (.venv-gpu)
 #   make test             run the test suite
 #   make bench            decision-core benchmark (Cython vs Python reference)
-#   make bench-all        every benchmark in benchmarks/ (minutes; see README, Performance)
+#   make bench-all        every benchmark in benchmarks/ (minutes; see docs/performance.md)
 #   make bench-peers      adbid against the naive, Triton and Ray Serve peers (own venvs)
 #   make debug            rebuild the core with bounds checks and line tracing (make proto undoes it)
 #   make annotate         cython -a report of the decision loop (ext/decision.html)

@@ -9,7 +9,7 @@ Money stays right without shared state: worker i owns a fixed 1/N slice of every
 budget (adbid.money.ledger.SpendLedger.slice_of) and keeps its own ledger in
 <ledger>/worker-<i>. The ledger directory records N; starting it with another N is
 refused, since the slices (and the spend booked against them) would no longer add
-up. Shared budgets across processes and hosts are for Redis leases (DESIGN.md).
+up. Shared budgets across processes and hosts are for Redis leases (docs/design.md).
 
 Each worker has its own Admin port (admin_port + i) and metrics port
 (metrics_port + i) when those are fixed; 0 gives each any free port. Admin calls

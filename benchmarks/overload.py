@@ -20,7 +20,7 @@ late by the client. An answer with status OK had reached the client's gRPC core
 before the call's deadline timer ended it.
 
 By default the clients run on the same cores as the server, and on 2 shared cores a
-few answers a run reach them late at 4× whatever the margin (see the README).
+few answers a run reach them late at 4× whatever the margin (docs/performance.md).
 `--server-nice 5` lets them run first, as an exchange on its own machine would;
 `--server-cpus` and `--client-cpus` keep them on separate cores instead.
 """

@@ -194,7 +194,7 @@ def build(out: Path, spec: DemoWorldSpec | None = None,
     steps.update()
 
     steps.set_postfix_str("FAISS index")
-    # Flat (exact) inner product up to ~10^4 ads; HNSW above (DESIGN.md, retrieval).
+    # Flat (exact) inner product up to ~10^4 ads; HNSW above (docs/design.md, retrieval).
     index = faiss.IndexFlatIP(d) if n_ads <= 10_000 else faiss.IndexHNSWFlat(
         d, 32, faiss.METRIC_INNER_PRODUCT)
     index.add(ads)
