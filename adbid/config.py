@@ -93,6 +93,33 @@ class ServerConfig:
         32, "Cap on batches admitted at once; the limit adapts below it to what meets "
         "deadlines, and batches above it are refused at once (RESOURCE_EXHAUSTED).",
         flag="--max-inflight", minimum=1)
+    batcher: bool = setting(True, "Gather small batches from concurrent callers (OpenRTB "
+                            "requests, small gRPC batches) into one pipeline batch.")
+    batch_max: int = setting(256, "Most events in a batch the dynamic batcher gathers.",
+                             minimum=1)
+    batch_gather_events: int = setting(32, "gRPC batches of at most this many events go "
+                                       "through the dynamic batcher (0 = none).", minimum=0)
+    openrtb_host: str = setting("127.0.0.1", "Address of the OpenRTB 2.6 HTTP endpoint.")
+    openrtb_port: int = setting(8080, "OpenRTB HTTP port (0 = off, -1 = any free port).",
+                                minimum=-1)
+    openrtb_base_url: str = setting("", "Base of the notice URLs adbid puts in its bids (for "
+                                    "a proxy in front); default http://HOST:PORT.")
+    openrtb_network_ms: float = setting(10.0, "Taken off each request's tmax for the network "
+                                        "both ways; the rest is the deadline.", minimum=0.0)
+    openrtb_nobid: str = setting("204", "How a no-bid is answered: '204' (no body) or 'nbr' "
+                                 "(200 with a no-bid reason).")
+    openrtb_seat: str = setting("adbid", "The seat adbid bids as (seatbid.seat; wseat and "
+                                "bseat are matched against it).")
+    openrtb_max_body_bytes: int = setting(256 * 1024, "Largest request body, after gzip "
+                                          "decompression (413 above).", minimum=1024)
+    openrtb_max_imps: int = setting(64, "Most impressions in one request (400 above).",
+                                    minimum=1)
+    openrtb_max_connections: int = setting(1024, "Open HTTP connections and requests at once "
+                                           "(503 above).", minimum=1)
+    openrtb_keepalive_s: float = setting(30.0, "An idle keep-alive connection is closed after "
+                                         "this.", minimum=0.1)
+    openrtb_body_timeout_s: float = setting(5.0, "A request body slower than this is refused "
+                                            "(408).", minimum=0.01)
     workers: int = setting(1, "Server processes sharing the port (SO_REUSEPORT), each with "
                            "1/N of every budget and its own ledger, Admin and metrics port "
                            "(+i); about one per core.", minimum=1)

@@ -30,6 +30,18 @@ LOOP_LAG = Gauge("adbid_event_loop_lag_seconds",
                  "How late the event loop runs what is due (recent, decaying); kept back "
                  "from every deadline")
 INFLIGHT = Gauge("adbid_inflight_batches", "Batches admitted and not yet answered")
+BATCHER_EVENTS = Histogram("adbid_batcher_batch_events", "Events per batch the dynamic "
+                           "batcher sent to the pipeline",
+                           buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024))
+BATCHER_WAIT = Histogram("adbid_batcher_wait_seconds", "Time a caller's events waited in the "
+                         "dynamic batcher", buckets=(0, 50e-6, 100e-6, 250e-6, 500e-6, 1e-3,
+                                                     2e-3, 5e-3, 10e-3, 20e-3, 50e-3))
+HTTP_REQUESTS = Counter("adbid_http_requests", "HTTP requests on the OpenRTB port",
+                        ["route", "status"])
+HTTP_SECONDS = Histogram("adbid_http_seconds", "Time from an HTTP request's arrival to its "
+                         "answer", ["route"], buckets=_BUCKETS_S)
+OPENRTB_NOTICES = Counter("adbid_openrtb_notices", "Notices over HTTP (nurl, burl, lurl)",
+                          ["kind", "result"])
 OVERLOAD = Counter("adbid_overload_rejections", "Batches refused at once: too many in flight")
 LATE_ANSWERS = Counter("adbid_late_answers", "Answers ready too late to arrive in time (after "
                        "the deadline less the send margin): withheld (DEADLINE_EXCEEDED), "

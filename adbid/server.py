@@ -12,9 +12,11 @@ import asyncio
 import contextlib
 import gc
 import logging
+import os
 import signal
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -28,6 +30,8 @@ from adbid.config import ServerConfig
 from adbid.edge import admin, bidder
 from adbid.edge.errors import ErrorInterceptor, ReloadRefused
 from adbid.edge.health import Health
+from adbid.edge.http import OpenRtbApp, OpenRtbServer
+from adbid.edge.openrtb import NoticeSigner
 from adbid.edge.tls import is_loopback, tls_credentials
 from adbid.flow.deadlines import Timekeeper
 from adbid.money.journal import open_log
@@ -52,6 +56,8 @@ class BidServer:
         self.metrics_port = 0
         self._metrics_http: Any = None  # prometheus_client's WSGI server
         self._tasks: list[asyncio.Task] = []
+        self.openrtb: OpenRtbServer | None = None
+        self.openrtb_port = 0
         self.keeper = Timekeeper(cfg.default_deadline_ms, cfg.send_margin_ms)
 
     async def start(self) -> int:
@@ -110,6 +116,11 @@ class BidServer:
                 raise OSError(f"cannot listen on {cfg.admin_host}:{cfg.admin_port} (admin)")
             await self.admin_server.start()
         await self.server.start()
+        if cfg.openrtb_port:
+            app = OpenRtbApp(self.bidder, current, self.keeper, cfg,
+                             NoticeSigner(notice_key(cfg.ledger)))
+            self.openrtb = OpenRtbServer(app, cfg)
+            self.openrtb_port = await self.openrtb.start()
         await self._warm_up(self.pipeline)
         if cfg.metrics_port:
             self._metrics_http, _ = start_http_server(max(cfg.metrics_port, 0), addr=cfg.host)
@@ -125,6 +136,10 @@ class BidServer:
         # event loop keep it that long, which showed as a 5-10 ms tail on those stages.
         sys.setswitchinterval(cfg.gil_switch_ms / 1000)
         await self._set_health(health_pb2.HealthCheckResponse.SERVING)
+        if self.openrtb is not None:
+            self.openrtb.app.serving = True
+            log.info("OpenRTB 2.6 on http://%s:%d/openrtb2/bid (notices to %s)",
+                     cfg.openrtb_host, self.openrtb_port, self.openrtb.app.base)
         log.info("%sserving world %s on %s:%d (%s), admin on %s:%d%s, metrics %s, provider %s",
                  f"worker {cfg.worker_index + 1}/{cfg.workers}: " if cfg.workers > 1 else "",
                  world.version, cfg.host, self.port,
@@ -226,6 +241,8 @@ class BidServer:
     async def stop(self, grace_s: float | None = None) -> None:
         """Report NOT_SERVING, drain in-flight calls for the grace period, stop."""
         await self.health.drain()
+        if self.openrtb is not None:
+            await self.openrtb.stop()
         for task in self._tasks:
             task.cancel()
         grace = self.cfg.grace_s if grace_s is None else grace_s
@@ -238,6 +255,21 @@ class BidServer:
         await self.ledger.flush()
         self.ledger.close()
         log.info("stopped")
+
+
+def notice_key(ledger: Path | None) -> bytes:
+    """The key notice URLs are signed with: kept beside the ledger, so that notices for
+    bids made before a restart still verify; a fresh one when the books are in memory."""
+    if ledger is None:
+        return os.urandom(32)
+    path = Path(ledger) / "notice.key"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_bytes(os.urandom(32))
+        tmp.chmod(0o600)
+        tmp.replace(path)
+    return path.read_bytes()
 
 
 def run(cfg: ServerConfig) -> None:

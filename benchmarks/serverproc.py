@@ -68,8 +68,8 @@ class Server:
         self.log = self.dir / "serve.log"
         with self.log.open("w") as f:
             self.proc = subprocess.Popen(
-                [BIN, "serve", "--port", "0", "--admin-port", "0", "--metrics-port",
-                 str(self.metrics_port), "--ledger", str(self.dir / "ledger"),
+                [BIN, "serve", "--port", "0", "--admin-port", "0", "--openrtb-port", "-1",
+                 "--metrics-port", str(self.metrics_port), "--ledger", str(self.dir / "ledger"),
                  "--log-format", "text", *args], stderr=f, stdout=subprocess.DEVNULL,
                 preexec_fn=(lambda: _start(nice, cpus)) if nice or cpus else None)
         deadline = time.monotonic() + 300

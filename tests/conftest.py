@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
 from collections.abc import Iterator
 from dataclasses import replace
@@ -13,6 +14,10 @@ import pytest
 
 from adbid.config import ServerConfig
 from adbid.world.artifacts import World
+
+# Servers started as processes by the tests (`adbid serve`) take any free port for
+# OpenRTB rather than 8080, so that they never collide with each other or a running one.
+os.environ.setdefault("ADBID_OPENRTB_PORT", "-1")
 from adbid.world.demo_world import DemoWorldSpec, build
 
 
@@ -77,7 +82,8 @@ class ServerThread:
 def server_config(world_dir: Path, ledger: Path | None, **overrides) -> ServerConfig:
     # Admin on the main (loopback) port, so that one channel reaches everything.
     return replace(ServerConfig(world=world_dir, ledger=ledger, host="127.0.0.1", port=0,
-                                metrics_port=0, admin_port=-1, default_deadline_ms=2000),
+                                metrics_port=0, admin_port=-1, default_deadline_ms=2000,
+                                openrtb_port=-1),
                    **overrides)
 
 

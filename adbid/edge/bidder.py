@@ -33,8 +33,11 @@ from adbid.edge.decode import (
 from adbid.edge.encode import all_no_bid, answer, finish, serialize
 from adbid.edge.errors import Overloaded
 from adbid.flow.admission import AdmissionLimit, LoopLag
+from adbid.flow.batcher import Batcher
 from adbid.flow.deadlines import ADMISSION, Deadline, Timekeeper, Unmeetable
 from adbid.stages import DECODE, ENCODE
+from adbid.stages.batch import EventBatch
+from adbid.stages.decision import Decisions
 from adbid.stages.pipeline import Pipeline
 from adbid.v1 import bidder_pb2 as pb
 
@@ -74,6 +77,8 @@ class BidderService:
                                                            cfg.max_inflight_batches)))
         self.loop_lag = LoopLag()
         metrics.ADMISSION_LIMIT.set(int(self.admission.limit))
+        self.batcher = Batcher(keeper, keeper.run, cfg.batch_max,
+                               parallel=max(1, cfg.native_threads)) if cfg.batcher else None
 
     def handlers(self) -> grpc.GenericRpcHandler:
         out = serialize  # columnar answers are written as bytes
@@ -111,15 +116,11 @@ class BidderService:
                               pb.NO_BID_REASON_DEADLINE, p.world.version, columnar)
         batch = decode_request(request, errors)
         deadline.record(DECODE, time.perf_counter() - t0, n)
-        self.keeper.begin()
-        try:
-            dec, commit = await p.run(batch, deadline)
-            t2 = time.perf_counter()
-            resp = answer(request.batch_id, batch, dec, p, columnar)
-            deadline.record(ENCODE, time.perf_counter() - t2, n)
-            await p.durable(commit, deadline, n)  # the write overlapped encoding
-        finally:
-            self.keeper.end()
+        dec, commit = await self.decide(p, batch, deadline)
+        t2 = time.perf_counter()
+        resp = answer(request.batch_id, batch, dec, p, columnar)
+        deadline.record(ENCODE, time.perf_counter() - t2, n)
+        await p.durable(commit, deadline, n)  # the write overlapped encoding
         t3 = time.perf_counter()
         shed = commit is None
         self.keeper.finished(t3 - t0, n, shed)
@@ -140,6 +141,14 @@ class BidderService:
                 if count and reason:
                     metrics.NO_BIDS.labels(REASON_NAMES.get(reason, str(reason))).inc(count)
         return resp
+
+    async def decide(self, p: Pipeline, batch: EventBatch,
+                     deadline: Deadline) -> tuple[Decisions, asyncio.Future | None]:
+        """A decoded batch's decisions: small ones through the dynamic batcher (gathered
+        with other callers' events), the rest straight to the pipeline."""
+        if self.batcher is not None and len(batch) <= self.cfg.batch_gather_events:
+            return await self.batcher.decide(batch, deadline, p)
+        return await self.keeper.run(p, batch, deadline)
 
     def _admit(self) -> bool:
         """Room for one more batch under the adaptive limit. (Refusing while the event loop

@@ -101,7 +101,7 @@ def decode(events: Sequence[pb.AdEvent], errors: dict[int, str] | None = None) -
         return (list(itertools.chain.from_iterable(lists)),
                 np.fromiter(map(len, lists), dtype=np.int64, count=n))
 
-    return _batch(list(rid), list(user), list(context), np.array(floor, dtype=np.int64),
+    return make_batch(list(rid), list(user), list(context), np.array(floor, dtype=np.int64),
                   np.array(device, dtype=np.int64), np.array(auction, dtype=np.int64),
                   np.array(width, dtype=np.int64), np.array(height, dtype=np.int64),
                   country, np.array(test, dtype=np.uint8), list(site), *flat(badv), *flat(bcat),
@@ -134,7 +134,7 @@ def decode_columns(cols: pb.EventColumns | dict, errors: dict[int, str] | None =
         values = column(name)
         return np.asarray(values, dtype=dtype) if len(values) else np.zeros(n, dtype=dtype)
 
-    return _batch(rid, strings("user_id"), strings("context_text"),
+    return make_batch(rid, strings("user_id"), strings("context_text"),
                   numbers("floor_cpm_micros", np.int64), numbers("device_type", np.int64),
                   numbers("auction_type", np.int64), numbers("slot_width_px", np.int64),
                   numbers("slot_height_px", np.int64), strings("country"),
@@ -160,7 +160,7 @@ def _flat(get, name: str, n: int) -> tuple[Sequence[str], np.ndarray]:
     return flat, counts
 
 
-def _batch(rid: list[str], user: list[str], context: list[str], floor: np.ndarray,
+def make_batch(rid: list[str], user: list[str], context: list[str], floor: np.ndarray,
            device: np.ndarray, auction: np.ndarray, width: np.ndarray, height: np.ndarray,
            country: Sequence[str], test: np.ndarray, site: list[str], badv: Sequence[str],
            badv_count: np.ndarray, bcat: Sequence[str], bcat_count: np.ndarray,

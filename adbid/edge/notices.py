@@ -12,6 +12,7 @@ import time
 
 from adbid import metrics
 from adbid.edge.decode import BadRequest, UndecodableRequest
+from adbid.money.ledger import NoticeResult
 from adbid.stages.pipeline import Pipeline
 from adbid.v1 import bidder_pb2 as pb
 
@@ -34,16 +35,33 @@ def parse_outcomes(raw: bytes, max_outcomes: int) -> pb.ReportOutcomesRequest:
     return request
 
 
+async def apply_one(pipeline: Pipeline, request_id: str, outcome: int,
+                    clearing_cpm_micros: int) -> NoticeResult:
+    """One notice into the books, made durable before it returns (the HTTP notices)."""
+    ledger = pipeline.ledger
+    late_before = ledger.late_wins
+    result = _apply(pipeline, request_id, outcome, clearing_cpm_micros)
+    await ledger.flush()
+    metrics.LATE_WINS.inc(ledger.late_wins - late_before)
+    return result
+
+
+def _apply(pipeline: Pipeline, request_id: str, outcome: int,
+           clearing_cpm_micros: int) -> NoticeResult:
+    r = pipeline.ledger.apply(request_id, outcome, clearing_cpm_micros)
+    if r.released is not None:
+        pipeline.core.release_frequency(r.released, int(time.time()))
+    return r
+
+
 async def apply_outcomes(pipeline: Pipeline,
                          request: pb.ReportOutcomesRequest) -> pb.ReportOutcomesResponse:
     """Apply the notices, make them durable, then answer with one result each."""
-    ledger, core = pipeline.ledger, pipeline.core
+    ledger = pipeline.ledger
     resp = pb.ReportOutcomesResponse()
     late_before = ledger.late_wins
     for o in request.outcomes:
-        r = ledger.apply(o.request_id, o.type, o.clearing_price_cpm_micros)
-        if r.released is not None:
-            core.release_frequency(r.released, int(time.time()))
+        r = _apply(pipeline, o.request_id, o.type, o.clearing_price_cpm_micros)
         metrics.NOTICES.labels(OUTCOME_NAMES.get(o.type, "UNKNOWN"),
                                "duplicate" if r.duplicate else
                                "accepted" if r.accepted else "rejected").inc()

@@ -22,13 +22,16 @@ its recent means plus a tail margin.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
 
 from adbid import metrics, stages
 from adbid.metrics import StageTimers
-from adbid.stages.pipeline import OutOfTime
+from adbid.stages.batch import EventBatch
+from adbid.stages.decision import Decisions
+from adbid.stages.pipeline import OutOfTime, Pipeline
 
 log = logging.getLogger(__name__)
 
@@ -203,6 +206,15 @@ class Timekeeper:
     def shed(self, point: str, n_events: int) -> None:
         metrics.SHED.labels(point).inc(n_events)
         self.shed_batches += 1
+
+    async def run(self, pipeline: Pipeline, batch: EventBatch,
+                  deadline: Deadline) -> tuple[Decisions, asyncio.Future | None]:
+        """One batch through the pipeline, counted in flight while it runs."""
+        self.begin()
+        try:
+            return await pipeline.run(batch, deadline)
+        finally:
+            self.end()
 
     def finished(self, seconds: float, n_events: int, shed: bool) -> None:
         """A batch answered in `seconds` from arrival; a batch decided in full is a sample of

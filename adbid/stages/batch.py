@@ -6,6 +6,7 @@ resolves; every later stage reads it.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -44,3 +45,34 @@ class EventBatch:
 
     def __len__(self) -> int:
         return len(self.request_id)
+
+    @staticmethod
+    def concat(batches: Sequence[EventBatch]) -> EventBatch:
+        """One batch of several decoded (not yet resolved) ones, in order; errors keep
+        pointing at their events."""
+        if len(batches) == 1:
+            return batches[0]
+        errors: dict[int, str] = {}
+        offset = 0
+        for b in batches:
+            errors.update({offset + i: message for i, message in b.errors.items()})
+            offset += len(b)
+
+        def lists(name: str) -> list:
+            return list(itertools.chain.from_iterable(getattr(b, name) for b in batches))
+
+        def arrays(name: str) -> np.ndarray:
+            return np.concatenate([getattr(b, name) for b in batches])
+
+        return EventBatch(
+            request_id=lists("request_id"), user_id=lists("user_id"),
+            context_text=lists("context_text"), floor_micros=arrays("floor_micros"),
+            first_price=arrays("first_price"), device_type=arrays("device_type"),
+            country_bit=arrays("country_bit"), device_bit=arrays("device_bit"),
+            size_bit=arrays("size_bit"), is_test=arrays("is_test"),
+            site_domain=lists("site_domain"),
+            blocked_advertisers=lists("blocked_advertisers"),
+            blocked_advertisers_count=arrays("blocked_advertisers_count"),
+            blocked_categories=lists("blocked_categories"),
+            blocked_categories_count=arrays("blocked_categories_count"),
+            errors=errors)

@@ -7,7 +7,7 @@ is raised here, with the GIL held.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import numpy as np
 
@@ -31,6 +31,10 @@ class Decisions:
     value_cpm_micros: np.ndarray  # int64[B]
     score: np.ndarray  # float32[B], model P(intent) of the chosen candidate (0 = no bid)
     reason: np.ndarray  # int32[B], adbid.v1.NoBidReason
+
+    def part(self, start: int, stop: int) -> Decisions:
+        """Events start..stop-1 of these decisions (views, not copies)."""
+        return Decisions(*(getattr(self, f.name)[start:stop] for f in fields(self)))
 
 
 class DecisionCore:

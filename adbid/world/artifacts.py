@@ -19,7 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +27,7 @@ import faiss
 import numpy as np
 
 from adbid.world.campaigns import CampaignTable
+from adbid.world.currency import Currencies, CurrencyError
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +82,7 @@ class World:
     topic_embeddings: np.ndarray  # float32[T, D]
     context_words: dict[str, int]  # word -> topic row
     campaigns: CampaignTable
+    currencies: Currencies = field(default_factory=Currencies)
 
     @property
     def version(self) -> str:
@@ -119,6 +121,10 @@ class World:
         except ValueError as exc:
             raise WorldError(f"{path}/campaigns.json: {exc}") from None
         index = faiss.read_index(str(path / INDEX))
+        try:
+            currencies = Currencies.load(path)
+        except CurrencyError as exc:
+            raise WorldError(str(exc)) from None
         world = cls(
             path=path,
             manifest=manifest,
@@ -131,6 +137,7 @@ class World:
             topic_embeddings=np.ascontiguousarray(arrays["topic_embeddings"], dtype=np.float32),
             context_words={str(k): int(v) for k, v in jsons["context_words"].items()},
             campaigns=campaigns,
+            currencies=currencies,
         )
         world._check_consistency()
         log.info("loaded world %s from %s: %d users, %d ads, %d campaigns, d=%d", world.version,

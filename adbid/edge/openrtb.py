@@ -1,0 +1,240 @@
+"""OpenRTB 2.6: a bid request's impressions as pipeline events, decisions as a bid response.
+
+Each `imp` is one event. What maps where:
+- user key: `user.buyeruid`, else `user.id`, else `device.ifa`; none at all when
+  `device.lmt` is 1, when the IFA is zeroed, or when `regs.gdpr` is 1 and there is no
+  consent string (`user.consent`, or `user.ext.consent`): such an auction is bid on
+  context alone, and frequency-capped campaigns do not bid on it;
+- context: `site.keywords`, the words of `site.page`'s path, `site.cat`; or the
+  app's name, keywords and categories. `site.domain` (or `app.bundle`) is the site;
+- `device.geo.country` (ISO-3166 alpha-3) and `device.devicetype`;
+- the first size of `imp.banner.format` (or `w`/`h`) adbid knows; the floor
+  `imp.bidfloor` in `imp.bidfloorcur`, converted to account micros rounded up;
+- `at` 1 is first price, anything else second price (the spec's default is 2);
+  `test` 1 is test traffic; `bcat` and `badv` are the publisher's blocks.
+
+Impressions adbid does not bid on, and why (each is a no-bid for that imp): a video
+or native impression (the world has no video or native creatives), a private
+auction (`pmp.private_auction` 1: the world has no deals), a seat excluded by
+`wseat` / `bseat`. A request with no currency in `cur` that adbid prices in gets
+no bid at all.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import math
+import os
+import re
+from dataclasses import dataclass
+from urllib.parse import quote, urlsplit
+
+import numpy as np
+
+from adbid.edge.decode import BadRequest, make_batch
+from adbid.edge.openrtb_types import BidRequest, Imp
+from adbid.stages.batch import EventBatch
+from adbid.stages.decision import Decisions
+from adbid.stages.pipeline import Pipeline
+from adbid.v1 import bidder_pb2 as pb
+from adbid.world import targeting
+from adbid.world.currency import ACCOUNT, Currencies
+
+MAX_IMP_ID_CHARS = 64
+ALPHA3 = {"USA": "US", "GBR": "GB", "DEU": "DE", "FRA": "FR", "ESP": "ES", "ITA": "IT",
+          "NLD": "NL", "SWE": "SE", "POL": "PL", "CAN": "CA", "MEX": "MX", "BRA": "BR",
+          "ARG": "AR", "JPN": "JP", "KOR": "KR", "IND": "IN", "IDN": "ID", "AUS": "AU",
+          "ZAF": "ZA", "NGA": "NG", "EGY": "EG", "TUR": "TR", "SAU": "SA", "ARE": "AE",
+          "CHN": "CN", "VNM": "VN", "THA": "TH", "PHL": "PH", "CHE": "CH", "AUT": "AT"}
+# OpenRTB device types (AdCOM list) -> adbid.v1.DeviceType.
+DEVICE = {1: pb.DEVICE_TYPE_MOBILE, 2: pb.DEVICE_TYPE_DESKTOP, 3: pb.DEVICE_TYPE_CTV,
+          4: pb.DEVICE_TYPE_MOBILE, 5: pb.DEVICE_TYPE_TABLET, 7: pb.DEVICE_TYPE_CTV}
+KNOWN_SIZES = set(targeting.SLOT_SIZES)
+_WORD = re.compile(r"[a-z0-9]+")
+
+
+@dataclass
+class Auction:
+    """One request, mapped: the events to decide, and for every imp either its event's
+    position or the reason it is not bid on."""
+
+    request: BidRequest
+    bidid: str
+    currency: str | None  # the response currency; None = none adbid prices in
+    batch: EventBatch | None  # the imps to decide, None when there are none
+    position: list[int]  # per imp: its event's position, or -1
+    skipped: dict[int, str]  # imp index -> why it is not bid on
+    sizes: list[tuple[int, int]]  # per imp: the size bid on
+
+
+def _user_key(req: BidRequest) -> str:
+    user, device, regs = req.user, req.device, req.regs
+    if device is not None and device.lmt == 1:
+        return ""
+    gdpr = regs.gdpr if regs is not None and regs.gdpr is not None else (
+        regs.ext.gdpr if regs is not None and regs.ext is not None else None)
+    consent = (user.consent or (user.ext.consent if user.ext else None)) if user else None
+    if gdpr == 1 and not consent:
+        return ""
+    if user is not None and (user.buyeruid or user.id):
+        return user.buyeruid or user.id or ""
+    ifa = device.ifa if device is not None else None
+    if ifa and set(ifa) - {"0", "-"}:
+        return ifa
+    return ""
+
+
+def _context(req: BidRequest) -> tuple[str, str]:
+    """(context words, site domain or app bundle)."""
+    if req.site is not None:
+        s = req.site
+        path = urlsplit(s.page).path if s.page else ""
+        words = " ".join(filter(None, (s.keywords, path.replace("/", " "), *s.cat)))
+        return " ".join(_WORD.findall(words.lower()))[:1000], s.domain or ""
+    if req.app is not None:
+        a = req.app
+        words = " ".join(filter(None, (a.name, a.keywords, *a.cat)))
+        return " ".join(_WORD.findall(words.lower()))[:1000], a.bundle or a.domain or ""
+    return "", ""
+
+
+def _size(imp: Imp) -> tuple[int, int]:
+    banner = imp.banner
+    if banner is None:
+        return 0, 0
+    listed = [(f.w, f.h) for f in banner.format]
+    if banner.w and banner.h:
+        listed.append((banner.w, banner.h))
+    return next((s for s in listed if s in KNOWN_SIZES), listed[0] if listed else (0, 0))
+
+
+def _floor(imp: Imp, currencies: Currencies) -> int:
+    if not math.isfinite(imp.bidfloor) or imp.bidfloor < 0:
+        raise BadRequest(f"imp {imp.id!r}: bidfloor must be a number >= 0")
+    if not currencies.knows(imp.bidfloorcur):
+        raise BadRequest(f"imp {imp.id!r}: bidfloorcur {imp.bidfloorcur!r} is not a "
+                         f"currency adbid prices in ({', '.join(sorted(currencies.rates))})")
+    return currencies.to_account_micros_up(imp.bidfloor, imp.bidfloorcur)
+
+
+def map_request(req: BidRequest, currencies: Currencies, seat: str,
+                max_imps: int) -> Auction:
+    """The request's imps as events; raises BadRequest for an invalid request."""
+    if not req.id:
+        raise BadRequest("id: empty")
+    if not req.imp:
+        raise BadRequest("imp: at least one impression is required")
+    if len(req.imp) > max_imps:
+        raise BadRequest(f"imp: {len(req.imp)} impressions, at most {max_imps}")
+    ids = [imp.id for imp in req.imp]
+    if len(set(ids)) != len(ids) or "" in ids or max(map(len, ids)) > MAX_IMP_ID_CHARS:
+        raise BadRequest(f"imp.id: ids must be unique, non-empty and at most "
+                         f"{MAX_IMP_ID_CHARS} characters")
+    floors = [_floor(imp, currencies) for imp in req.imp]
+    offered = [c.upper() for c in req.cur] or [ACCOUNT]
+    currency = next((c for c in offered if currencies.knows(c)), None)
+    bidid = os.urandom(8).hex()
+    skipped: dict[int, str] = {}
+    for k, imp in enumerate(req.imp):
+        if imp.banner is None:
+            skipped[k] = "video" if imp.video is not None else \
+                "native" if imp.native is not None else "no banner"
+        elif imp.pmp is not None and imp.pmp.private_auction == 1:
+            skipped[k] = "private auction: no deal"
+    if (req.wseat and seat not in req.wseat) or seat in req.bseat:
+        skipped.update(dict.fromkeys(range(len(req.imp)), "seat"))
+    live = [k for k in range(len(req.imp)) if k not in skipped]
+    sizes = [_size(imp) for imp in req.imp]
+    position = [-1] * len(req.imp)
+    for i, k in enumerate(live):
+        position[k] = i
+    if currency is None or not live:
+        return Auction(req, bidid, currency, None, position, skipped, sizes)
+    user = _user_key(req)
+    context, site = _context(req)
+    device = req.device
+    country = ALPHA3.get((device.geo.country or "").upper(), "") \
+        if device is not None and device.geo is not None else ""
+    dtype = DEVICE.get(device.devicetype or 0, 0) if device is not None else 0
+    n = len(live)
+    auction = pb.AUCTION_TYPE_FIRST_PRICE if req.at == 1 else pb.AUCTION_TYPE_SECOND_PRICE
+    batch = make_batch(
+        [f"{bidid}/{req.imp[k].id}" for k in live], [user] * n, [context] * n,
+        np.array([floors[k] for k in live], np.int64), np.full(n, dtype, np.int64),
+        np.full(n, auction, np.int64), np.array([sizes[k][0] for k in live], np.int64),
+        np.array([sizes[k][1] for k in live], np.int64), [country] * n,
+        np.full(n, 1 if req.test == 1 else 0, np.uint8), [site] * n,
+        list(req.badv) * n, np.full(n, len(req.badv), np.int64),
+        list(req.bcat) * n, np.full(n, len(req.bcat), np.int64), None)
+    return Auction(req, bidid, currency, batch, position, skipped, sizes)
+
+
+class NoticeSigner:
+    """Signs what a notice URL carries literally (the ledger's request id, the bid in
+    account micros, the test flag), so that a tampered or made-up notice is refused."""
+
+    def __init__(self, key: bytes) -> None:
+        self.key = key
+
+    def sign(self, rid: str, bid_micros: int, test: int) -> str:
+        message = f"{rid}|{bid_micros}|{test}".encode()
+        return hmac.new(self.key, message, hashlib.sha256).hexdigest()[:32]
+
+    def valid(self, rid: str, bid_micros: int, test: int, signature: str) -> bool:
+        return hmac.compare_digest(self.sign(rid, bid_micros, test), signature)
+
+
+def notice_urls(base: str, signer: NoticeSigner, rid: str, bid_micros: int,
+                test: int) -> dict[str, str]:
+    """nurl, burl and lurl for one bid, with the OpenRTB 2.6 macros placed as §4.4 says:
+    the clearing price on win and billing, the loss reason and minimum to win on loss."""
+    fixed = (f"r={quote(rid, safe='')}&b={bid_micros}&t={test}"
+             f"&s={signer.sign(rid, bid_micros, test)}"
+             "&a=${AUCTION_ID}&i=${AUCTION_IMP_ID}&x=${AUCTION_BID_ID}")
+    price = "&p=${AUCTION_PRICE}&c=${AUCTION_CURRENCY}"
+    return {"nurl": f"{base}/openrtb2/notice/win?{fixed}{price}",
+            "burl": f"{base}/openrtb2/notice/bill?{fixed}{price}",
+            "lurl": f"{base}/openrtb2/notice/loss?{fixed}&c=${{AUCTION_CURRENCY}}"
+                    "&l=${AUCTION_LOSS}&m=${AUCTION_MIN_TO_WIN}"}
+
+
+def _markup(crid: str, adomain: str, w: int, h: int, pixel: str) -> str:
+    return (f'<a href="https://{adomain}/?crid={crid}" target="_blank">'
+            f'<img src="https://cdn.{adomain}/{crid}/{w}x{h}.png" width="{w}" height="{h}" '
+            f'alt=""></a><img src="{pixel}" width="1" height="1" alt="" style="display:none">')
+
+
+def build_response(auction: Auction, dec: Decisions, pipeline: Pipeline,
+                   currencies: Currencies, seat: str, base: str,
+                   signer: NoticeSigner) -> dict | None:
+    """The BidResponse for the decided imps, or None when nothing is bid."""
+    req, cur = auction.request, auction.currency
+    if cur is None or auction.batch is None:
+        return None
+    records = pipeline.world.campaigns.records
+    bids = []
+    for k, imp in enumerate(req.imp):
+        i = auction.position[k]
+        if i < 0 or not dec.bid[i]:
+            continue
+        campaign = int(dec.campaign_row[i])
+        crid = pipeline.creative_ids[int(dec.ad_row[i])]
+        record = records[campaign]
+        adomain = str(record.get("advertiser_domain") or "adbid.example")
+        micros = int(dec.price_cpm_micros[i])
+        rid = auction.batch.request_id[i]
+        test = int(auction.batch.is_test[i])
+        urls = notice_urls(base, signer, rid, micros, test)
+        w, h = auction.sizes[k]
+        bids.append({
+            "id": f"{auction.bidid}-{k}", "impid": imp.id,
+            "price": currencies.from_account_micros_up(micros, cur),
+            "adid": crid, "crid": crid, "cid": pipeline.campaign_ids[campaign],
+            "adomain": [adomain], "cat": list(record.get("categories") or []),
+            "w": w, "h": h, "mtype": 1,
+            "adm": _markup(crid, adomain, w, h, urls["burl"]), **urls})
+    if not bids:
+        return None
+    return {"id": req.id, "bidid": auction.bidid, "cur": cur,
+            "seatbid": [{"seat": seat, "bid": bids}]}
