@@ -14,11 +14,11 @@ import pytest
 
 from adbid.config import ServerConfig
 from adbid.world.artifacts import World
+from adbid.world.demo_world import DemoWorldSpec, build
 
 # Servers started as processes by the tests (`adbid serve`) take any free port for
 # OpenRTB rather than 8080, so that they never collide with each other or a running one.
 os.environ.setdefault("ADBID_OPENRTB_PORT", "-1")
-from adbid.world.demo_world import DemoWorldSpec, build
 
 
 @pytest.fixture(scope="session")

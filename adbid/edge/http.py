@@ -153,6 +153,8 @@ class OpenRtbApp:
             req = DECODER.decode(body)
         except (msgspec.ValidationError, msgspec.DecodeError) as exc:
             raise HttpError(400, f"bid request: {exc}", NBR_INVALID) from None
+        except RecursionError:
+            raise HttpError(400, "bid request: nested too deeply", NBR_INVALID) from None
         p = self.current()
         try:
             auction = map_request(req, p.world.currencies, self.cfg.openrtb_seat,

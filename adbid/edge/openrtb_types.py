@@ -47,7 +47,7 @@ class Imp(msgspec.Struct):
     id: str
     banner: Banner | None = None
     video: Video | None = None
-    native: msgspec.Raw | None = None
+    native: dict[str, object] | None = None
     pmp: Pmp | None = None
     bidfloor: float = 0.0
     bidfloorcur: str = "USD"

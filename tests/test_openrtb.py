@@ -1,0 +1,249 @@
+"""OpenRTB 2.6 against a real `adbid serve` process over real HTTP: the request corpus in
+tests/openrtb/ (each file a request and its expected outcome), the notice round trip into
+the ledger, and bad input."""
+
+from __future__ import annotations
+
+import gzip
+import http.client
+import json
+import re
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import grpc
+import pytest
+
+from adbid.v1 import admin_pb2, admin_pb2_grpc
+
+BIN = Path(sys.executable).parent / "adbid"
+CORPUS = sorted((Path(__file__).parent / "openrtb").glob("*.json"))
+
+
+class Served:
+    def __init__(self, proc: subprocess.Popen, log: Path, http_port: int, admin_port: int):
+        self.proc, self.log, self.http_port, self.admin_port = proc, log, http_port, admin_port
+
+    def post(self, body: bytes, headers: dict | None = None,
+             path: str = "/openrtb2/bid") -> tuple[int, dict, bytes]:
+        conn = http.client.HTTPConnection("127.0.0.1", self.http_port, timeout=10)
+        try:
+            conn.request("POST", path, body, {"Content-Type": "application/json",
+                                              **(headers or {})})
+            r = conn.getresponse()
+            return r.status, {k.lower(): v for k, v in r.getheaders()}, r.read()
+        finally:
+            conn.close()
+
+    def get(self, url: str) -> tuple[int, bytes]:
+        parts = urlsplit(url)
+        conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=10)
+        try:
+            conn.request("GET", f"{parts.path}?{parts.query}")
+            r = conn.getresponse()
+            return r.status, r.read()
+        finally:
+            conn.close()
+
+    def status(self) -> admin_pb2.StatusResponse:
+        with grpc.insecure_channel(f"127.0.0.1:{self.admin_port}") as ch:
+            return admin_pb2_grpc.AdminStub(ch).Status(admin_pb2.StatusRequest(), timeout=5)
+
+    def reserved(self) -> int:
+        return sum(c.reserved_micros for c in self.status().campaigns)
+
+    def spent(self) -> int:
+        return sum(c.spent_micros for c in self.status().campaigns)
+
+
+def start_server(world: Path, ledger: Path, log: Path, *flags: str) -> Served:
+    with log.open("w") as f:
+        proc = subprocess.Popen([BIN, "serve", "--world", str(world), "--ledger", str(ledger),
+                                 "--port", "0", "--metrics-port", "0", "--admin-port", "0",
+                                 "--openrtb-port", "-1", "--log-format", "text", *flags],
+                                stderr=f, stdout=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        text = log.read_text()
+        http_port = re.search(r"OpenRTB 2\.6 on http://127\.0\.0\.1:(\d+)", text)
+        admin = re.search(r"admin on 127\.0\.0\.1:(\d+)", text)
+        if http_port and admin:
+            return Served(proc, log, int(http_port.group(1)), int(admin.group(1)))
+        assert proc.poll() is None, text
+        time.sleep(0.05)
+    proc.kill()
+    raise AssertionError(f"server did not start:\n{log.read_text()}")
+
+
+def stop_server(s: Served) -> None:
+    s.proc.terminate()
+    try:
+        s.proc.wait(20)
+    except subprocess.TimeoutExpired:
+        s.proc.kill()
+        s.proc.wait()
+
+
+@pytest.fixture(scope="module")
+def served(tiny_world_dir, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("openrtb")
+    s = start_server(tiny_world_dir, tmp / "ledger", tmp / "serve.log")
+    yield s
+    stop_server(s)
+
+
+def case_body(request) -> tuple[bytes, dict]:
+    if isinstance(request, str):  # a malformed request, as its text
+        return request.encode(), {}
+    request = dict(request)
+    headers = {}
+    if request.pop("_gzip", False):
+        headers["Content-Encoding"] = "gzip"
+        return gzip.compress(json.dumps(request).encode()), headers
+    if ctype := request.pop("_content_type", None):
+        headers["Content-Type"] = ctype
+    return json.dumps(request).encode(), headers
+
+
+def test_the_corpus_has_at_least_twenty_requests():
+    assert len(CORPUS) >= 20
+
+
+@pytest.mark.parametrize("path", CORPUS, ids=lambda p: p.stem)
+def test_corpus_request_gets_its_expected_outcome(served, path):
+    case = json.loads(path.read_text())
+    expect = case["expect"]
+    body, headers = case_body(case["request"])
+    reserved_before = served.reserved()
+    status, reply_headers, reply = served.post(body, headers)
+    assert status == expect["status"], reply[:300]
+    if "contains" in expect:
+        assert expect["contains"] in reply.decode()
+    if status == 204:
+        assert reply == b""
+        assert reply_headers.get("x-openrtb-version") == "2.6"
+    if status != 200:
+        return
+    assert reply_headers["x-openrtb-version"] == "2.6"
+    response = json.loads(reply)
+    request = case["request"]
+    assert response["id"] == request["id"] and response["bidid"]
+    bids = [b for sb in response["seatbid"] for b in sb["bid"]]
+    assert all(sb["seat"] == "adbid" for sb in response["seatbid"])
+    if "bids" in expect:
+        assert len(bids) == expect["bids"]
+    assert len(bids) >= expect.get("min_bids", 1)
+    assert len({b["impid"] for b in bids}) == len(bids)  # one bid per imp at most
+    imp_ids = {imp["id"] for imp in request["imp"]}
+    assert {b["impid"] for b in bids} <= imp_ids
+    if "impids" in expect:
+        assert sorted(b["impid"] for b in bids) == sorted(expect["impids"])
+    assert response["cur"] == expect.get("cur", "USD")
+    for b in bids:
+        assert b["price"] >= expect.get("min_price", 0) and b["price"] > 0
+        assert b["adm"] and b["crid"] and b["cid"] and b["adomain"] and b["mtype"] == 1
+        assert "${AUCTION_PRICE}" in b["burl"] and "${AUCTION_PRICE}" in b["nurl"]
+        assert "${AUCTION_LOSS}" in b["lurl"] and "${AUCTION_MIN_TO_WIN}" in b["lurl"]
+        assert not set(b.get("cat", [])) & set(expect.get("no_cats", []))
+        assert not set(b["adomain"]) & set(expect.get("no_adomains", []))
+        assert b["cid"] not in expect.get("no_campaigns", [])
+        if "size" in expect:
+            assert [b["w"], b["h"]] == expect["size"]
+    if expect.get("test"):  # real bids, nothing booked
+        assert served.reserved() == reserved_before
+    elif request.get("test") != 1:
+        assert served.reserved() > reserved_before
+
+
+def bid_once(served: Served, rid: str, **extra) -> dict:
+    request = {"id": rid, "tmax": 500, "at": 1,
+               "imp": [{"id": "1", "banner": {"w": 300, "h": 250}, "bidfloor": 0.01}],
+               "site": {"domain": "news.example", "keywords": "football soccer"},
+               "device": {"devicetype": 2, "geo": {"country": "USA"}},
+               "user": {"buyeruid": "u0000042"}, **extra}
+    status, _, reply = served.post(json.dumps(request).encode())
+    assert status == 200, reply
+    return json.loads(reply)["seatbid"][0]["bid"][0]
+
+
+def fill(url: str, price: float | str = "", currency: str = "USD") -> str:
+    return (url.replace("${AUCTION_PRICE}", str(price)).replace("${AUCTION_CURRENCY}", currency)
+            .replace("${AUCTION_ID}", "a").replace("${AUCTION_IMP_ID}", "1")
+            .replace("${AUCTION_BID_ID}", "b").replace("${AUCTION_LOSS}", "102")
+            .replace("${AUCTION_MIN_TO_WIN}", "1.5"))
+
+
+def test_billing_books_the_spend_once_and_a_loss_releases(served):
+    spent, reserved = served.spent(), served.reserved()
+    won = bid_once(served, "notice-won")
+    lost = bid_once(served, "notice-lost")
+    assert served.reserved() > reserved
+    clearing = round(won["price"] / 2, 6)
+    assert served.get(fill(won["nurl"], clearing))[0] == 204  # counted, books nothing
+    assert served.spent() == spent
+    assert served.get(fill(won["burl"], clearing))[0] == 204
+    booked = served.spent() - spent
+    assert booked == -(-int(clearing * 1e6) // 1000)  # ceil(clearing micros / 1000)
+    assert served.get(fill(won["burl"], clearing))[0] == 204  # duplicate: nothing more
+    assert served.spent() - spent == booked
+    assert served.get(fill(lost["lurl"]))[0] == 204
+    assert served.reserved() == reserved
+
+
+def test_notices_that_do_not_match_are_refused_and_book_nothing(served):
+    spent = served.spent()
+    b = bid_once(served, "notice-bad")
+    tampered = fill(b["burl"], b["price"]).replace("&b=", "&b=9")
+    assert served.get(tampered)[0] == 403
+    made_up = re.sub(r"r=[^&]+", "r=nobody%2F1", fill(b["burl"], b["price"]))
+    assert served.get(made_up)[0] == 403
+    assert served.get(fill(b["burl"], b["price"] * 3))[0] == 400  # above the bid
+    assert served.spent() == spent
+    test_bid = bid_once(served, "notice-test", test=1)
+    assert served.get(fill(test_bid["burl"], test_bid["price"]))[0] == 204  # ignored
+    assert served.spent() == spent
+
+
+def test_a_billing_notice_in_another_currency_settles_at_most_the_bid(served):
+    spent = served.spent()
+    b = bid_once(served, "notice-eur", cur=["EUR"])
+    assert served.get(fill(b["burl"], b["price"], "EUR"))[0] == 204  # the exchange echoes it
+    assert served.spent() > spent
+
+
+def test_bad_bodies_get_clear_statuses_and_the_server_keeps_serving(served):
+    big = json.dumps({"id": "x", "imp": [{"id": "1"}], "pad": "a" * 300_000}).encode()
+    assert served.post(big)[0] == 413
+    bomb = gzip.compress(b'{"id": "x", "pad": "' + b"a" * 5_000_000 + b'"}')
+    assert served.post(bomb, {"Content-Encoding": "gzip"})[0] == 413
+    assert served.post(b"\x1f\x8b not gzip", {"Content-Encoding": "gzip"})[0] == 400
+    assert served.post(b'{"id": "\xff\xfe", "imp": [{"id": "1"}]}')[0] == 400
+    nested = b'{"id": "x", "imp": [{"id": "1", "banner": {}}], "ext": ' + b"[" * 5000 + \
+        b"]" * 5000 + b"}"
+    status, _, reply = served.post(nested)
+    assert status == 400 and b"nested" in reply
+    many = {"id": "x", "imp": [{"id": str(i), "banner": {}} for i in range(10_000)]}
+    assert served.post(json.dumps(many).encode())[0] == 413  # over the body limit
+    many["imp"] = many["imp"][:100]
+    status, _, reply = served.post(json.dumps(many).encode())
+    assert status == 400 and b"at most 64" in reply
+    assert served.post(b"{}", {"Content-Type": ""})[0] == 415
+    bid_once(served, "still-serving")
+
+
+def test_a_slow_body_times_out(tiny_world_dir, tmp_path):
+    s = start_server(tiny_world_dir, tmp_path / "ledger", tmp_path / "serve.log",
+                     "--openrtb-body-timeout-s", "0.3")
+    try:
+        with socket.create_connection(("127.0.0.1", s.http_port), timeout=5) as sock:
+            sock.sendall(b"POST /openrtb2/bid HTTP/1.1\r\nHost: x\r\n"
+                         b"Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{")
+            reply = sock.recv(4096)
+        assert reply.startswith(b"HTTP/1.1 408")
+        bid_once(s, "after-slow")
+    finally:
+        stop_server(s)
