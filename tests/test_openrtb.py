@@ -247,3 +247,34 @@ def test_a_slow_body_times_out(tiny_world_dir, tmp_path):
         bid_once(s, "after-slow")
     finally:
         stop_server(s)
+
+
+def test_nbr_mode_and_the_connection_limit(tiny_world_dir, tmp_path):
+    """--openrtb-nobid nbr answers a no-bid as 200 with nbr; idle keep-alive connections
+    beyond --openrtb-max-connections are refused (503), and the server keeps serving."""
+    s = start_server(tiny_world_dir, tmp_path / "ledger", tmp_path / "serve.log",
+                     "--openrtb-nobid", "nbr", "--openrtb-max-connections", "4")
+    try:
+        request = {"id": "n1", "tmax": 500,
+                   "imp": [{"id": "1", "banner": {"w": 300, "h": 250}, "bidfloor": 9999.0}]}
+        status, _, reply = s.post(json.dumps(request).encode())
+        assert status == 200 and json.loads(reply) == {"id": "n1", "nbr": 0}
+        status, _, reply = s.post(json.dumps({**request, "tmax": 3}).encode())
+        assert status == 200 and json.loads(reply)["nbr"] == 15  # insufficient time
+        status, _, reply = s.post(b"{not json")
+        assert status == 400 and json.loads(reply)["nbr"] == 2
+        # uvicorn counts the connection asking too: 3 held open leave no room for a 4th.
+        idle = [socket.create_connection(("127.0.0.1", s.http_port)) for _ in range(3)]
+        try:
+            for sock in idle:
+                sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+                assert sock.recv(4096).startswith(b"HTTP/1.1 200")
+            refused = s.post(json.dumps(request).encode())[0]
+            assert refused == 503
+        finally:
+            for sock in idle:
+                sock.close()
+        time.sleep(0.2)
+        assert s.post(json.dumps(request).encode())[0] == 200
+    finally:
+        stop_server(s)

@@ -75,8 +75,12 @@ class Batcher:
         item = _Waiting(batch, deadline, pipeline, time.perf_counter())
         self.waiting.append(item)
         self.waiting_events += len(batch)
-        self._consider()
-        return await item.answer
+        pipeline.running += 1  # waiting counts as running: a reload must not close it yet
+        try:
+            self._consider()
+            return await item.answer
+        finally:
+            pipeline.running -= 1
 
     def _consider(self) -> None:
         """Send a gathered batch now, or set the timer for when one must go."""
