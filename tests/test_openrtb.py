@@ -278,3 +278,25 @@ def test_nbr_mode_and_the_connection_limit(tiny_world_dir, tmp_path):
         assert s.post(json.dumps(request).encode())[0] == 200
     finally:
         stop_server(s)
+
+
+def test_keep_alive_connections_are_served_with_nodelay(server_factory):
+    """An answer is written in two parts (head, body); without TCP_NODELAY the second waits
+    for the client's delayed ACK, 40 ms on every keep-alive request after the first."""
+    import socket as socket_module
+
+    server = server_factory()
+    conn = http.client.HTTPConnection("127.0.0.1", server.server.openrtb_port, timeout=5)
+    conn.request("GET", "/healthz")
+    assert conn.getresponse().read() == b""
+
+    async def nodelay() -> list[int]:
+        state = server.server.openrtb._server.server_state
+        return [c.transport.get_extra_info("socket").getsockopt(
+            socket_module.IPPROTO_TCP, socket_module.TCP_NODELAY) for c in state.connections]
+
+    try:
+        flags = server.call(nodelay())
+        assert flags and all(flags)
+    finally:
+        conn.close()

@@ -1,0 +1,137 @@
+"""OpenRTB over HTTP, single-imp requests, open loop: adbid against the HTTP floor.
+
+In one run, on the same cores as the load generator (benchmarks/http_load.py: Poisson
+arrivals, latency from the planned arrival, two client processes):
+  (a) the floor: an HTTP echo server (benchmarks/echo_app.py) on uvicorn + httptools,
+      and the same app on granian, the two candidate stacks;
+  (b) adbid serve with the dynamic batcher (the default);
+  (c) adbid serve --no-batcher (one pipeline call per request).
+Each is swept from --start-rate (x1.4 a step) to the highest rate whose p99 stays
+within --target-p99-ms with at least 99% of requests answered; then adbid with and
+without the batcher are run at --low-rate for the batcher's cost at low load.
+
+    python benchmarks/openrtb.py [--target-p99-ms 20] [--duration-s 5] [--start-rate 100]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+from common import machine, write
+from http_load import run
+from serverproc import Server, free_port
+
+HERE = Path(__file__).parent
+
+
+def bodies(n: int = 64) -> list[bytes]:
+    words = ("football soccer", "tennis racket", "running marathon", "recipes cooking",
+             "wine vineyard", "coffee espresso", "cycling bike", "vegan plantbased")
+    return [json.dumps({
+        "id": f"bench-{i}", "tmax": 60, "at": 1,
+        "imp": [{"id": "1", "banner": {"format": [{"w": 300, "h": 250}]}, "bidfloor": 0.1}],
+        "site": {"domain": f"site{i % 50}.example", "keywords": words[i % len(words)]},
+        "device": {"devicetype": 2, "geo": {"country": "USA"}},
+        "user": {"buyeruid": f"u{i * 997 % 100_000:07d}"}}).encode() for i in range(n)]
+
+
+class Echo:
+    """The echo app on one server stack, in a process of its own."""
+
+    def __init__(self, stack: str) -> None:
+        self.port = free_port()
+        cmd = {"uvicorn": [sys.executable, "-m", "uvicorn", "--http", "httptools", "--loop",
+                           "asyncio", "--no-access-log", "--log-level", "warning",
+                           "--port", str(self.port), "echo_app:app"],
+               "granian": [sys.executable, "-m", "granian", "--interface", "asgi",
+                           "--workers", "1", "--log-level", "warning", "--port",
+                           str(self.port), "echo_app:app"]}[stack]
+        self.proc = subprocess.Popen(cmd, cwd=HERE, stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                urllib.request.urlopen(urllib.request.Request(
+                    f"http://127.0.0.1:{self.port}/", b"{}", method="POST"), timeout=1)
+                return
+            except OSError:
+                time.sleep(0.1)
+        self.stop()
+        raise RuntimeError(f"{stack} echo did not start")
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(10)
+
+
+def sweep(port: int, path: str, a, label: str) -> dict:
+    rate, best, steps = a.start_rate, None, []
+    while rate <= a.max_rate:
+        r = run("127.0.0.1", port, path, BODIES, rate, a.duration_s)
+        steps.append(r)
+        ok = r["p99"] <= a.target_p99_ms and r["answered"] >= 0.99 * r["sent"]
+        print(f"  {label} at {rate:,.0f}/s: answered {r['requests_per_s']:,.0f}/s, p50 "
+              f"{r['p50']:.2f} ms, p99 {r['p99']:.2f} ms, statuses {r['statuses']}", flush=True)
+        if not ok:
+            break
+        best = r
+        rate *= 1.4
+    return {"best": best, "steps": steps}
+
+
+BODIES = bodies()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--target-p99-ms", type=float, default=20.0)
+    ap.add_argument("--duration-s", type=float, default=5.0)
+    ap.add_argument("--start-rate", type=float, default=100.0)
+    ap.add_argument("--max-rate", type=float, default=20_000.0)
+    ap.add_argument("--low-rate", type=float, default=30.0)
+    ap.add_argument("--skip-granian", action="store_true")
+    a = ap.parse_args()
+    out: dict = {"machine": machine(), "args": vars(a), "systems": {}}
+    for stack in ("uvicorn", *(() if a.skip_granian else ("granian",))):
+        echo = Echo(stack)
+        try:
+            out["systems"][f"echo ({stack})"] = sweep(echo.port, "/", a, f"echo {stack}")
+        finally:
+            echo.stop()
+    for label, flags in (("adbid, batcher", ()), ("adbid, no batcher", ("--no-batcher",))):
+        port = free_port()
+        with Server("--openrtb-port", str(port), *flags):
+            out["systems"][label] = sweep(port, "/openrtb2/bid", a, label)
+            low = run("127.0.0.1", port, "/openrtb2/bid", BODIES, a.low_rate, a.duration_s)
+            out["systems"][label]["low_load"] = low
+            print(f"  {label} at {a.low_rate:g}/s: p50 {low['p50']:.2f} ms, p99 "
+                  f"{low['p99']:.2f} ms", flush=True)
+
+    def best(name: str) -> float:
+        b = out["systems"].get(name, {}).get("best")
+        return b["requests_per_s"] if b else 0.0
+
+    floor = max(best("echo (uvicorn)"), best("echo (granian)"))
+    with_b, without = best("adbid, batcher"), best("adbid, no batcher")
+    lows = [out["systems"][k]["low_load"]["p50"] for k in ("adbid, batcher", "adbid, no batcher")]
+    out["summary"] = {"floor_rps": floor, "batcher_rps": with_b, "no_batcher_rps": without,
+                      "adbid_over_floor": with_b / floor if floor else None,
+                      "batcher_over_no_batcher": with_b / without if without else None,
+                      "low_load_p50_added_ms": lows[0] - lows[1]}
+    print(f"at p99 <= {a.target_p99_ms:g} ms: echo uvicorn {best('echo (uvicorn)'):,.0f}/s, "
+          f"echo granian {best('echo (granian)'):,.0f}/s; adbid with the batcher "
+          f"{with_b:,.0f}/s ({out['summary']['adbid_over_floor'] or 0:.0%} of the floor), "
+          f"without {without:,.0f}/s; the batcher adds {lows[0] - lows[1]:+.2f} ms to p50 at "
+          f"{a.low_rate:g}/s")
+    print(f"-> {write('openrtb', out)}")
+
+
+if __name__ == "__main__":
+    main()
