@@ -144,7 +144,10 @@ def serve(ctx: typer.Context, config: Path | None, log_format: str, seed: int, v
             if source is None or source.name == "DEFAULT":  # flags and ADBID_* win
                 settings_given[key] = value
     # ctx.params holds paths as str in some typer versions: from_dict makes them Path.
-    cfg = ServerConfig.from_dict(settings_given)
+    try:
+        cfg = ServerConfig.from_dict(settings_given)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
     _ensure_world(cfg.world, seed)
     shown = {**cfg.as_dict(), "admin_token": "(set)" if cfg.admin_token else ""}
     logging.getLogger("adbid").info("configuration: %s", json.dumps(shown),

@@ -25,10 +25,11 @@ def default_ledger_path() -> Path:
 
 
 def setting(default, help: str, *, flag: str = "", factory=None, minimum=None,
-            cli: bool = True):
+            choices: tuple[str, ...] = (), cli: bool = True):
     """A ServerConfig field with what the CLI needs: its help text, its flag (default:
-    --field-name), an optional lower bound. The env variable is ADBID_ + the flag's name."""
-    meta = {"help": help, "flag": flag, "min": minimum, "cli": cli}
+    --field-name), an optional lower bound or the values allowed. The env variable is
+    ADBID_ + the flag's name."""
+    meta = {"help": help, "flag": flag, "min": minimum, "choices": choices, "cli": cli}
     if factory is not None:
         return field(default_factory=factory, metadata=meta)
     return field(default=default, metadata=meta)
@@ -46,7 +47,8 @@ class ServerConfig:
         "start-up.", factory=default_ledger_path)
     ledger_sync: str = setting(
         "write", "'write': each commit is handed to the OS before the answer (survives "
-        "kill -9); 'fsync': also fdatasync'ed (survives power loss; 5-12 ms a commit here).")
+        "kill -9); 'fsync': also fdatasync'ed (survives power loss; 5-12 ms a commit here).",
+        choices=("write", "fsync"))
     frequency_slots: int = setting(1 << 20, "Frequency-cap counters (24 bytes each).",
                                    minimum=1)
     host: str = setting("127.0.0.1", "Address to listen on.")
@@ -107,7 +109,7 @@ class ServerConfig:
     openrtb_network_ms: float = setting(10.0, "Taken off each request's tmax for the network "
                                         "both ways; the rest is the deadline.", minimum=0.0)
     openrtb_nobid: str = setting("204", "How a no-bid is answered: '204' (no body) or 'nbr' "
-                                 "(200 with a no-bid reason).")
+                                 "(200 with a no-bid reason).", choices=("204", "nbr"))
     openrtb_seat: str = setting("adbid", "The seat adbid bids as (seatbid.seat; wseat and "
                                 "bseat are matched against it).")
     openrtb_max_body_bytes: int = setting(256 * 1024, "Largest request body, after gzip "
@@ -129,6 +131,17 @@ class ServerConfig:
         1.0, "Python's thread switch interval: how long the event loop may keep the GIL from "
         "a thread whose native work is done (Python's default, 5 ms, delays them).",
         minimum=0.01)
+
+    def __post_init__(self) -> None:
+        """Values outside a setting's choices or bound are refused, naming the setting (the
+        CLI checks them too; this covers config files, env and code)."""
+        for f in fields(self):
+            value, choices = getattr(self, f.name), f.metadata.get("choices")
+            if choices and value not in choices:
+                raise ValueError(f"{f.name}: {value!r} is not one of {', '.join(choices)}")
+            low = f.metadata.get("min")
+            if low is not None and isinstance(value, (int, float)) and value < low:
+                raise ValueError(f"{f.name}: {value} is below the minimum of {low}")
 
     def as_dict(self) -> dict[str, object]:
         return {k: str(v) if isinstance(v, Path) else v for k, v in asdict(self).items()}

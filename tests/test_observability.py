@@ -110,3 +110,9 @@ def test_stage_summary_matches_hdrh():
     exact_mean = sum(max(1, int(v * 1e6)) for v in values) / len(values)
     assert abs(got["decode"]["mean_us"] - exact_mean) < 1e-6
     assert got["ledger"] == {"count": 0, "mean_us": 0.0, "p50_us": 0, "p99_us": 0}
+
+
+def test_a_setting_outside_its_choices_is_refused_with_its_name(tmp_path):
+    r = subprocess.run([BIN, "serve", "--openrtb-nobid", "maybe"], capture_output=True,
+                       text=True, env={**os.environ, "ADBID_HOME": str(tmp_path)}, timeout=60)
+    assert r.returncode == 2 and "openrtb_nobid" in r.stdout + r.stderr
