@@ -22,6 +22,7 @@ from adbid.config import ServerConfig
 from adbid.edge import notices
 from adbid.edge.decode import (
     BadRequest,
+    EventRows,
     Request,
     UndecodableRequest,
     batch_size,
@@ -77,8 +78,11 @@ class BidderService:
                                                            cfg.max_inflight_batches)))
         self.loop_lag = LoopLag()
         metrics.ADMISSION_LIMIT.set(int(self.admission.limit))
+        # One gathered batch at a time: a second one sent while the first runs would hold
+        # one or two requests, and each costs the event loop its lookup and decision (with
+        # two, OpenRTB peaked at 1,487 req/s here; with one, 2,714: docs/performance.md).
         self.batcher = Batcher(keeper, keeper.run, cfg.batch_max,
-                               parallel=max(1, cfg.native_threads)) if cfg.batcher else None
+                               parallel=1) if cfg.batcher else None
 
     def handlers(self) -> grpc.GenericRpcHandler:
         out = serialize  # columnar answers are written as bytes
@@ -142,12 +146,16 @@ class BidderService:
                     metrics.NO_BIDS.labels(REASON_NAMES.get(reason, str(reason))).inc(count)
         return resp
 
-    async def decide(self, p: Pipeline, batch: EventBatch,
+    async def decide(self, p: Pipeline, batch: EventBatch | EventRows,
                      deadline: Deadline) -> tuple[Decisions, asyncio.Future | None]:
         """A decoded batch's decisions: small ones through the dynamic batcher (gathered
-        with other callers' events), the rest straight to the pipeline."""
-        if self.batcher is not None and len(batch) <= self.cfg.batch_gather_events:
+        with other callers' events), the rest straight to the pipeline. OpenRTB's rows
+        always go through it when it is on."""
+        if self.batcher is not None and (isinstance(batch, EventRows)
+                                         or len(batch) <= self.cfg.batch_gather_events):
             return await self.batcher.decide(batch, deadline, p)
+        if isinstance(batch, EventRows):
+            batch = EventRows.concat([batch])
         return await self.keeper.run(p, batch, deadline)
 
     def _admit(self) -> bool:

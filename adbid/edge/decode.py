@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -158,6 +158,58 @@ def _flat(get, name: str, n: int) -> tuple[Sequence[str], np.ndarray]:
         raise BadRequest(f"columns.{name}_count: counts add up to {total}, "
                          f"but columns.{name} has {len(flat)} entries")
     return flat, counts
+
+
+@dataclass
+class EventRows:
+    """Events as plain Python columns, not yet arrays: what an edge that takes one small
+    request at a time (OpenRTB) hands the batcher, so that the arrays are built and
+    checked once per gathered batch instead of once per request."""
+
+    request_id: list[str]
+    user_id: list[str]
+    context_text: list[str]
+    floor: list[int]
+    device: list[int]
+    auction: list[int]
+    width: list[int]
+    height: list[int]
+    country: list[str]
+    test: list[int]
+    site: list[str]
+    badv: list[list[str]]  # per event
+    bcat: list[list[str]]  # per event
+    errors: dict[int, str] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.request_id)
+
+    @property
+    def is_test(self) -> np.ndarray:
+        return np.array(self.test, dtype=np.uint8)
+
+    @staticmethod
+    def concat(parts: Sequence[EventRows]) -> EventBatch:
+        """One EventBatch of these rows, in order (the batcher's merge)."""
+        def chain(name: str) -> list:
+            return list(itertools.chain.from_iterable(getattr(r, name) for r in parts))
+
+        badv, bcat = chain("badv"), chain("bcat")
+        errors: dict[int, str] = {}
+        offset = 0
+        for r in parts:
+            errors.update({offset + i: m for i, m in r.errors.items()})
+            offset += len(r)
+        return make_batch(
+            chain("request_id"), chain("user_id"), chain("context_text"),
+            np.array(chain("floor"), np.int64), np.array(chain("device"), np.int64),
+            np.array(chain("auction"), np.int64), np.array(chain("width"), np.int64),
+            np.array(chain("height"), np.int64), chain("country"),
+            np.array(chain("test"), np.uint8), chain("site"),
+            list(itertools.chain.from_iterable(badv)),
+            np.fromiter(map(len, badv), np.int64, len(badv)),
+            list(itertools.chain.from_iterable(bcat)),
+            np.fromiter(map(len, bcat), np.int64, len(bcat)), errors)
 
 
 def make_batch(rid: list[str], user: list[str], context: list[str], floor: np.ndarray,

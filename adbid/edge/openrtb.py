@@ -30,11 +30,8 @@ import re
 from dataclasses import dataclass
 from urllib.parse import quote, urlsplit
 
-import numpy as np
-
-from adbid.edge.decode import BadRequest, make_batch
+from adbid.edge.decode import BadRequest, EventRows
 from adbid.edge.openrtb_types import BidRequest, Imp
-from adbid.stages.batch import EventBatch
 from adbid.stages.decision import Decisions
 from adbid.stages.pipeline import Pipeline
 from adbid.v1 import bidder_pb2 as pb
@@ -62,7 +59,7 @@ class Auction:
     request: BidRequest
     bidid: str
     currency: str | None  # the response currency; None = none adbid prices in
-    batch: EventBatch | None  # the imps to decide, None when there are none
+    batch: EventRows | None  # the imps to decide, None when there are none
     position: list[int]  # per imp: its event's position, or -1
     skipped: dict[int, str]  # imp index -> why it is not bid on
     sizes: list[tuple[int, int]]  # per imp: the size bid on
@@ -159,14 +156,11 @@ def map_request(req: BidRequest, currencies: Currencies, seat: str,
     dtype = DEVICE.get(device.devicetype or 0, 0) if device is not None else 0
     n = len(live)
     auction = pb.AUCTION_TYPE_FIRST_PRICE if req.at == 1 else pb.AUCTION_TYPE_SECOND_PRICE
-    batch = make_batch(
+    batch = EventRows(
         [f"{bidid}/{req.imp[k].id}" for k in live], [user] * n, [context] * n,
-        np.array([floors[k] for k in live], np.int64), np.full(n, dtype, np.int64),
-        np.full(n, auction, np.int64), np.array([sizes[k][0] for k in live], np.int64),
-        np.array([sizes[k][1] for k in live], np.int64), [country] * n,
-        np.full(n, 1 if req.test == 1 else 0, np.uint8), [site] * n,
-        list(req.badv) * n, np.full(n, len(req.badv), np.int64),
-        list(req.bcat) * n, np.full(n, len(req.bcat), np.int64), None)
+        [floors[k] for k in live], [dtype] * n, [auction] * n, [sizes[k][0] for k in live],
+        [sizes[k][1] for k in live], [country] * n, [1 if req.test == 1 else 0] * n,
+        [site] * n, [list(req.badv)] * n, [list(req.bcat)] * n)
     return Auction(req, bidid, currency, batch, position, skipped, sizes)
 
 

@@ -5,8 +5,8 @@ Callers (an OpenRTB request's impressions, a gRPC Bid of a few events) hand thei
 decoded events and their deadline to `decide`, and get exactly their own decisions
 back. A gathered batch is sent to the pipeline:
 
-- at once, when fewer batches are running than the pipeline has native threads
-  (an idle pipeline never waits);
+- at once, when fewer gathered batches are running than `parallel` (the server
+  uses one: an idle pipeline never waits, and a busy one gathers);
 - when it is full (`max_events`);
 - when waiting longer would cost its most urgent member its deadline: at that
   member's deadline less what a batch of the gathered size is expected to take,
@@ -23,8 +23,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 from adbid import metrics
 from adbid.flow.deadlines import Deadline, Timekeeper
@@ -37,9 +38,21 @@ log = logging.getLogger(__name__)
 Outcome = tuple[Decisions, "asyncio.Future | None"]
 
 
+class Gatherable(Protocol):
+    """What a caller hands the batcher: events that know how to merge with others of
+    their kind into one pipeline batch (EventBatch; the edges' row form)."""
+
+    errors: dict[int, str]
+
+    def __len__(self) -> int: ...
+
+    @staticmethod
+    def concat(parts: Sequence[Any]) -> EventBatch: ...
+
+
 @dataclass
 class _Waiting:
-    batch: EventBatch
+    batch: Gatherable
     deadline: Deadline
     pipeline: Pipeline
     arrived: float
@@ -68,7 +81,7 @@ class Batcher:
         self.batches = 0  # gathered batches sent to the pipeline
         self.gathered = 0  # callers' batches that went into them
 
-    async def decide(self, batch: EventBatch, deadline: Deadline,
+    async def decide(self, batch: Gatherable, deadline: Deadline,
                      pipeline: Pipeline) -> Outcome:
         """The caller's own decisions, and the commit future of the batch they were part
         of (None when it was shed)."""
@@ -120,7 +133,7 @@ class Batcher:
         taken: list[_Waiting] = []
         events = 0
         for w in self.waiting:
-            if w.pipeline is not first.pipeline:
+            if w.pipeline is not first.pipeline or type(w.batch) is not type(first.batch):
                 continue
             if taken and events + len(w.batch) > self.max_events:
                 break
@@ -141,7 +154,7 @@ class Batcher:
 
     async def _decide(self, taken: list[_Waiting]) -> None:
         urgent = min(taken, key=lambda w: w.deadline.at).deadline
-        merged = EventBatch.concat([w.batch for w in taken])
+        merged = type(taken[0].batch).concat([w.batch for w in taken])
         try:
             dec, commit = await self.run(taken[0].pipeline, merged, urgent)
         except BaseException as exc:  # every caller hears of it

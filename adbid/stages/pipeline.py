@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Protocol
 
@@ -52,6 +53,16 @@ class Clock(Protocol):
 
     def shed(self, point: str, n_events: int) -> None:
         """The batch was answered DEADLINE at this point."""
+
+
+class Events(Protocol):
+    """Any batch of events by request id and test flag (what withdrawing needs)."""
+
+    @property
+    def request_id(self) -> Sequence[str]: ...
+
+    @property
+    def is_test(self) -> np.ndarray: ...
 
 
 class WorldStages:
@@ -183,7 +194,7 @@ class Pipeline:
         clock.record(DECISION, time.perf_counter() - t2, n)
         return dec, commit
 
-    def withdraw(self, batch: EventBatch, dec: Decisions) -> int:
+    def withdraw(self, batch: Events, dec: Decisions) -> int:
         """Release the reservations (and frequency counts) of a decided batch whose answer
         will not be sent; returns how many bids were withdrawn. Journalled as losses."""
         now = int(time.time())
