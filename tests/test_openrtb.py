@@ -12,11 +12,14 @@ import socket
 import subprocess
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 from urllib.parse import urlsplit
 
 import grpc
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from adbid.v1 import admin_pb2, admin_pb2_grpc
 
@@ -216,6 +219,7 @@ def test_a_billing_notice_in_another_currency_settles_at_most_the_bid(served):
 
 
 def test_bad_bodies_get_clear_statuses_and_the_server_keeps_serving(served):
+    reserved = served.reserved()
     big = json.dumps({"id": "x", "imp": [{"id": "1"}], "pad": "a" * 300_000}).encode()
     assert served.post(big)[0] == 413
     bomb = gzip.compress(b'{"id": "x", "pad": "' + b"a" * 5_000_000 + b'"}')
@@ -232,6 +236,7 @@ def test_bad_bodies_get_clear_statuses_and_the_server_keeps_serving(served):
     status, _, reply = served.post(json.dumps(many).encode())
     assert status == 400 and b"at most 64" in reply
     assert served.post(b"{}", {"Content-Type": ""})[0] == 415
+    assert served.reserved() == reserved  # nothing reserved for a rejected request
     bid_once(served, "still-serving")
 
 
@@ -300,3 +305,35 @@ def test_keep_alive_connections_are_served_with_nodelay(server_factory):
         assert flags and all(flags)
     finally:
         conn.close()
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-2**70, 2**70) | st.floats(allow_nan=False)
+    | st.text(max_size=20),
+    lambda children: st.lists(children, max_size=4)
+    | st.dictionaries(st.sampled_from(["id", "imp", "banner", "w", "h", "format", "bidfloor",
+                                       "bidfloorcur", "site", "app", "device", "user", "regs",
+                                       "tmax", "at", "cur", "bcat", "badv", "test", "pmp",
+                                       "video", "ext", "gdpr", "consent", "geo", "country"]),
+                      children, max_size=6),
+    max_leaves=30)
+
+
+def test_fuzzed_json_structures_get_a_clear_answer_and_reserve_nothing_when_refused(served):
+    """Bounded: random JSON shaped like bid requests (right and wrong types mixed) never
+    gets a 5xx, and a refused one reserves nothing."""
+    seen: Counter = Counter()
+
+    @settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))
+    @given(body=json_values)
+    def one(body):
+        reserved = served.reserved()
+        status, _, _ = served.post(json.dumps(body).encode())
+        seen[status] += 1
+        assert status in (200, 204, 400), status
+        if status == 400:
+            assert served.reserved() == reserved
+
+    one()
+    assert seen[400] > 0
+    bid_once(served, "after-fuzz")
