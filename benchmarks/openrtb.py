@@ -97,6 +97,8 @@ def main() -> None:
     ap.add_argument("--max-rate", type=float, default=20_000.0)
     ap.add_argument("--low-rate", type=float, default=30.0)
     ap.add_argument("--skip-granian", action="store_true")
+    ap.add_argument("--skip-workers", action="store_true",
+                    help="leave out adbid --workers 2 --native-threads 1")
     a = ap.parse_args()
     out: dict = {"machine": machine(), "args": vars(a), "systems": {}}
     for stack in ("uvicorn", *(() if a.skip_granian else ("granian",))):
@@ -105,7 +107,10 @@ def main() -> None:
             out["systems"][f"echo ({stack})"] = sweep(echo.port, "/", a, f"echo {stack}")
         finally:
             echo.stop()
-    for label, flags in (("adbid, batcher", ()), ("adbid, no batcher", ("--no-batcher",))):
+    variants = [("adbid, batcher", ()), ("adbid, no batcher", ("--no-batcher",))]
+    if not a.skip_workers:
+        variants.append(("adbid, batcher, 2 workers", ("--workers", "2", "--native-threads", "1")))
+    for label, flags in variants:
         port = free_port()
         with Server("--openrtb-port", str(port), *flags):
             out["systems"][label] = sweep(port, "/openrtb2/bid", a, label)
@@ -120,16 +125,19 @@ def main() -> None:
 
     floor = max(best("echo (uvicorn)"), best("echo (granian)"))
     with_b, without = best("adbid, batcher"), best("adbid, no batcher")
+    workers = best("adbid, batcher, 2 workers")
     lows = [out["systems"][k]["low_load"]["p50"] for k in ("adbid, batcher", "adbid, no batcher")]
     out["summary"] = {"floor_rps": floor, "batcher_rps": with_b, "no_batcher_rps": without,
                       "adbid_over_floor": with_b / floor if floor else None,
                       "batcher_over_no_batcher": with_b / without if without else None,
-                      "low_load_p50_added_ms": lows[0] - lows[1]}
+                      "low_load_p50_added_ms": lows[0] - lows[1], "workers_rps": workers,
+                      "workers_over_floor": workers / floor if floor else None}
     print(f"at p99 <= {a.target_p99_ms:g} ms: echo uvicorn {best('echo (uvicorn)'):,.0f}/s, "
           f"echo granian {best('echo (granian)'):,.0f}/s; adbid with the batcher "
           f"{with_b:,.0f}/s ({out['summary']['adbid_over_floor'] or 0:.0%} of the floor), "
-          f"without {without:,.0f}/s; the batcher adds {lows[0] - lows[1]:+.2f} ms to p50 at "
-          f"{a.low_rate:g}/s")
+          f"without {without:,.0f}/s; with 2 workers {workers:,.0f}/s ("
+          f"{workers / floor if floor else 0:.0%}); the batcher adds {lows[0] - lows[1]:+.2f} "
+          f"ms to p50 at {a.low_rate:g}/s")
     print(f"-> {write('openrtb', out)}")
 
 

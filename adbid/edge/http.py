@@ -117,7 +117,9 @@ class OpenRtbApp:
         ends = time.monotonic() + self.cfg.openrtb_body_timeout_s
         while True:
             try:
-                message = await asyncio.wait_for(receive(), max(0.0, ends - time.monotonic()))
+                async with asyncio.timeout_at(asyncio.get_running_loop().time()
+                                              + max(0.0, ends - time.monotonic())):
+                    message = await receive()
             except TimeoutError:
                 raise HttpError(408, "body: not received within the body timeout") from None
             if message["type"] == "http.disconnect":
@@ -286,7 +288,7 @@ class OpenRtbServer:
             self.app.base = f"http://{cfg.openrtb_host}:{self.port}"
         config = uvicorn.Config(
             self.app, http="httptools", loop="none", lifespan="off", log_config=None,
-            access_log=False, server_header=False, date_header=False,
+            access_log=False, server_header=False, date_header=False, proxy_headers=False,
             timeout_keep_alive=max(1, math.ceil(cfg.openrtb_keepalive_s)),
             limit_concurrency=cfg.openrtb_max_connections,
             timeout_graceful_shutdown=max(1, math.ceil(cfg.grace_s)))
