@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import grpc
@@ -24,12 +27,13 @@ SERVING = re.compile(r"worker (\d)/(\d): serving .* on 127\.0\.0\.1:(\d+) .*admi
                      r"127\.0\.0\.1:(\d+)")
 
 
-def start(world: Path, ledger: Path, workers: int, tmp_path: Path):
+def start(world: Path, ledger: Path, workers: int, tmp_path: Path, *flags: str):
     log = (tmp_path / f"serve-{time.monotonic_ns()}.log").open("w+")
     proc = subprocess.Popen(
         [BIN, "serve", "--world", str(world), "--workers", str(workers), "--port", "0",
          "--admin-port", "0", "--metrics-port", "0", "--ledger", str(ledger),
-         "--log-format", "text"], stderr=log, env={**os.environ, "ADBID_HOME": str(tmp_path)})
+         "--log-format", "text", *flags], stderr=log,
+        env={**os.environ, "ADBID_HOME": str(tmp_path)})
     return proc, log
 
 
@@ -143,3 +147,28 @@ def running(pid: int) -> bool:
         return "zombie" not in Path(f"/proc/{pid}/status").read_text().lower()
     except OSError:
         return False
+
+
+def test_workers_share_one_openrtb_port(tiny_world_dir, tmp_path):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc, log = start(tiny_world_dir, tmp_path / "ledger", 2, tmp_path, "--openrtb-port",
+                      str(port))
+    try:
+        wait_serving(proc, log, 2)
+        log.seek(0)
+        assert log.read().count(f"OpenRTB 2.6 on http://127.0.0.1:{port}/") == 2
+        request = {"id": "w", "tmax": 500,
+                   "imp": [{"id": "1", "banner": {"w": 300, "h": 250}, "bidfloor": 0.01}],
+                   "site": {"domain": "news.example", "keywords": "football"}}
+        statuses = []
+        for i in range(20):  # a new connection each: the kernel spreads them over both
+            body = json.dumps({**request, "id": f"w{i}"}).encode()
+            r = urllib.request.urlopen(urllib.request.Request(
+                f"http://127.0.0.1:{port}/openrtb2/bid", body,
+                {"Content-Type": "application/json"}), timeout=10)
+            statuses.append(r.status)
+        assert set(statuses) <= {200, 204} and 200 in statuses
+    finally:
+        assert stop(proc) == 0
