@@ -148,7 +148,7 @@ def test_corpus_request_gets_its_expected_outcome(served, path):
     assert response["cur"] == expect.get("cur", "USD")
     for b in bids:
         assert b["price"] >= expect.get("min_price", 0) and b["price"] > 0
-        assert b["adm"] and b["crid"] and b["cid"] and b["adomain"] and b["mtype"] == 1
+        assert b["adm"] and b["crid"] and b["cid"] and b["adomain"]
         assert "${AUCTION_PRICE}" in b["burl"] and "${AUCTION_PRICE}" in b["nurl"]
         assert "${AUCTION_LOSS}" in b["lurl"] and "${AUCTION_MIN_TO_WIN}" in b["lurl"]
         assert not set(b.get("cat", [])) & set(expect.get("no_cats", []))
@@ -156,6 +156,11 @@ def test_corpus_request_gets_its_expected_outcome(served, path):
         assert b["cid"] not in expect.get("no_campaigns", [])
         if "size" in expect:
             assert [b["w"], b["h"]] == expect["size"]
+        assert b["mtype"] == expect.get("mtypes", {}).get(b["impid"], expect.get("mtype", 1))
+        if b["mtype"] == 2:
+            assert b["adm"].startswith("<VAST") and "${AUCTION_PRICE}" in b["adm"]
+        if "adm_contains" in expect:
+            assert expect["adm_contains"] in b["adm"]
     if expect.get("test"):  # real bids, nothing booked
         assert served.reserved() == reserved_before
     elif request.get("test") != 1:

@@ -253,3 +253,11 @@ def test_the_send_margin_comes_off_every_deadline(server_factory):
             raise AssertionError(f"answered inside a 30 ms deadline with a 40 ms margin: "
                                  f"{[d.no_bid_reason for d in resp.decisions][:3]}")
         assert len(bid(ch, tiny_events(16, seed=7), deadline_ms=500).decisions) == 16
+
+
+def test_grpc_events_are_banner_slots_and_never_get_a_video_creative(channel, tiny_world):
+    video = {str(tiny_world.ad_creative_ids[row]) for row in tiny_world.video}
+    assert video  # the tiny world has video creatives to avoid
+    resp = bid(channel, tiny_events(1024, seed=77, test=True))
+    chosen = {d.creative_id for d in resp.decisions if d.bid}
+    assert chosen and not chosen & video

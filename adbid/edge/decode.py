@@ -19,6 +19,7 @@ from adbid import _wire
 from adbid.stages.batch import EventBatch
 from adbid.v1 import bidder_pb2 as pb
 from adbid.world import targeting
+from adbid.world.creatives import BANNER
 
 MAX_REQUEST_ID_CHARS = 128
 MAX_USER_ID_CHARS = 256
@@ -179,6 +180,8 @@ class EventRows:
     site: list[str]
     badv: list[list[str]]  # per event
     bcat: list[list[str]]  # per event
+    formats: list[int] | None = None  # adbid.world.creatives format bits; None = banners
+    video_ads: list[frozenset[int] | None] | None = None  # the video ads that fit
     errors: dict[int, str] = field(default_factory=dict)
 
     def __len__(self) -> int:
@@ -200,7 +203,7 @@ class EventRows:
         for r in parts:
             errors.update({offset + i: m for i, m in r.errors.items()})
             offset += len(r)
-        return make_batch(
+        batch = make_batch(
             chain("request_id"), chain("user_id"), chain("context_text"),
             np.array(chain("floor"), np.int64), np.array(chain("device"), np.int64),
             np.array(chain("auction"), np.int64), np.array(chain("width"), np.int64),
@@ -210,6 +213,13 @@ class EventRows:
             np.fromiter(map(len, badv), np.int64, len(badv)),
             list(itertools.chain.from_iterable(bcat)),
             np.fromiter(map(len, bcat), np.int64, len(bcat)), errors)
+        if any(r.formats is not None for r in parts):
+            batch.formats = np.array(list(itertools.chain.from_iterable(
+                r.formats if r.formats is not None else [BANNER] * len(r) for r in parts)),
+                np.uint8)
+            batch.video_ads = list(itertools.chain.from_iterable(
+                r.video_ads if r.video_ads is not None else [None] * len(r) for r in parts))
+        return batch
 
 
 def make_batch(rid: list[str], user: list[str], context: list[str], floor: np.ndarray,

@@ -160,7 +160,7 @@ class OpenRtbApp:
         p = self.current()
         try:
             auction = map_request(req, p.world.currencies, self.cfg.openrtb_seat,
-                                  self.cfg.openrtb_max_imps)
+                                  self.cfg.openrtb_max_imps, p.world.video)
         except BadRequest as exc:
             raise HttpError(400, str(exc), NBR_INVALID) from None
         batch = auction.batch

@@ -13,11 +13,13 @@ Each `imp` is one event. What maps where:
 - `at` 1 is first price, anything else second price (the spec's default is 2);
   `test` 1 is test traffic; `bcat` and `badv` are the publisher's blocks.
 
-Impressions adbid does not bid on, and why (each is a no-bid for that imp): a video
-or native impression (the world has no video or native creatives), a private
-auction (`pmp.private_auction` 1: the world has no deals), a seat excluded by
-`wseat` / `bseat`. A request with no currency in `cur` that adbid prices in gets
-no bid at all.
+A video impression is bid on only with a video creative whose duration, mime type
+and protocol fit it (answered with VAST 3.0 markup, `mtype` 2); an impression with
+a banner and a video object may get either. Impressions adbid does not bid on, and
+why (each is a no-bid for that imp): a video impression no creative fits, a native
+one (the world has no native creatives), a private auction (`pmp.private_auction`
+1: the world has no deals), a seat excluded by `wseat` / `bseat`. A request with
+no currency in `cur` that adbid prices in gets no bid at all.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from adbid.stages.decision import Decisions
 from adbid.stages.pipeline import Pipeline
 from adbid.v1 import bidder_pb2 as pb
 from adbid.world import targeting
+from adbid.world.creatives import BANNER, VIDEO, VideoCreative
 from adbid.world.currency import ACCOUNT, Currencies
 
 MAX_IMP_ID_CHARS = 64
@@ -120,9 +123,11 @@ def _floor(imp: Imp, currencies: Currencies) -> int:
     return currencies.to_account_micros_up(imp.bidfloor, imp.bidfloorcur)
 
 
-def map_request(req: BidRequest, currencies: Currencies, seat: str,
-                max_imps: int) -> Auction:
-    """The request's imps as events; raises BadRequest for an invalid request."""
+def map_request(req: BidRequest, currencies: Currencies, seat: str, max_imps: int,
+                video: dict[int, VideoCreative] | None = None) -> Auction:
+    """The request's imps as events; raises BadRequest for an invalid request. `video`:
+    the world's video creatives by ad row."""
+    video = video or {}
     if not req.id:
         raise BadRequest("id: empty")
     if not req.imp:
@@ -138,10 +143,20 @@ def map_request(req: BidRequest, currencies: Currencies, seat: str,
     currency = next((c for c in offered if currencies.knows(c)), None)
     bidid = f"{_PROCESS}{next(_SERIAL):x}"
     skipped: dict[int, str] = {}
+    formats: list[int] = []
+    fitting: list[frozenset[int] | None] = []
     for k, imp in enumerate(req.imp):
-        if imp.banner is None:
-            skipped[k] = "video" if imp.video is not None else \
-                "native" if imp.native is not None else "no banner"
+        fmt, fits = BANNER if imp.banner is not None else 0, None
+        if imp.video is not None:
+            v = imp.video
+            fits = frozenset(row for row, c in video.items()
+                             if c.fits(v.mimes, v.minduration, v.maxduration, v.protocols))
+            fmt |= VIDEO if fits else 0
+        formats.append(fmt)
+        fitting.append(fits)
+        if not fmt:
+            skipped[k] = "video: no creative fits" if imp.video is not None else \
+                "native" if imp.native is not None else "no banner or video"
         elif imp.pmp is not None and imp.pmp.private_auction == 1:
             skipped[k] = "private auction: no deal"
     if (req.wseat and seat not in req.wseat) or seat in req.bseat:
@@ -165,7 +180,8 @@ def map_request(req: BidRequest, currencies: Currencies, seat: str,
         [f"{bidid}/{req.imp[k].id}" for k in live], [user] * n, [context] * n,
         [floors[k] for k in live], [dtype] * n, [auction] * n, [sizes[k][0] for k in live],
         [sizes[k][1] for k in live], [country] * n, [1 if req.test == 1 else 0] * n,
-        [site] * n, [list(req.badv)] * n, [list(req.bcat)] * n)
+        [site] * n, [list(req.badv)] * n, [list(req.bcat)] * n,
+        [formats[k] for k in live], [fitting[k] for k in live])
     return Auction(req, bidid, currency, batch, position, skipped, sizes)
 
 
@@ -198,6 +214,18 @@ def notice_urls(base: str, signer: NoticeSigner, rid: str, bid_micros: int,
                     "&l=${AUCTION_LOSS}&m=${AUCTION_MIN_TO_WIN}"}
 
 
+def _vast(crid: str, adomain: str, creative: VideoCreative, mime: str, w: int, h: int,
+          pixel: str) -> str:
+    """A VAST 3.0 inline ad: the billing URL as its impression."""
+    ext = mime.rsplit("/", 1)[-1]
+    return (f'<VAST version="3.0"><Ad id="{crid}"><InLine><AdSystem>adbid</AdSystem>'
+            f"<AdTitle>{crid}</AdTitle><Impression><![CDATA[{pixel}]]></Impression>"
+            f"<Creatives><Creative><Linear><Duration>00:00:{creative.duration_s:02d}"
+            f'</Duration><MediaFiles><MediaFile delivery="progressive" type="{mime}" '
+            f'width="{w}" height="{h}"><![CDATA[https://cdn.{adomain}/{crid}.{ext}]]>'
+            "</MediaFile></MediaFiles></Linear></Creative></Creatives></InLine></Ad></VAST>")
+
+
 def _markup(crid: str, adomain: str, w: int, h: int, pixel: str) -> str:
     return (f'<a href="https://{adomain}/?crid={crid}" target="_blank">'
             f'<img src="https://cdn.{adomain}/{crid}/{w}x{h}.png" width="{w}" height="{h}" '
@@ -226,13 +254,20 @@ def build_response(auction: Auction, dec: Decisions, pipeline: Pipeline,
         test = int(auction.batch.is_test[i])
         urls = notice_urls(base, signer, rid, micros, test)
         w, h = auction.sizes[k]
+        video = pipeline.world.video.get(int(dec.ad_row[i]))
+        if video is not None and imp.video is not None:
+            w, h = imp.video.w or video.w, imp.video.h or video.h
+            mime = next((m for m in video.mimes if not imp.video.mimes
+                         or m in imp.video.mimes), video.mimes[0])
+            adm, mtype = _vast(crid, adomain, video, mime, w, h, urls["burl"]), 2
+        else:
+            adm, mtype = _markup(crid, adomain, w, h, urls["burl"]), 1
         bids.append({
             "id": f"{auction.bidid}-{k}", "impid": imp.id,
             "price": currencies.from_account_micros_up(micros, cur),
             "adid": crid, "crid": crid, "cid": pipeline.campaign_ids[campaign],
             "adomain": [adomain], "cat": list(record.get("categories") or []),
-            "w": w, "h": h, "mtype": 1,
-            "adm": _markup(crid, adomain, w, h, urls["burl"]), **urls})
+            "w": w, "h": h, "mtype": mtype, "adm": adm, **urls})
     if not bids:
         return None
     return {"id": req.id, "bidid": auction.bidid, "cur": cur,

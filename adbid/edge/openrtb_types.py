@@ -29,6 +29,8 @@ class Video(msgspec.Struct):
     minduration: int | None = None
     maxduration: int | None = None
     protocols: list[int] = []
+    w: int | None = None
+    h: int | None = None
 
 
 class Deal(msgspec.Struct):

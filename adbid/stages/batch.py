@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from adbid.world.creatives import BANNER
+
 
 @dataclass
 class EventBatch:
@@ -35,6 +37,10 @@ class EventBatch:
     blocked_categories: Sequence[str]  # OpenRTB bcat: IAB codes
     blocked_categories_count: np.ndarray  # int64[B]
     errors: dict[int, str] = field(default_factory=dict)  # event position -> problem
+    # What each event may show, as adbid.world.creatives format bits (None: banners only),
+    # and for video, the video ads that fit it (None: any).
+    formats: np.ndarray | None = None  # uint8[B]
+    video_ads: list[frozenset[int] | None] | None = None
     # Filled by the lookup stage (adbid.stages.lookup.resolve), from the world's vocabularies:
     user_key: np.ndarray | None = None  # uint64[B], hash of the user id
     user_known: np.ndarray | None = None  # uint8[B], 1 = usable user id
@@ -75,4 +81,14 @@ class EventBatch:
             blocked_advertisers_count=arrays("blocked_advertisers_count"),
             blocked_categories=lists("blocked_categories"),
             blocked_categories_count=arrays("blocked_categories_count"),
-            errors=errors)
+            errors=errors, **_formats(batches))
+
+
+def _formats(batches: Sequence[EventBatch]) -> dict:
+    """The merged formats and video fits, when any part has them."""
+    if all(b.formats is None and b.video_ads is None for b in batches):
+        return {}
+    return {"formats": np.concatenate([b.formats if b.formats is not None
+                                       else np.full(len(b), BANNER, np.uint8) for b in batches]),
+            "video_ads": list(itertools.chain.from_iterable(
+                b.video_ads if b.video_ads is not None else [None] * len(b) for b in batches))}

@@ -30,6 +30,7 @@ from adbid.stages.retrieval import Retriever
 from adbid.stages.scoring import Scorer
 from adbid.v1 import bidder_pb2 as pb
 from adbid.world.artifacts import World
+from adbid.world.creatives import BANNER, VIDEO
 
 log = logging.getLogger(__name__)
 
@@ -128,6 +129,24 @@ class Pipeline:
         t2 = time.perf_counter()
         return cand_ad, score, queued, t1 - t0, t2 - t1, t2
 
+    def _showable(self, batch: EventBatch, cand_ad: np.ndarray) -> np.ndarray:
+        """Candidates an event cannot show (a video ad for a banner slot, a video that does
+        not fit the placement) become -1, as if retrieval had not found them."""
+        world = self.world
+        if not world.video:
+            return cand_ad
+        formats = batch.formats if batch.formats is not None else \
+            np.full(len(batch), BANNER, np.uint8)
+        found = cand_ad >= 0
+        fmt = np.where(found, world.ad_format[np.maximum(cand_ad, 0)], 0)
+        keep = found & ((fmt & formats[:, None]) != 0)
+        if batch.video_ads is not None:
+            for i, allowed in enumerate(batch.video_ads):
+                if allowed is not None:
+                    video = fmt[i] == VIDEO
+                    keep[i, video] &= np.isin(cand_ad[i, video], list(allowed))
+        return np.where(keep, cand_ad, -1)
+
     def update_pacing(self) -> None:
         self.pacing.update(time.time())
 
@@ -181,6 +200,7 @@ class Pipeline:
             return self._no_bid(batch, blocked, pb.NO_BID_REASON_DEADLINE), None
 
         t2 = time.perf_counter()
+        cand_ad = self._showable(batch, cand_ad)
         dec = self.core.decide(batch, cand_ad, score, blocked, now_s=int(time.time()))
         live = dec.bid & (batch.is_test == 0)
         if live.any():

@@ -26,6 +26,7 @@ from typing import Any
 import faiss
 import numpy as np
 
+from adbid.world import creatives, currency
 from adbid.world.campaigns import CampaignTable
 from adbid.world.currency import Currencies, CurrencyError
 
@@ -38,6 +39,7 @@ INDEX = "ads.faiss"
 ARRAYS = ("ad_campaign", "ad_creative_ids", "user_ids", "user_embeddings", "topic_embeddings")
 JSONS = ("context_words", "campaigns")
 FILES = (MODEL, INDEX, *(f"{a}.npy" for a in ARRAYS), *(f"{j}.json" for j in JSONS))
+OPTIONAL = (creatives.FILE, currency.FILE)  # checksummed when present
 
 
 class WorldError(ValueError):
@@ -58,7 +60,7 @@ def write_manifest(path: Path, info: dict[str, Any]) -> dict[str, Any]:
     The version is derived from the checksums, so equal content has an equal version.
     """
     files = {name: {"sha256": sha256_of(path / name), "bytes": (path / name).stat().st_size}
-             for name in FILES}
+             for name in (*FILES, *(o for o in OPTIONAL if (path / o).is_file()))}
     digest = hashlib.sha256("".join(str(f["sha256"]) for f in files.values())
                             .encode()).hexdigest()
     manifest = {"format": FORMAT, **info, "version": f"{info.get('name', 'world')}-{digest[:12]}",
@@ -83,6 +85,8 @@ class World:
     context_words: dict[str, int]  # word -> topic row
     campaigns: CampaignTable
     currencies: Currencies = field(default_factory=Currencies)
+    ad_format: np.ndarray = field(default_factory=lambda: np.zeros(0, np.uint8))  # uint8[A]
+    video: dict[int, creatives.VideoCreative] = field(default_factory=dict)  # ad row -> video
 
     @property
     def version(self) -> str:
@@ -106,7 +110,8 @@ class World:
         manifest = json.loads((path / MANIFEST).read_text())
         if manifest.get("format") != FORMAT:
             raise WorldError(f"{path}: world format {manifest.get('format')!r}, expected {FORMAT}")
-        for name in FILES:
+        listed = manifest.get("files", {})
+        for name in (*FILES, *(o for o in OPTIONAL if o in listed)):
             f = path / name
             if not f.is_file():
                 raise WorldError(f"{path}: missing {name}")
@@ -123,8 +128,9 @@ class World:
         index = faiss.read_index(str(path / INDEX))
         try:
             currencies = Currencies.load(path)
-        except CurrencyError as exc:
-            raise WorldError(str(exc)) from None
+            ad_format, video = creatives.load(path, arrays["ad_creative_ids"])
+        except (CurrencyError, ValueError) as exc:
+            raise WorldError(f"{path}: {exc}") from None
         world = cls(
             path=path,
             manifest=manifest,
@@ -138,6 +144,8 @@ class World:
             context_words={str(k): int(v) for k, v in jsons["context_words"].items()},
             campaigns=campaigns,
             currencies=currencies,
+            ad_format=ad_format,
+            video=video,
         )
         world._check_consistency()
         log.info("loaded world %s from %s: %d users, %d ads, %d campaigns, d=%d", world.version,

@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 import adbid
 from adbid.world import artifacts as world
-from adbid.world import intent_model, targeting
+from adbid.world import creatives, currency, intent_model, targeting
 
 log = logging.getLogger(__name__)
 
@@ -210,6 +210,14 @@ def build(out: Path, spec: DemoWorldSpec | None = None,
     words = {w: t for t, ws in enumerate(TOPIC_WORDS) for w in ws}
     (tmp / "context_words.json").write_text(json.dumps(words, indent=1) + "\n")
     (tmp / "campaigns.json").write_text(json.dumps(campaigns, indent=1) + "\n")
+    # The last ad of every campaign (of three or more) is a video creative.
+    video = {str(creative_ids[a]): {
+        "duration_s": int(rng.choice([6, 15, 30])), "mimes": ["video/mp4", "video/webm"],
+        "protocols": [2, 3, 5, 6, 7, 8], "w": 640, "h": 360}
+        for a in range(n_ads) if spec.ads_per_campaign >= 3
+        and a % spec.ads_per_campaign == spec.ads_per_campaign - 1}
+    (tmp / creatives.FILE).write_text(json.dumps({"video": video}, indent=1) + "\n")
+    (tmp / currency.FILE).write_text(currency.Currencies().as_json() + "\n")
     manifest = world.write_manifest(tmp, {
         "name": f"demo-s{spec.seed}",
         "adbid_version": adbid.__version__,
