@@ -161,6 +161,11 @@ def test_corpus_request_gets_its_expected_outcome(served, path):
             assert b["adm"].startswith("<VAST") and "${AUCTION_PRICE}" in b["adm"]
         if "adm_contains" in expect:
             assert expect["adm_contains"] in b["adm"]
+        if "dealid_in" in expect:
+            assert b["dealid"] in expect["dealid_in"]
+            assert b["dealid"] == f"deal-{b['cid'][1:]}"  # the deal of the campaign that bid
+        if "campaigns_in" in expect:
+            assert b["cid"] in expect["campaigns_in"]
     if expect.get("test"):  # real bids, nothing booked
         assert served.reserved() == reserved_before
     elif request.get("test") != 1:

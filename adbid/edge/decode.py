@@ -182,6 +182,7 @@ class EventRows:
     bcat: list[list[str]]  # per event
     formats: list[int] | None = None  # adbid.world.creatives format bits; None = banners
     video_ads: list[frozenset[int] | None] | None = None  # the video ads that fit
+    deal_campaigns: list[frozenset[int] | None] | None = None  # private auctions' campaigns
     errors: dict[int, str] = field(default_factory=dict)
 
     def __len__(self) -> int:
@@ -219,6 +220,9 @@ class EventRows:
                 np.uint8)
             batch.video_ads = list(itertools.chain.from_iterable(
                 r.video_ads if r.video_ads is not None else [None] * len(r) for r in parts))
+            batch.deal_campaigns = list(itertools.chain.from_iterable(
+                r.deal_campaigns if r.deal_campaigns is not None else [None] * len(r)
+                for r in parts))
         return batch
 
 

@@ -29,6 +29,7 @@ import socket
 import time
 import zlib
 from collections.abc import Callable
+from types import SimpleNamespace
 from urllib.parse import parse_qs
 
 import msgspec
@@ -39,7 +40,7 @@ from adbid.config import ServerConfig
 from adbid.edge import notices
 from adbid.edge.bidder import BidderService
 from adbid.edge.decode import BadRequest
-from adbid.edge.openrtb import NoticeSigner, build_response, map_request
+from adbid.edge.openrtb import NoticeSigner, build_response, map_request, settle_deals
 from adbid.edge.openrtb_types import DECODER, ENCODER
 from adbid.flow.deadlines import Timekeeper, Unmeetable
 from adbid.stages import DECODE
@@ -160,7 +161,8 @@ class OpenRtbApp:
         p = self.current()
         try:
             auction = map_request(req, p.world.currencies, self.cfg.openrtb_seat,
-                                  self.cfg.openrtb_max_imps, p.world.video)
+                                  self.cfg.openrtb_max_imps, p.world.video,
+                                  p.world.campaigns.deals)
         except BadRequest as exc:
             raise HttpError(400, str(exc), NBR_INVALID) from None
         batch = auction.batch
@@ -180,8 +182,13 @@ class OpenRtbApp:
         except Unmeetable:
             return self._no_bid(req.id, NBR_TIME)
         self.keeper.finished(time.perf_counter() - t0, n, commit is None)
+        dealids, dropped = settle_deals(auction, dec)
+        if dropped:  # a private auction's bid under its deal's floor: never sent
+            p.withdraw(SimpleNamespace(request_id=[batch.request_id[i] for i in dropped],
+                                       is_test=batch.is_test[dropped]), dec.take(dropped))
+            dec.bid[dropped] = False
         response = build_response(auction, dec, p, p.world.currencies, self.cfg.openrtb_seat,
-                                  self.base, self.signer)
+                                  self.base, self.signer, dealids)
         if response is None:
             return self._no_bid(req.id, NBR_TIME if commit is None else 0)
         out = ENCODER.encode(response)

@@ -18,8 +18,14 @@ and protocol fit it (answered with VAST 3.0 markup, `mtype` 2); an impression wi
 a banner and a video object may get either. Impressions adbid does not bid on, and
 why (each is a no-bid for that imp): a video impression no creative fits, a native
 one (the world has no native creatives), a private auction (`pmp.private_auction`
-1: the world has no deals), a seat excluded by `wseat` / `bseat`. A request with
-no currency in `cur` that adbid prices in gets no bid at all.
+1) that names no deal adbid sells, a seat excluded by `wseat` / `bseat`. A request
+with no currency in `cur` that adbid prices in gets no bid at all.
+
+Deals: an imp naming a deal of the world (`pmp.deals[].id`, seats allowing adbid's)
+is bid on by that deal's campaign with `dealid` when its bid meets the higher of the
+deal's floor and the request's `bidfloor` for it (in the deal's own `bidfloorcur`,
+USD when absent). In a private auction only those campaigns may bid, and a bid
+under its deal's floor is withdrawn, never sent.
 """
 
 from __future__ import annotations
@@ -68,6 +74,8 @@ class Auction:
     bidid: str
     currency: str | None  # the response currency; None = none adbid prices in
     batch: EventRows | None  # the imps to decide, None when there are none
+    deals: dict[int, dict[int, tuple[str, int]]]  # imp -> campaign row -> (deal id, floor)
+    private: set[int]  # imps in a private auction: only their deals may bid
     position: list[int]  # per imp: its event's position, or -1
     skipped: dict[int, str]  # imp index -> why it is not bid on
     sizes: list[tuple[int, int]]  # per imp: the size bid on
@@ -123,11 +131,33 @@ def _floor(imp: Imp, currencies: Currencies) -> int:
     return currencies.to_account_micros_up(imp.bidfloor, imp.bidfloorcur)
 
 
+def _deals(imp: Imp, world_deals: dict, currencies: Currencies,
+           seat: str) -> dict[int, tuple[str, int]]:
+    """The imp's deals adbid sells, as campaign row -> (deal id, floor in account micros):
+    the higher of the deal's own floor and the request's for it."""
+    out: dict[int, tuple[str, int]] = {}
+    for deal in imp.pmp.deals if imp.pmp is not None else ():
+        known = world_deals.get(deal.id)
+        if known is None or (deal.wseat and seat not in deal.wseat) or \
+                (known[2] and seat not in known[2]):
+            continue
+        if not currencies.knows(deal.bidfloorcur) or not math.isfinite(deal.bidfloor) \
+                or deal.bidfloor < 0:
+            raise BadRequest(f"imp {imp.id!r}: deal {deal.id!r}: bidfloor and bidfloorcur "
+                             "must be a number >= 0 and a currency adbid prices in")
+        floor = max(known[1], currencies.to_account_micros_up(deal.bidfloor, deal.bidfloorcur))
+        out[known[0]] = (deal.id, floor)
+    return out
+
+
 def map_request(req: BidRequest, currencies: Currencies, seat: str, max_imps: int,
-                video: dict[int, VideoCreative] | None = None) -> Auction:
+                video: dict[int, VideoCreative] | None = None,
+                world_deals: dict | None = None) -> Auction:
     """The request's imps as events; raises BadRequest for an invalid request. `video`:
-    the world's video creatives by ad row."""
+    the world's video creatives by ad row; `world_deals`: its deals (CampaignTable.deals)."""
     video = video or {}
+    deals = {k: d for k, imp in enumerate(req.imp)
+             if (d := _deals(imp, world_deals or {}, currencies, seat))}
     if not req.id:
         raise BadRequest("id: empty")
     if not req.imp:
@@ -157,8 +187,8 @@ def map_request(req: BidRequest, currencies: Currencies, seat: str, max_imps: in
         if not fmt:
             skipped[k] = "video: no creative fits" if imp.video is not None else \
                 "native" if imp.native is not None else "no banner or video"
-        elif imp.pmp is not None and imp.pmp.private_auction == 1:
-            skipped[k] = "private auction: no deal"
+        elif imp.pmp is not None and imp.pmp.private_auction == 1 and k not in deals:
+            skipped[k] = "private auction: no deal adbid sells"
     if (req.wseat and seat not in req.wseat) or seat in req.bseat:
         skipped.update(dict.fromkeys(range(len(req.imp)), "seat"))
     live = [k for k in range(len(req.imp)) if k not in skipped]
@@ -166,8 +196,12 @@ def map_request(req: BidRequest, currencies: Currencies, seat: str, max_imps: in
     position = [-1] * len(req.imp)
     for i, k in enumerate(live):
         position[k] = i
+    private = {k for k, imp in enumerate(req.imp)
+               if imp.pmp is not None and imp.pmp.private_auction == 1}
     if currency is None or not live:
-        return Auction(req, bidid, currency, None, position, skipped, sizes)
+        return Auction(req, bidid, currency, None, deals, private, position, skipped, sizes)
+    for k in private & set(live):  # the lowest of its deals' floors; each checked after
+        floors[k] = min(floor for _, floor in deals[k].values())
     user = _user_key(req)
     context, site = _context(req)
     device = req.device
@@ -181,8 +215,26 @@ def map_request(req: BidRequest, currencies: Currencies, seat: str, max_imps: in
         [floors[k] for k in live], [dtype] * n, [auction] * n, [sizes[k][0] for k in live],
         [sizes[k][1] for k in live], [country] * n, [1 if req.test == 1 else 0] * n,
         [site] * n, [list(req.badv)] * n, [list(req.bcat)] * n,
-        [formats[k] for k in live], [fitting[k] for k in live])
-    return Auction(req, bidid, currency, batch, position, skipped, sizes)
+        [formats[k] for k in live], [fitting[k] for k in live],
+        [frozenset(deals[k]) if k in private else None for k in live])
+    return Auction(req, bidid, currency, batch, deals, private, position, skipped, sizes)
+
+
+def settle_deals(auction: Auction, dec: Decisions) -> tuple[dict[int, str], list[int]]:
+    """After the decision: (imp -> deal id for bids made in a deal, positions of bids to
+    withdraw: a private auction's bid below its deal's floor)."""
+    dealids: dict[int, str] = {}
+    dropped: list[int] = []
+    for k, offered in auction.deals.items():
+        i = auction.position[k]
+        if i < 0 or not dec.bid[i]:
+            continue
+        deal = offered.get(int(dec.campaign_row[i]))
+        if deal is not None and int(dec.price_cpm_micros[i]) >= deal[1]:
+            dealids[k] = deal[0]
+        elif k in auction.private:
+            dropped.append(i)
+    return dealids, dropped
 
 
 class NoticeSigner:
@@ -234,7 +286,7 @@ def _markup(crid: str, adomain: str, w: int, h: int, pixel: str) -> str:
 
 def build_response(auction: Auction, dec: Decisions, pipeline: Pipeline,
                    currencies: Currencies, seat: str, base: str,
-                   signer: NoticeSigner) -> dict | None:
+                   signer: NoticeSigner, dealids: dict[int, str] | None = None) -> dict | None:
     """The BidResponse for the decided imps, or None when nothing is bid."""
     req, cur = auction.request, auction.currency
     if cur is None or auction.batch is None:
@@ -267,7 +319,8 @@ def build_response(auction: Auction, dec: Decisions, pipeline: Pipeline,
             "price": currencies.from_account_micros_up(micros, cur),
             "adid": crid, "crid": crid, "cid": pipeline.campaign_ids[campaign],
             "adomain": [adomain], "cat": list(record.get("categories") or []),
-            "w": w, "h": h, "mtype": mtype, "adm": adm, **urls})
+            "w": w, "h": h, "mtype": mtype, "adm": adm, **urls,
+            **({"dealid": dealids[k]} if dealids and k in dealids else {})})
     if not bids:
         return None
     return {"id": req.id, "bidid": auction.bidid, "cur": cur,

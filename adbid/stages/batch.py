@@ -41,6 +41,8 @@ class EventBatch:
     # and for video, the video ads that fit it (None: any).
     formats: np.ndarray | None = None  # uint8[B]
     video_ads: list[frozenset[int] | None] | None = None
+    # The campaign rows each event is limited to (a private auction's deals; None: any).
+    deal_campaigns: list[frozenset[int] | None] | None = None
     # Filled by the lookup stage (adbid.stages.lookup.resolve), from the world's vocabularies:
     user_key: np.ndarray | None = None  # uint64[B], hash of the user id
     user_known: np.ndarray | None = None  # uint8[B], 1 = usable user id
@@ -86,9 +88,13 @@ class EventBatch:
 
 def _formats(batches: Sequence[EventBatch]) -> dict:
     """The merged formats and video fits, when any part has them."""
-    if all(b.formats is None and b.video_ads is None for b in batches):
+    if all(b.formats is None and b.video_ads is None and b.deal_campaigns is None
+           for b in batches):
         return {}
     return {"formats": np.concatenate([b.formats if b.formats is not None
                                        else np.full(len(b), BANNER, np.uint8) for b in batches]),
             "video_ads": list(itertools.chain.from_iterable(
-                b.video_ads if b.video_ads is not None else [None] * len(b) for b in batches))}
+                b.video_ads if b.video_ads is not None else [None] * len(b) for b in batches)),
+            "deal_campaigns": list(itertools.chain.from_iterable(
+                b.deal_campaigns if b.deal_campaigns is not None else [None] * len(b)
+                for b in batches))}

@@ -36,6 +36,10 @@ class Decisions:
         """Events start..stop-1 of these decisions (views, not copies)."""
         return Decisions(*(getattr(self, f.name)[start:stop] for f in fields(self)))
 
+    def take(self, positions: list[int]) -> Decisions:
+        """These events' decisions, in this order (copies)."""
+        return Decisions(*(getattr(self, f.name)[positions] for f in fields(self)))
+
 
 class DecisionCore:
     """Runs the compiled core over a batch against the campaigns, the ledger and the

@@ -133,7 +133,7 @@ class Pipeline:
         """Candidates an event cannot show (a video ad for a banner slot, a video that does
         not fit the placement) become -1, as if retrieval had not found them."""
         world = self.world
-        if not world.video:
+        if not world.video and batch.deal_campaigns is None:
             return cand_ad
         formats = batch.formats if batch.formats is not None else \
             np.full(len(batch), BANNER, np.uint8)
@@ -145,6 +145,11 @@ class Pipeline:
                 if allowed is not None:
                     video = fmt[i] == VIDEO
                     keep[i, video] &= np.isin(cand_ad[i, video], list(allowed))
+        if batch.deal_campaigns is not None:
+            rows = world.ad_campaign[np.maximum(cand_ad, 0)]
+            for i, campaigns in enumerate(batch.deal_campaigns):
+                if campaigns is not None:
+                    keep[i] &= np.isin(rows[i], list(campaigns))
         return np.where(keep, cand_ad, -1)
 
     def update_pacing(self) -> None:

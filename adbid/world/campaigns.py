@@ -9,7 +9,11 @@ are optional; an empty targeting list means "no restriction"):
      "advertiser_domain": "shoes.example", "categories": ["IAB18"],
      "site_allow": [], "site_block": ["badnews.example"],
      "frequency_cap": {"impressions": 3, "window_s": 86400},
-     "pacing": "even"}
+     "pacing": "even",
+     "deals": [{"id": "deal-7", "floor_cpm_micros": 2000000, "wseat": []}]}
+
+`deals` (optional): private deals the campaign sells through; an OpenRTB impression
+that names one may be bid on by this campaign at no less than the deal's floor.
 """
 
 from __future__ import annotations
@@ -51,6 +55,8 @@ class CampaignTable:
     site_ids: dict[str, int]  # site domain -> id, over every campaign's site lists
     advertiser_ids: dict[str, int]  # advertiser domain -> id
     records: tuple[dict[str, Any], ...]  # the validated source records
+    # deal id -> (campaign row, floor in CPM micros, seats the deal is for; empty = any)
+    deals: dict[str, tuple[int, int, tuple[str, ...]]]
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -71,6 +77,7 @@ class CampaignTable:
                                                  "pacing")}
         site_ids: dict[str, int] = {}
         advertiser_ids: dict[str, int] = {}
+        deals: dict[str, tuple[int, int, tuple[str, ...]]] = {}
         for n, r in enumerate(records):
             cid = r.get("campaign_id")
             where = f"campaign #{n} ({cid!r})"
@@ -101,6 +108,15 @@ class CampaignTable:
             if pacing not in PACING_MODES:
                 raise ValueError(f"{where}: pacing must be one of {PACING_MODES}, got {pacing!r}")
             adv = r.get("advertiser_domain", "")
+            for d in r.get("deals") or []:
+                deal_id, floor = d.get("id") if isinstance(d, dict) else None, \
+                    d.get("floor_cpm_micros", 0) if isinstance(d, dict) else None
+                if not isinstance(deal_id, str) or not deal_id or deal_id in deals:
+                    raise ValueError(f"{where}: deals need unique, non-empty ids")
+                if not isinstance(floor, int) or isinstance(floor, bool) or floor < 0:
+                    raise ValueError(f"{where}: deal {deal_id!r}: floor_cpm_micros must be an "
+                                     "integer >= 0")
+                deals[deal_id] = (len(ids), floor, tuple(map(str, d.get("wseat") or [])))
             ids.append(cid)
             cols["active"].append(1 if r.get("active", True) else 0)
             cols["vpa"].append(vpa)
@@ -137,4 +153,5 @@ class CampaignTable:
             site_ids=site_ids,
             advertiser_ids=advertiser_ids,
             records=tuple(dict(r) for r in records),
+            deals=deals,
         )

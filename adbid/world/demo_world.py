@@ -136,6 +136,9 @@ def build(out: Path, spec: DemoWorldSpec | None = None,
             "frequency_cap": {"impressions": int(rng.integers(2, 10)), "window_s": 86_400}
             if rng.random() < 0.3 else None,
             "pacing": "even" if rng.random() < 0.5 else "asap",
+            # Every sixth campaign sells through a private deal too.
+            "deals": [{"id": f"deal-{c:04d}", "floor_cpm_micros": 1_000_000, "wseat": []}]
+            if c % 6 == 0 else [],
         })
     ad_campaign = np.repeat(np.arange(spec.campaigns, dtype=np.int32), spec.ads_per_campaign)
     n_ads = len(ad_campaign)
