@@ -120,6 +120,9 @@ class ServerConfig:
                                            "(503 above).", minimum=1)
     openrtb_keepalive_s: float = setting(30.0, "An idle keep-alive connection is closed after "
                                          "this.", minimum=0.1)
+    openrtb_header_timeout_s: float = setting(5.0, "A connection that has not sent a "
+                                              "request's headers within this is closed.",
+                                              minimum=0.01)
     openrtb_body_timeout_s: float = setting(5.0, "A request body slower than this is refused "
                                             "(408).", minimum=0.01)
     workers: int = setting(1, "Server processes sharing the port (SO_REUSEPORT), each with "

@@ -250,10 +250,22 @@ def test_bad_bodies_get_clear_statuses_and_the_server_keeps_serving(served):
     bid_once(served, "still-serving")
 
 
-def test_a_slow_body_times_out(tiny_world_dir, tmp_path):
+def test_slow_headers_and_a_slow_body_time_out(tiny_world_dir, tmp_path):
     s = start_server(tiny_world_dir, tmp_path / "ledger", tmp_path / "serve.log",
-                     "--openrtb-body-timeout-s", "0.3")
+                     "--openrtb-body-timeout-s", "0.3", "--openrtb-header-timeout-s", "0.5")
     try:
+        for first in (b"", b"POST /openrtb2/bid HTTP/1.1\r\nHost: x\r\n"):  # then nothing
+            with socket.create_connection(("127.0.0.1", s.http_port), timeout=5) as sock:
+                sock.sendall(first)
+                t0 = time.monotonic()
+                assert sock.recv(4096) == b""  # closed by the server, no answer
+                assert 0.3 < time.monotonic() - t0 < 3
+        with socket.create_connection(("127.0.0.1", s.http_port), timeout=5) as sock:
+            sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert sock.recv(4096).startswith(b"HTTP/1.1 200")
+            time.sleep(0.8)  # idle between requests: the keep-alive timeout's business
+            sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert sock.recv(4096).startswith(b"HTTP/1.1 200")
         with socket.create_connection(("127.0.0.1", s.http_port), timeout=5) as sock:
             sock.sendall(b"POST /openrtb2/bid HTTP/1.1\r\nHost: x\r\n"
                          b"Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{")

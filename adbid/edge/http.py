@@ -34,6 +34,7 @@ from urllib.parse import parse_qs
 
 import msgspec
 import uvicorn
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from adbid import metrics
 from adbid.config import ServerConfig
@@ -263,6 +264,50 @@ class OpenRtbApp:
         return bid_micros if bid_micros < micros <= bid_micros + slack else micros
 
 
+def _protocol(header_timeout_s: float) -> type[HttpToolsProtocol]:
+    """uvicorn's httptools protocol, with a deadline for a request's headers: from the
+    connection's start, and from the first byte of every later request on it. A client
+    that sends its headers slower (or nothing at all) is disconnected, so slow clients
+    cannot hold connections; idle keep-alive connections have their own timeout."""
+
+    class HeaderTimeoutProtocol(HttpToolsProtocol):
+        _header_timer: asyncio.TimerHandle | None = None
+
+        def _arm(self) -> None:
+            if self._header_timer is None:
+                self._header_timer = self.loop.call_later(header_timeout_s, self._too_slow)
+
+        def _disarm(self) -> None:
+            if self._header_timer is not None:
+                self._header_timer.cancel()
+                self._header_timer = None
+
+        def _too_slow(self) -> None:
+            self._header_timer = None
+            metrics.HTTP_REQUESTS.labels("headers", "timeout").inc()
+            log.info("HTTP connection closed: no complete request headers within %.1f s",
+                     header_timeout_s)
+            self.transport.close()
+
+        def connection_made(self, transport) -> None:
+            super().connection_made(transport)
+            self._arm()
+
+        def on_message_begin(self) -> None:
+            super().on_message_begin()
+            self._arm()
+
+        def on_headers_complete(self) -> None:
+            self._disarm()
+            super().on_headers_complete()
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self._disarm()
+            super().connection_lost(exc)
+
+    return HeaderTimeoutProtocol
+
+
 class OpenRtbServer:
     """uvicorn on the running event loop, on a socket of its own (SO_REUSEPORT when
     workers share the port)."""
@@ -294,7 +339,8 @@ class OpenRtbServer:
         if not self.app.base:
             self.app.base = f"http://{cfg.openrtb_host}:{self.port}"
         config = uvicorn.Config(
-            self.app, http="httptools", loop="none", lifespan="off", log_config=None,
+            self.app, http=_protocol(cfg.openrtb_header_timeout_s), loop="none",
+            lifespan="off", log_config=None,
             access_log=False, server_header=False, date_header=False, proxy_headers=False,
             timeout_keep_alive=max(1, math.ceil(cfg.openrtb_keepalive_s)),
             limit_concurrency=cfg.openrtb_max_connections,
