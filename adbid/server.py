@@ -104,16 +104,11 @@ class BidServer:
                 (*names, health.SERVICE_NAME, reflection.SERVICE_NAME), srv)
         await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
         address = f"{cfg.host}:{cfg.port}"
-        self.port = (self.server.add_secure_port(address, credentials) if credentials
-                     else self.server.add_insecure_port(address))
-        if self.port == 0:
-            raise OSError(f"cannot listen on {address}")
+        self.port = _listen(self.server, address, credentials, "gRPC")
         self.admin_port = self.port
         if self.admin_server is not None:
-            self.admin_port = self.admin_server.add_insecure_port(
-                f"{cfg.admin_host}:{cfg.admin_port}")
-            if self.admin_port == 0:
-                raise OSError(f"cannot listen on {cfg.admin_host}:{cfg.admin_port} (admin)")
+            self.admin_port = _listen(self.admin_server, f"{cfg.admin_host}:{cfg.admin_port}",
+                                      None, "Admin")
             await self.admin_server.start()
         await self.server.start()
         if cfg.openrtb_port:
@@ -255,6 +250,21 @@ class BidServer:
         await self.ledger.flush()
         self.ledger.close()
         log.info("stopped")
+
+
+def _listen(server: grpc.aio.Server, address: str,
+            credentials: grpc.ServerCredentials | None, what: str) -> int:
+    """Bind a gRPC server's port; a port in use is an OSError that says which, not a
+    traceback (grpc raises RuntimeError, or returns 0 in older versions)."""
+    try:
+        port = (server.add_secure_port(address, credentials) if credentials
+                else server.add_insecure_port(address))
+    except RuntimeError:
+        port = 0
+    if port == 0:
+        raise OSError(f"cannot listen on {address} ({what}): the address is in use or not "
+                      "this machine's")
+    return port
 
 
 def notice_key(ledger: Path | None) -> bytes:

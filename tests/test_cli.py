@@ -52,3 +52,19 @@ def test_serve_with_a_missing_world_says_how_to_build_one(tmp_path):
     r = subprocess.run([BIN, "serve", "--world", str(tmp_path / "nowhere")], capture_output=True,
                        text=True, env={**os.environ, "ADBID_HOME": str(tmp_path)})
     assert r.returncode != 0 and "demo-world" in r.stdout + r.stderr
+
+
+def test_a_port_in_use_is_a_clear_error(tiny_world_dir, tmp_path):
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        r = subprocess.run([BIN, "serve", "--world", str(tiny_world_dir), "--port", "0",
+                            "--admin-port", str(port), "--metrics-port", "0",
+                            "--ledger", str(tmp_path / "ledger")],
+                           capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2, r.stderr[-500:]
+    assert f"cannot listen on 127.0.0.1:{port} (Admin)" in r.stdout + r.stderr
+    assert "Traceback" not in r.stdout + r.stderr
