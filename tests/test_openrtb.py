@@ -359,3 +359,39 @@ def test_fuzzed_json_structures_get_a_clear_answer_and_reserve_nothing_when_refu
     one()
     assert seen[400] > 0
     bid_once(served, "after-fuzz")
+
+
+def test_a_private_auction_is_retrieved_among_its_deals_ads(tiny_world_dir, tiny_world,
+                                                            tmp_path):
+    """With one candidate retrieved an event, the catalogue's best ad is seldom a deal's;
+    a private auction is searched among its deals' campaigns' ads, so it still bids where
+    the catalogue's best ad belongs to no deal (where a plain search could not)."""
+    from adbid.stages.lookup import ContextEncoder
+    from adbid.stages.retrieval import Retriever
+
+    deal_rows = {0, 6, 12, 18}
+    encoder, retriever = ContextEncoder(tiny_world), Retriever(tiny_world.ad_index, 1, 1)
+    s = start_server(tiny_world_dir, tmp_path / "ledger", tmp_path / "serve.log",
+                     "--top-k", "1")
+    try:
+        deals = [{"id": f"deal-{c:04d}"} for c in sorted(deal_rows)]
+        beyond_top = 0
+        for i, words in enumerate(w for pair in TOPICS for w in pair):
+            request = {"id": f"p{i}", "tmax": 500,
+                       "imp": [{"id": "1", "banner": {"w": 300, "h": 250}, "bidfloor": 0.01,
+                                "pmp": {"private_auction": 1, "deals": deals}}],
+                       "site": {"domain": "news.example", "keywords": words}}
+            status, _, reply = s.post(json.dumps(request).encode())
+            if status != 200:
+                continue
+            bid = json.loads(reply)["seatbid"][0]["bid"][0]
+            assert bid["dealid"] == f"deal-{bid['cid'][1:]}"
+            best = retriever.search(encoder.embeddings([words]))[0, 0]
+            beyond_top += int(tiny_world.ad_campaign[best]) not in deal_rows
+        assert beyond_top >= 1
+    finally:
+        stop_server(s)
+
+
+TOPICS = (("football soccer", "tennis racket"), ("running marathon", "cycling bike"),
+          ("recipes cooking", "wine vineyard"), ("coffee espresso", "vegan plantbased"))

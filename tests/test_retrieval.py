@@ -46,3 +46,15 @@ def test_thread_setting_holds_on_executor_threads(tiny_world):
     t.start()
     t.join()
     assert seen == [1]
+
+
+def test_search_within_returns_the_best_of_the_allowed_ads_only(tiny_world):
+    r = Retriever(tiny_world.ad_index, top_k=4, threads=1)
+    q = np.random.default_rng(5).standard_normal(tiny_world.dim).astype(np.float32)
+    ads = tiny_world.ad_index.reconstruct_n(0, tiny_world.ad_index.ntotal)
+    allowed = np.array([3, 17, 42, 64, 99, 100])
+    got = r.search_within(q, allowed)
+    want = allowed[np.argsort(-(ads[allowed] @ q), kind="stable")[:4]]
+    assert set(got.tolist()) == set(want.tolist())
+    few = r.search_within(q, np.array([7, 8]))  # fewer than K: padded with -1
+    assert sorted(few.tolist()) == [-1, -1, 7, 8]

@@ -115,19 +115,32 @@ class Pipeline:
         self.executor.shutdown(wait=True)
 
     def _native(self, query: np.ndarray, user: np.ndarray, context: np.ndarray,
-                device: np.ndarray, clock: Clock,
-                submitted: float) -> tuple[np.ndarray, np.ndarray, float, float, float, float]:
-        """Retrieval then scoring, on an executor thread; raises OutOfTime."""
+                device: np.ndarray, clock: Clock, submitted: float,
+                within: list[tuple[int, np.ndarray]]
+                ) -> tuple[np.ndarray, np.ndarray, float, float, float, float]:
+        """Retrieval then scoring, on an executor thread; raises OutOfTime. `within`:
+        events searched among given ads only (position, ad rows)."""
         n = len(query)
         t0 = time.perf_counter()
         queued = t0 - submitted
         clock.check(QUEUE, n, RETRIEVAL, SCORING, *TAIL)
         cand_ad = self.retriever.search(query)
+        for i, ads in within:
+            cand_ad[i] = self.retriever.search_within(query[i], ads)
         t1 = time.perf_counter()
         clock.check(SCORING, n, SCORING, *TAIL)
         score = self.scorer.score(user, context, device, cand_ad)
         t2 = time.perf_counter()
         return cand_ad, score, queued, t1 - t0, t2 - t1, t2
+
+    def _searched_within(self, batch: EventBatch) -> list[tuple[int, np.ndarray]]:
+        """Events limited to a few campaigns (private auctions) are retrieved among those
+        campaigns' ads alone."""
+        if batch.deal_campaigns is None:
+            return []
+        ad_campaign = self.world.ad_campaign
+        return [(i, np.flatnonzero(np.isin(ad_campaign, list(campaigns))))
+                for i, campaigns in enumerate(batch.deal_campaigns) if campaigns]
 
     def _showable(self, batch: EventBatch, cand_ad: np.ndarray) -> np.ndarray:
         """Candidates an event cannot show (a video ad for a banner slot, a video that does
@@ -194,7 +207,7 @@ class Pipeline:
             clock.check(RETRIEVAL, n, RETRIEVAL, SCORING, *TAIL)
             cand_ad, score, queued, t_retrieval, t_scoring, t_done = await loop.run_in_executor(
                 self.executor, self._native, query, user, context, batch.device_type, clock,
-                time.perf_counter())
+                time.perf_counter(), self._searched_within(batch))
             clock.record(RESUME, time.perf_counter() - t_done, n)
             clock.record(QUEUE, queued, n, learn=False)
             clock.record(RETRIEVAL, t_retrieval, n)

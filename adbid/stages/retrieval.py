@@ -35,3 +35,14 @@ class Retriever:
         faiss.omp_set_num_threads(self.threads)
         _, ads = self.index.search(query, self.top_k)
         return ads
+
+    def search_within(self, query: np.ndarray, allowed: np.ndarray) -> np.ndarray:
+        """The top K of one query among `allowed` ad rows only (int64[K], -1 padded): for
+        an event that may show few ads (a private auction's deals), which the plain top K
+        over the whole catalogue would seldom reach."""
+        query = np.ascontiguousarray(query.reshape(1, -1), dtype=np.float32)
+        selector = faiss.IDSelectorBatch(np.ascontiguousarray(allowed, dtype=np.int64))
+        faiss.omp_set_num_threads(self.threads)
+        _, ads = self.index.search(query, self.top_k,
+                                   params=faiss.SearchParameters(sel=selector))
+        return ads[0]
