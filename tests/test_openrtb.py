@@ -225,7 +225,16 @@ def test_a_billing_notice_in_another_currency_settles_at_most_the_bid(served):
     spent = served.spent()
     b = bid_once(served, "notice-eur", cur=["EUR"])
     assert served.get(fill(b["burl"], b["price"], "EUR"))[0] == 204  # the exchange echoes it
-    assert served.spent() > spent
+    booked = served.spent() - spent
+    assert booked > 0
+    # An exchange that leaves ${AUCTION_CURRENCY} out: the price is in the bid's currency.
+    spent = served.spent()
+    b = bid_once(served, "notice-eur-2", cur=["EUR"])
+    half = round(b["price"] / 2, 6)
+    url = fill(b["burl"], half).replace("&c=USD", "&c=${AUCTION_CURRENCY}")
+    assert served.get(url)[0] == 204
+    in_usd = int(half * 1e6 / 0.92)  # EUR -> USD micros, down
+    assert abs((served.spent() - spent) - -(-in_usd // 1000)) <= 1
 
 
 def test_bad_bodies_get_clear_statuses_and_the_server_keeps_serving(served):

@@ -218,7 +218,8 @@ class OpenRtbApp:
         except (KeyError, ValueError):
             metrics.OPENRTB_NOTICES.labels(kind, "refused").inc()
             raise HttpError(400, "notice: r, b and t are required") from None
-        if not self.signer.valid(rid, bid_micros, test, q.get("s", "")):
+        bid_currency = q.get("k", ACCOUNT)
+        if not self.signer.valid(rid, bid_micros, test, bid_currency, q.get("s", "")):
             metrics.OPENRTB_NOTICES.labels(kind, "refused").inc()
             log.warning("%s notice refused: bad signature for %r", kind, rid)
             raise HttpError(403, "notice: signature does not match")
@@ -232,7 +233,8 @@ class OpenRtbApp:
             return 204, [], b""
         clearing = 0
         if outcome == pb.OUTCOME_TYPE_BILLING:
-            clearing = self._clearing(q.get("p", ""), q.get("c", ""), bid_micros, rid)
+            clearing = self._clearing(q.get("p", ""), q.get("c", ""), bid_currency,
+                                      bid_micros, rid)
         else:
             log.info("loss notice for %r: reason %s, minimum to win %s %s", rid,
                      q.get("l", ""), q.get("m", ""), q.get("c", ""))
@@ -245,10 +247,12 @@ class OpenRtbApp:
             raise HttpError(400, f"notice: {result.error}")
         return 204, [], b""
 
-    def _clearing(self, price: str, currency: str, bid_micros: int, rid: str) -> int:
-        """${AUCTION_PRICE} in the bid's currency -> account CPM micros, rounded down and
-        never above the bid when it only differs by the conversion's rounding. A price the
-        exchange left out (empty, the macro itself, AUDIT) settles at the bid."""
+    def _clearing(self, price: str, currency: str, bid_currency: str, bid_micros: int,
+                  rid: str) -> int:
+        """${AUCTION_PRICE} in ${AUCTION_CURRENCY} (the bid's currency when the exchange
+        left that out) -> account CPM micros, rounded down and never above the bid when it
+        only differs by the conversion's rounding. A price the exchange left out (empty,
+        the macro itself, AUDIT) settles at the bid."""
         p = self.current()
         try:
             value = float(price)
@@ -256,7 +260,7 @@ class OpenRtbApp:
             log.info("billing notice for %r without a price (%r): settled at the bid", rid,
                      price)
             return bid_micros
-        code = currency if p.world.currencies.knows(currency or "-") else ACCOUNT
+        code = currency if p.world.currencies.knows(currency or "-") else bid_currency
         if not math.isfinite(value) or value < 0:
             raise HttpError(400, "notice: price must be a number >= 0")
         micros = p.world.currencies.to_account_micros_down(value, code)

@@ -239,25 +239,27 @@ def settle_deals(auction: Auction, dec: Decisions) -> tuple[dict[int, str], list
 
 class NoticeSigner:
     """Signs what a notice URL carries literally (the ledger's request id, the bid in
-    account micros, the test flag), so that a tampered or made-up notice is refused."""
+    account micros, the test flag, the bid's currency), so that a tampered or made-up
+    notice is refused."""
 
     def __init__(self, key: bytes) -> None:
         self.key = key
 
-    def sign(self, rid: str, bid_micros: int, test: int) -> str:
-        message = f"{rid}|{bid_micros}|{test}".encode()
+    def sign(self, rid: str, bid_micros: int, test: int, currency: str) -> str:
+        message = f"{rid}|{bid_micros}|{test}|{currency}".encode()
         return hmac.new(self.key, message, hashlib.sha256).hexdigest()[:32]
 
-    def valid(self, rid: str, bid_micros: int, test: int, signature: str) -> bool:
-        return hmac.compare_digest(self.sign(rid, bid_micros, test), signature)
+    def valid(self, rid: str, bid_micros: int, test: int, currency: str,
+              signature: str) -> bool:
+        return hmac.compare_digest(self.sign(rid, bid_micros, test, currency), signature)
 
 
 def notice_urls(base: str, signer: NoticeSigner, rid: str, bid_micros: int,
-                test: int) -> dict[str, str]:
+                test: int, currency: str) -> dict[str, str]:
     """nurl, burl and lurl for one bid, with the OpenRTB 2.6 macros placed as §4.4 says:
     the clearing price on win and billing, the loss reason and minimum to win on loss."""
-    fixed = (f"r={quote(rid, safe='')}&b={bid_micros}&t={test}"
-             f"&s={signer.sign(rid, bid_micros, test)}"
+    fixed = (f"r={quote(rid, safe='')}&b={bid_micros}&t={test}&k={currency}"
+             f"&s={signer.sign(rid, bid_micros, test, currency)}"
              "&a=${AUCTION_ID}&i=${AUCTION_IMP_ID}&x=${AUCTION_BID_ID}")
     price = "&p=${AUCTION_PRICE}&c=${AUCTION_CURRENCY}"
     return {"nurl": f"{base}/openrtb2/notice/win?{fixed}{price}",
@@ -304,7 +306,7 @@ def build_response(auction: Auction, dec: Decisions, pipeline: Pipeline,
         micros = int(dec.price_cpm_micros[i])
         rid = auction.batch.request_id[i]
         test = int(auction.batch.is_test[i])
-        urls = notice_urls(base, signer, rid, micros, test)
+        urls = notice_urls(base, signer, rid, micros, test, cur)
         w, h = auction.sizes[k]
         video = pipeline.world.video.get(int(dec.ad_row[i]))
         if video is not None and imp.video is not None:
