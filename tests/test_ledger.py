@@ -332,3 +332,25 @@ def test_appends_go_on_during_a_compaction_and_land_behind_the_snapshot(tmp_path
     log.close()
     assert [r.campaign_id for r in LedgerLog(tmp_path / "l").replay()] == ["s", "b", "c"]
     assert len(LedgerLog(tmp_path / "l").segments()) == 1
+
+
+def test_a_longer_hold_outlives_the_ttl_and_shorter_ones_still_expire(tmp_path):
+    """Bids held longer (an OpenRTB imp's exp) expire at their own time; bids recorded
+    after them with the default window are not held back behind them; replay keeps both."""
+    store = LedgerLog(tmp_path / "l", "write")
+    led = ledger(store=store)  # TTL 10 s
+    for rid, hold in (("long", 60_000), ("short", 0)):
+        led.reserved_micros[0] += impression_cost_micros(1_000_000)
+        led.record_bids([rid], np.array([0]), np.array([1_000_000]),
+                        np.array([11], np.uint64), now_unix_ms=0,
+                        hold_ms=np.array([hold], np.int64))
+    asyncio.run(led.flush())
+    assert [r.campaign_row for r in led.expire(10_000)] == [0]  # "short", at its TTL
+    assert set(led.open) == {"long"}
+    asyncio.run(led.flush())
+    led.close()
+    again = ledger(store=LedgerLog(tmp_path / "l", "write"))
+    assert set(again.open) == {"long"} and again.expire(59_999) == []
+    assert len(again.expire(60_000)) == 1 and not again.open
+    assert again.reserved_micros[0] == 0
+    again.close()

@@ -404,3 +404,23 @@ def test_a_private_auction_is_retrieved_among_its_deals_ads(tiny_world_dir, tiny
 
 TOPICS = (("football soccer", "tennis racket"), ("running marathon", "cycling bike"),
           ("recipes cooking", "wine vineyard"), ("coffee espresso", "vegan plantbased"))
+
+
+def test_imp_exp_holds_the_reservation_past_the_ttl(tiny_world_dir, tmp_path):
+    """imp.exp (seconds the exchange may still bill) holds a bid's reservation at least that
+    long; a bid without it is released at the server's reservation TTL (1 s here)."""
+    s = start_server(tiny_world_dir, tmp_path / "ledger", tmp_path / "serve.log",
+                     "--reservation-ttl-s", "1")
+    try:
+        held = bid_once(s, "exp-held", imp=[{"id": "1", "banner": {"w": 300, "h": 250},
+                                              "bidfloor": 0.01, "exp": 3600}])
+        bid_once(s, "exp-default")
+        deadline = time.monotonic() + 10
+        want = -(-round(held["price"] * 1e6) // 1000)  # its impression cost, micros
+        while s.reserved() != want and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert s.reserved() == want
+        time.sleep(1.5)  # past the TTL again: still held
+        assert s.reserved() == want
+    finally:
+        stop_server(s)

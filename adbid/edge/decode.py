@@ -183,6 +183,7 @@ class EventRows:
     formats: list[int] | None = None  # adbid.world.creatives format bits; None = banners
     video_ads: list[frozenset[int] | None] | None = None  # the video ads that fit
     deal_campaigns: list[frozenset[int] | None] | None = None  # private auctions' campaigns
+    hold_ms: list[int] | None = None  # reservation held at least this long (imp.exp)
     errors: dict[int, str] = field(default_factory=dict)
 
     def __len__(self) -> int:
@@ -223,6 +224,9 @@ class EventRows:
             batch.deal_campaigns = list(itertools.chain.from_iterable(
                 r.deal_campaigns if r.deal_campaigns is not None else [None] * len(r)
                 for r in parts))
+            batch.hold_ms = np.array(list(itertools.chain.from_iterable(
+                r.hold_ms if r.hold_ms is not None else [0] * len(r) for r in parts)),
+                np.int64)
         return batch
 
 

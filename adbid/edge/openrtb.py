@@ -216,7 +216,8 @@ def map_request(req: BidRequest, currencies: Currencies, seat: str, max_imps: in
         [sizes[k][1] for k in live], [country] * n, [1 if req.test == 1 else 0] * n,
         [site] * n, [list(req.badv)] * n, [list(req.bcat)] * n,
         [formats[k] for k in live], [fitting[k] for k in live],
-        [frozenset(deals[k]) if k in private else None for k in live])
+        [frozenset(deals[k]) if k in private else None for k in live],
+        [max(0, req.imp[k].exp or 0) * 1000 for k in live])
     return Auction(req, bidid, currency, batch, deals, private, position, skipped, sizes)
 
 

@@ -50,6 +50,7 @@ from adbid.money.records import (
     LATE_WON,
     RESERVE_BATCH,
     WON,
+    CampaignChange,
     Close,
     Reserve,
     ReserveBatch,
@@ -367,3 +368,24 @@ def totals(directory: Path) -> dict[str, dict[str, int]]:
 def open_log(path: Path | None, sync: str = "write") -> LedgerLog | None:
     """The log in `path`, or None (books in memory only) when no path is given."""
     return None if path is None else LedgerLog(path, sync)
+
+
+def snapshot(ids, budget: list[int], active: list[int], spent: list[int], open_: dict,
+             closed: list, t: int) -> Iterator:
+    """The records of a compaction: every campaign's budget, state and spend, the open
+    reservations and the recently closed ids, as of `t`."""
+    for c, cid in enumerate(ids):
+        yield CampaignChange(cid, budget[c], bool(active[c]), "snapshot", "compaction", t)
+        if spent[c]:
+            yield Spent(cid, spent[c])
+    # Open reservations as packed batches, one per expiry instant (a batch of bids shares
+    # it): encoding one record each took ~5 s per million, GIL held.
+    by_expiry: dict[int, list] = {}
+    for rid, (row, price, cost, expires, user) in open_.items():
+        by_expiry.setdefault(expires, []).append((rid, ids[row], user, price, cost))
+    for expires, group in by_expiry.items():
+        rids, cids, users, prices, costs = zip(*group)
+        yield ReserveBatch(list(rids), list(cids), list(users), list(prices), list(costs), t,
+                           expires)
+    for rid, (state, row, price) in closed:  # settled cost 0: spend is in Spent
+        yield Close(rid, state, None, 0, t, ids[row], price)

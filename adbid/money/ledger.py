@@ -20,6 +20,7 @@ inline there), so the books need no lock. Log writes run on one writer thread, i
 from __future__ import annotations
 
 import asyncio
+import heapq
 import logging
 from collections import OrderedDict
 from concurrent.futures import Future
@@ -30,7 +31,7 @@ from typing import NamedTuple
 import numpy as np
 
 from adbid.money import records as states  # WON, LOST, EXPIRED, LATE_WON
-from adbid.money.journal import LedgerLog
+from adbid.money.journal import LedgerLog, snapshot
 from adbid.money.records import CampaignChange, Close, Reserve, ReserveBatch, Spent, now_ms
 from adbid.money.units import impression_cost_micros, impression_costs_micros
 from adbid.v1 import bidder_pb2 as pb
@@ -86,6 +87,10 @@ class SpendLedger:
         self.reserved_micros = np.zeros(len(campaigns), dtype=np.int64)
         self.reservation_ttl_ms = int(reservation_ttl_s * 1000)
         self.open: dict[str, tuple] = {}  # request id -> Reservation fields as a plain tuple
+        # (expiry, serial, request ids) per group of bids sharing an expiry; a heap. Closed
+        # reservations are skipped when their time comes.
+        self._expiries: list[tuple[int, int, tuple[str, ...]]] = []
+        self._serial = 0
         # Closed request id -> (state, campaign row, bid price), oldest first.
         self.closed: OrderedDict[str, tuple[int, int, int]] = OrderedDict()
         self.closed_capacity = closed_capacity
@@ -115,6 +120,7 @@ class SpendLedger:
         """Rebuild the books by replaying the log."""
         t0 = now_ms()
         unknown: set[str] = set()
+        by_expiry: dict[int, list[str]] = {}
         row_of, records = self.row_of, 0
         for rec in store.replay():
             records += 1
@@ -126,6 +132,7 @@ class SpendLedger:
                 self.open[rec.request_id] = (row, rec.price_cpm_micros, rec.cost_micros,
                                              rec.expires_unix_ms, rec.user_key)
                 self.reserved_micros[row] += rec.cost_micros
+                by_expiry.setdefault(rec.expires_unix_ms, []).append(rec.request_id)
             elif isinstance(rec, Close):
                 res = self.open.pop(rec.request_id, None)
                 if res is not None:
@@ -138,6 +145,8 @@ class SpendLedger:
                 self.active[row] = 1 if rec.active else 0
             elif isinstance(rec, Spent):
                 self.spent_micros[row] += rec.spent_micros
+        for expires, rids in by_expiry.items():
+            self._expire_at(expires, [r for r in rids if r in self.open])
         if unknown:
             log.warning("ledger %s has records for %d campaigns this world lacks (ignored): %s",
                         store.path, len(unknown), sorted(unknown)[:10])
@@ -184,18 +193,39 @@ class SpendLedger:
 
     def record_bids(self, request_ids: list[str], campaign_rows: np.ndarray,
                     price_cpm_micros: np.ndarray, user_keys: np.ndarray,
-                    now_unix_ms: int | None = None) -> None:
-        """Journal the reservations the decision core just made (non-test bids only)."""
+                    now_unix_ms: int | None = None,
+                    hold_ms: np.ndarray | None = None) -> None:
+        """Journal the reservations the decision core just made (non-test bids only). Each
+        is held for the longer of the reservation TTL and its `hold_ms` (OpenRTB's exp)."""
         now = now_ms() if now_unix_ms is None else now_unix_ms
-        expires = now + self.reservation_ttl_ms
+        if hold_ms is not None and (hold_ms > self.reservation_ttl_ms).any():
+            windows = np.maximum(hold_ms.astype(np.int64), self.reservation_ttl_ms)
+            for window in np.unique(windows).tolist():
+                pick = np.flatnonzero(windows == window)
+                self._record([request_ids[i] for i in pick.tolist()],
+                             campaign_rows[pick], price_cpm_micros[pick], user_keys[pick],
+                             now, now + window)
+            return
+        self._record(request_ids, campaign_rows, price_cpm_micros, user_keys, now,
+                     now + self.reservation_ttl_ms)
+
+    def _record(self, request_ids: list[str], campaign_rows: np.ndarray,
+                price_cpm_micros: np.ndarray, user_keys: np.ndarray, now: int,
+                expires: int) -> None:
         rows = campaign_rows.tolist()
         prices = price_cpm_micros.tolist()
         costs = impression_costs_micros(np.ascontiguousarray(price_cpm_micros, np.int64))
         users = user_keys.astype(np.int64).tolist()
         self.open.update(zip(request_ids, zip(rows, prices, costs, repeat(expires), users)))
+        self._expire_at(expires, request_ids)
         ids = self.campaign_ids
         self._journal.append(ReserveBatch(list(request_ids), [ids[c] for c in rows], users,
                                           prices, costs, now, expires))
+
+    def _expire_at(self, expires: int, request_ids: list[str]) -> None:
+        if request_ids:
+            self._serial += 1
+            heapq.heappush(self._expiries, (expires, self._serial, tuple(request_ids)))
 
     def knows(self, request_id: str) -> bool:
         """Has this request id bid before (open, or closed recently)? Such ids cannot bid again."""
@@ -271,14 +301,12 @@ class SpendLedger:
     def expire(self, now_unix_ms: int | None = None) -> list[Reservation]:
         """Release reservations past their window; returns them."""
         now = now_ms() if now_unix_ms is None else now_unix_ms
-        # Reservations enter `open` in expiry order (now + a fixed TTL; replay keeps log
-        # order), so the scan stops at the first live one instead of walking them all
-        # once a second on the event loop.
-        gone = []
-        for rid, r in self.open.items():
-            if r[EXPIRES] > now:
-                break
-            gone.append(rid)
+        gone = []  # the heap gives the groups in expiry order: only what is due is seen
+        heap, open_ = self._expiries, self.open
+        while heap and heap[0][0] <= now:
+            expires, _, rids = heapq.heappop(heap)
+            gone += [rid for rid in rids if (r := open_.get(rid)) is not None
+                     and r[EXPIRES] == expires]
         released = []
         for rid in gone:
             res = self.open[rid]
@@ -358,29 +386,9 @@ class SpendLedger:
             return None
         if self._journal:
             raise RuntimeError("compact_if_needed() with unflushed records")
-        ids = self.campaign_ids
-        budget, active = self.budget_micros.tolist(), self.active.tolist()
-        spent = self.spent_micros.tolist()
-        open_, closed, t = dict(self.open), list(self.closed.items()), now_ms()
-
-        def snapshot():
-            for c, cid in enumerate(ids):
-                yield CampaignChange(cid, budget[c], bool(active[c]), "snapshot", "compaction", t)
-                if spent[c]:
-                    yield Spent(cid, spent[c])
-            # Open reservations as packed batches, one per expiry instant (a batch of bids
-            # shares it): encoding one record each took ~5 s per million, GIL held.
-            by_expiry: dict[int, list] = {}
-            for rid, (row, price, cost, expires, user) in open_.items():
-                by_expiry.setdefault(expires, []).append((rid, ids[row], user, price, cost))
-            for expires, group in by_expiry.items():
-                rids, cids, users, prices, costs = zip(*group)
-                yield ReserveBatch(list(rids), list(cids), list(users), list(prices),
-                                   list(costs), t, expires)
-            for rid, (state, row, price) in closed:  # settled cost 0: spend is in Spent
-                yield Close(rid, state, None, 0, t, ids[row], price)
-
-        return self.store.compact(snapshot())
+        return self.store.compact(snapshot(
+            self.campaign_ids, self.budget_micros.tolist(), self.active.tolist(),
+            self.spent_micros.tolist(), dict(self.open), list(self.closed.items()), now_ms()))
 
     def close(self) -> None:
         if self.store is not None:

@@ -226,7 +226,9 @@ class Pipeline:
             rids = batch.request_id
             assert batch.user_key is not None  # resolved by the lookup stage
             self.ledger.record_bids([rids[i] for i in idx.tolist()], dec.campaign_row[idx],
-                                    dec.price_cpm_micros[idx], batch.user_key[idx])
+                                    dec.price_cpm_micros[idx], batch.user_key[idx],
+                                    hold_ms=batch.hold_ms[idx] if batch.hold_ms is not None
+                                    else None)
         dec.reason[blocked] = pb.NO_BID_REASON_INVALID_EVENT
         commit = self.ledger.commit()  # written here and now when the ledger's writer is idle
         clock.record(DECISION, time.perf_counter() - t2, n)
