@@ -117,7 +117,7 @@ def test_the_corpus_has_at_least_twenty_requests():
 
 
 @pytest.mark.parametrize("path", CORPUS, ids=lambda p: p.stem)
-def test_corpus_request_gets_its_expected_outcome(served, path):
+def test_corpus_request_gets_its_expected_outcome(served, tiny_world, path):
     case = json.loads(path.read_text())
     expect = case["expect"]
     body, headers = case_body(case["request"])
@@ -166,6 +166,9 @@ def test_corpus_request_gets_its_expected_outcome(served, path):
             assert b["dealid"] == f"deal-{b['cid'][1:]}"  # the deal of the campaign that bid
         if "campaigns_in" in expect:
             assert b["cid"] in expect["campaigns_in"]
+        if "no_attrs" in expect:
+            row = tiny_world.ad_creative_ids.tolist().index(b["crid"])
+            assert int(tiny_world.ad_attrs[row]) & sum(1 << a for a in expect["no_attrs"]) == 0
     if expect.get("test"):  # real bids, nothing booked
         assert served.reserved() == reserved_before
     elif request.get("test") != 1:

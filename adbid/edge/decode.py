@@ -184,6 +184,7 @@ class EventRows:
     video_ads: list[frozenset[int] | None] | None = None  # the video ads that fit
     deal_campaigns: list[frozenset[int] | None] | None = None  # private auctions' campaigns
     hold_ms: list[int] | None = None  # reservation held at least this long (imp.exp)
+    blocked_attrs: list[int] | None = None  # creative attributes blocked (bit masks)
     errors: dict[int, str] = field(default_factory=dict)
 
     def __len__(self) -> int:
@@ -227,6 +228,9 @@ class EventRows:
             batch.hold_ms = np.array(list(itertools.chain.from_iterable(
                 r.hold_ms if r.hold_ms is not None else [0] * len(r) for r in parts)),
                 np.int64)
+            batch.blocked_attrs = np.array(list(itertools.chain.from_iterable(
+                r.blocked_attrs if r.blocked_attrs is not None else [0] * len(r)
+                for r in parts)), np.uint64)
         return batch
 
 

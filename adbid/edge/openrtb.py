@@ -11,7 +11,10 @@ Each `imp` is one event. What maps where:
 - the first size of `imp.banner.format` (or `w`/`h`) adbid knows; the floor
   `imp.bidfloor` in `imp.bidfloorcur`, converted to account micros rounded up;
 - `at` 1 is first price, anything else second price (the spec's default is 2);
-  `test` 1 is test traffic; `bcat` and `badv` are the publisher's blocks.
+  `test` 1 is test traffic; `bcat` and `badv` are the publisher's blocks, and so are
+  `banner.battr` (creatives with such an attribute are not shown) and `banner.btype`
+  (adbid's banners are XHTML banner ads, type 2). No campaign promotes an app, so
+  `bapp` has nothing to block.
 
 A video impression is bid on only with a video creative whose duration, mime type
 and protocol fit it (answered with VAST 3.0 markup, `mtype` 2); an impression with
@@ -45,7 +48,7 @@ from adbid.stages.decision import Decisions
 from adbid.stages.pipeline import Pipeline
 from adbid.v1 import bidder_pb2 as pb
 from adbid.world import targeting
-from adbid.world.creatives import BANNER, VIDEO, VideoCreative
+from adbid.world.creatives import BANNER, VIDEO, VideoCreative, attr_mask
 from adbid.world.currency import ACCOUNT, Currencies
 
 MAX_IMP_ID_CHARS = 64
@@ -176,7 +179,9 @@ def map_request(req: BidRequest, currencies: Currencies, seat: str, max_imps: in
     formats: list[int] = []
     fitting: list[frozenset[int] | None] = []
     for k, imp in enumerate(req.imp):
-        fmt, fits = BANNER if imp.banner is not None else 0, None
+        # Our banners are XHTML banner ads (btype 2): a slot that blocks those takes none.
+        fmt = BANNER if imp.banner is not None and 2 not in imp.banner.btype else 0
+        fits = None
         if imp.video is not None:
             v = imp.video
             fits = frozenset(row for row, c in video.items()
@@ -217,7 +222,8 @@ def map_request(req: BidRequest, currencies: Currencies, seat: str, max_imps: in
         [site] * n, [list(req.badv)] * n, [list(req.bcat)] * n,
         [formats[k] for k in live], [fitting[k] for k in live],
         [frozenset(deals[k]) if k in private else None for k in live],
-        [max(0, req.imp[k].exp or 0) * 1000 for k in live])
+        [max(0, req.imp[k].exp or 0) * 1000 for k in live],
+        [attr_mask(b.battr) if (b := req.imp[k].banner) is not None else 0 for k in live])
     return Auction(req, bidid, currency, batch, deals, private, position, skipped, sizes)
 
 

@@ -45,6 +45,8 @@ class EventBatch:
     deal_campaigns: list[frozenset[int] | None] | None = None
     # How long each event's reservation must at least be held, ms (0: the server's TTL).
     hold_ms: np.ndarray | None = None  # int64[B]
+    # Creative attributes each event's publisher blocks (bits, adbid.world.creatives).
+    blocked_attrs: np.ndarray | None = None  # uint64[B]
     # Filled by the lookup stage (adbid.stages.lookup.resolve), from the world's vocabularies:
     user_key: np.ndarray | None = None  # uint64[B], hash of the user id
     user_known: np.ndarray | None = None  # uint8[B], 1 = usable user id
@@ -91,7 +93,7 @@ class EventBatch:
 def _formats(batches: Sequence[EventBatch]) -> dict:
     """The merged formats and video fits, when any part has them."""
     if all(b.formats is None and b.video_ads is None and b.deal_campaigns is None
-           and b.hold_ms is None for b in batches):
+           and b.hold_ms is None and b.blocked_attrs is None for b in batches):
         return {}
     return {"formats": np.concatenate([b.formats if b.formats is not None
                                        else np.full(len(b), BANNER, np.uint8) for b in batches]),
@@ -101,4 +103,7 @@ def _formats(batches: Sequence[EventBatch]) -> dict:
                 b.deal_campaigns if b.deal_campaigns is not None else [None] * len(b)
                 for b in batches)),
             "hold_ms": np.concatenate([b.hold_ms if b.hold_ms is not None
-                                       else np.zeros(len(b), np.int64) for b in batches])}
+                                       else np.zeros(len(b), np.int64) for b in batches]),
+            "blocked_attrs": np.concatenate([b.blocked_attrs if b.blocked_attrs is not None
+                                             else np.zeros(len(b), np.uint64)
+                                             for b in batches])}

@@ -146,7 +146,7 @@ class Pipeline:
         """Candidates an event cannot show (a video ad for a banner slot, a video that does
         not fit the placement) become -1, as if retrieval had not found them."""
         world = self.world
-        if not world.video and batch.deal_campaigns is None:
+        if not world.video and batch.deal_campaigns is None and batch.blocked_attrs is None:
             return cand_ad
         formats = batch.formats if batch.formats is not None else \
             np.full(len(batch), BANNER, np.uint8)
@@ -158,6 +158,9 @@ class Pipeline:
                 if allowed is not None:
                     video = fmt[i] == VIDEO
                     keep[i, video] &= np.isin(cand_ad[i, video], list(allowed))
+        if batch.blocked_attrs is not None and batch.blocked_attrs.any():
+            attrs = world.ad_attrs[np.maximum(cand_ad, 0)]
+            keep &= (attrs & batch.blocked_attrs[:, None]) == 0
         if batch.deal_campaigns is not None:
             rows = world.ad_campaign[np.maximum(cand_ad, 0)]
             for i, campaigns in enumerate(batch.deal_campaigns):

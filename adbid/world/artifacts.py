@@ -87,6 +87,7 @@ class World:
     currencies: Currencies = field(default_factory=Currencies)
     ad_format: np.ndarray = field(default_factory=lambda: np.zeros(0, np.uint8))  # uint8[A]
     video: dict[int, creatives.VideoCreative] = field(default_factory=dict)  # ad row -> video
+    ad_attrs: np.ndarray = field(default_factory=lambda: np.zeros(0, np.uint64))  # uint64[A]
 
     @property
     def version(self) -> str:
@@ -128,7 +129,7 @@ class World:
         index = faiss.read_index(str(path / INDEX))
         try:
             currencies = Currencies.load(path)
-            ad_format, video = creatives.load(path, arrays["ad_creative_ids"])
+            ad_format, video, ad_attrs = creatives.load(path, arrays["ad_creative_ids"])
         except (CurrencyError, ValueError) as exc:
             raise WorldError(f"{path}: {exc}") from None
         world = cls(
@@ -146,6 +147,7 @@ class World:
             currencies=currencies,
             ad_format=ad_format,
             video=video,
+            ad_attrs=ad_attrs,
         )
         world._check_consistency()
         log.info("loaded world %s from %s: %d users, %d ads, %d campaigns, d=%d", world.version,

@@ -1,8 +1,9 @@
 """Creatives: which ads are banners and which are video, and what each video is.
 
 A world may carry `creatives.json`: `{"video": {creative id: {"duration_s", "mimes",
-"protocols", "w", "h"}}}`. Ads it does not list are banners. Without the file every
-ad is a banner.
+"protocols", "w", "h"}}, "attrs": {creative id: [AdCOM creative attributes]}}`. Ads not
+listed under "video" are banners; ads not listed under "attrs" have no attributes.
+Without the file every ad is a banner without attributes.
 """
 
 from __future__ import annotations
@@ -34,13 +35,24 @@ class VideoCreative:
                 and (not protocols or any(p in self.protocols for p in protocols)))
 
 
-def load(path: Path, creative_ids: np.ndarray) -> tuple[np.ndarray, dict[int, VideoCreative]]:
-    """(format of each ad, video creatives by ad row); raises ValueError naming the problem."""
+MAX_ATTR = 63  # attributes are kept as bits of a uint64
+
+
+def attr_mask(attrs) -> int:
+    """AdCOM creative attributes (1..63; others ignored) as a bit mask."""
+    return sum(1 << a for a in {int(a) for a in attrs} if 0 < a <= MAX_ATTR)
+
+
+def load(path: Path,
+         creative_ids: np.ndarray) -> tuple[np.ndarray, dict[int, VideoCreative], np.ndarray]:
+    """(format of each ad, video creatives by ad row, attribute mask of each ad); raises
+    ValueError naming the problem."""
     ad_format = np.full(len(creative_ids), BANNER, dtype=np.uint8)
+    ad_attrs = np.zeros(len(creative_ids), dtype=np.uint64)
     video: dict[int, VideoCreative] = {}
     file = Path(path) / FILE
     if not file.is_file():
-        return ad_format, video
+        return ad_format, video, ad_attrs
     data = json.loads(file.read_text())
     row_of = {str(c): i for i, c in enumerate(creative_ids.tolist())}
     for crid, v in data.get("video", {}).items():
@@ -53,4 +65,8 @@ def load(path: Path, creative_ids: np.ndarray) -> tuple[np.ndarray, dict[int, Vi
         except (KeyError, TypeError, ValueError) as exc:
             raise ValueError(f"{FILE}: video creative {crid!r}: {exc}") from None
         ad_format[row_of[crid]] = VIDEO
-    return ad_format, video
+    for crid, attrs in data.get("attrs", {}).items():
+        if crid not in row_of or not isinstance(attrs, list):
+            raise ValueError(f"{FILE}: attrs of {crid!r}: no such ad, or not a list")
+        ad_attrs[row_of[crid]] = attr_mask(attrs)
+    return ad_format, video, ad_attrs

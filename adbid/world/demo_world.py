@@ -219,7 +219,13 @@ def build(out: Path, spec: DemoWorldSpec | None = None,
         "protocols": [2, 3, 5, 6, 7, 8], "w": 640, "h": 360}
         for a in range(n_ads) if spec.ads_per_campaign >= 3
         and a % spec.ads_per_campaign == spec.ads_per_campaign - 1}
-    (tmp / creatives.FILE).write_text(json.dumps({"video": video}, indent=1) + "\n")
+    # Some banners carry creative attributes (AdCOM: 3 expandable, 1 audio auto-play, 6
+    # in-banner video auto-play), for publishers' battr to block.
+    attrs = {str(creative_ids[a]): [3] if a % 7 == 0 else [1, 6]
+             for a in range(n_ads) if (a % 7 == 0 or a % 11 == 0)
+             and str(creative_ids[a]) not in video}
+    (tmp / creatives.FILE).write_text(json.dumps({"video": video, "attrs": attrs}, indent=1)
+                                      + "\n")
     (tmp / currency.FILE).write_text(currency.Currencies().as_json() + "\n")
     manifest = world.write_manifest(tmp, {
         "name": f"demo-s{spec.seed}",
