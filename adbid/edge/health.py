@@ -2,39 +2,47 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-
 from grpc_health.v1 import health, health_pb2
+
+SERVICE_UNKNOWN = health_pb2.HealthCheckResponse.SERVICE_UNKNOWN
 
 
 class Health(health.aio.HealthServicer):
     """gRPC's health service, whose Watch streams end once the server drains, right after
     telling their watcher NOT_SERVING. A watcher's stream is a call in flight like any
-    other: left open, it would hold every drain for the whole grace period."""
+    other: left open, it would hold every drain for the whole grace period.
 
-    def __init__(self) -> None:
-        super().__init__()
-        self._draining = asyncio.Event()
+    Watch is the library's own loop (grpcio-health-checking 1.85.1, pinned: it reads the
+    servicer's status table and conditions) with one change: once the server drains, the
+    loop ends after its last write. One coroutine writes each stream, so no two writes
+    ever overlap (an earlier version cancelled the library's Watch and wrote the last
+    status itself, and under load the two writes collided and broke the stream)."""
 
     async def Watch(self, request, context) -> None:
-        watch = asyncio.ensure_future(super().Watch(request, context))
-        draining = asyncio.ensure_future(self._draining.wait())
+        service = request.service
+        condition = self._server_watchers[service]
+        self._watcher_count_by_service[service] += 1
+        last = None
         try:
-            await asyncio.wait((watch, draining), return_when=asyncio.FIRST_COMPLETED)
+            async with condition:
+                while True:
+                    status = self._server_status.get(service, SERVICE_UNKNOWN)
+                    if status != last:
+                        await context.write(health_pb2.HealthCheckResponse(status=status))
+                        last = status
+                    if self._gracefully_shutting_down:
+                        return
+                    await condition.wait()
         finally:
-            draining.cancel()
-            if not watch.done():
-                watch.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await watch
-            elif not watch.cancelled():
-                watch.result()  # the stream broke (the watcher left): its error, not a warning
-        if self._draining.is_set():  # the last word, even if the watcher's was already sent
-            await context.write(health_pb2.HealthCheckResponse(
-                status=health_pb2.HealthCheckResponse.NOT_SERVING))
+            self._watcher_count_by_service[service] -= 1
+            if self._watcher_count_by_service[service] == 0:
+                del self._server_watchers[service]
+                del self._watcher_count_by_service[service]
 
     async def drain(self) -> None:
-        """Every service NOT_SERVING from now on; open Watch streams say so and end."""
+        """Every service NOT_SERVING from now on; open Watch streams say so and end (a
+        watcher of a service that was never set is woken too, and ends)."""
         await self.enter_graceful_shutdown()
-        self._draining.set()
+        for condition in list(self._server_watchers.values()):
+            async with condition:
+                condition.notify_all()
