@@ -1,7 +1,7 @@
 # The README's commands. Everything is set up from nothing on first use:
 # a virtual environment, the package (Cython core + gRPC stubs), the demo world.
 #
-#   make serve            serve the demo world on 127.0.0.1:50051 (CPU onnxruntime)
+#   make serve            serve the demo world: gRPC on 127.0.0.1:50051, OpenRTB on :8080
 #   make serve GPU=1      same, with onnxruntime-gpu in a separate venv (.venv-gpu)
 #   make test             run the test suite
 #   make bench            decision-core benchmark (Cython vs Python reference)
@@ -60,6 +60,7 @@ bench-all: $(STAMP)
 	$(PY) benchmarks/pacing_day.py
 	$(PY) benchmarks/providers.py
 	$(PY) benchmarks/bench_ledger_store.py
+	$(PY) benchmarks/openrtb.py
 
 # Back to the optimised build: make proto.
 # Peers for benchmarks/peers.py, in their own venv (never installed by make test).
