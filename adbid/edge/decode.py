@@ -16,10 +16,9 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from adbid import _wire
-from adbid.stages.batch import EventBatch
+from adbid.stages.batch import EventBatch, merged_errors, merged_limits
 from adbid.v1 import bidder_pb2 as pb
 from adbid.world import targeting
-from adbid.world.creatives import BANNER
 
 MAX_REQUEST_ID_CHARS = 128
 MAX_USER_ID_CHARS = 256
@@ -201,11 +200,6 @@ class EventRows:
             return list(itertools.chain.from_iterable(getattr(r, name) for r in parts))
 
         badv, bcat = chain("badv"), chain("bcat")
-        errors: dict[int, str] = {}
-        offset = 0
-        for r in parts:
-            errors.update({offset + i: m for i, m in r.errors.items()})
-            offset += len(r)
         batch = make_batch(
             chain("request_id"), chain("user_id"), chain("context_text"),
             np.array(chain("floor"), np.int64), np.array(chain("device"), np.int64),
@@ -215,22 +209,9 @@ class EventRows:
             list(itertools.chain.from_iterable(badv)),
             np.fromiter(map(len, badv), np.int64, len(badv)),
             list(itertools.chain.from_iterable(bcat)),
-            np.fromiter(map(len, bcat), np.int64, len(bcat)), errors)
-        if any(r.formats is not None for r in parts):
-            batch.formats = np.array(list(itertools.chain.from_iterable(
-                r.formats if r.formats is not None else [BANNER] * len(r) for r in parts)),
-                np.uint8)
-            batch.video_ads = list(itertools.chain.from_iterable(
-                r.video_ads if r.video_ads is not None else [None] * len(r) for r in parts))
-            batch.deal_campaigns = list(itertools.chain.from_iterable(
-                r.deal_campaigns if r.deal_campaigns is not None else [None] * len(r)
-                for r in parts))
-            batch.hold_ms = np.array(list(itertools.chain.from_iterable(
-                r.hold_ms if r.hold_ms is not None else [0] * len(r) for r in parts)),
-                np.int64)
-            batch.blocked_attrs = np.array(list(itertools.chain.from_iterable(
-                r.blocked_attrs if r.blocked_attrs is not None else [0] * len(r)
-                for r in parts)), np.uint64)
+            np.fromiter(map(len, bcat), np.int64, len(bcat)), merged_errors(parts))
+        for name, value in merged_limits(parts).items():
+            setattr(batch, name, value)
         return batch
 
 

@@ -64,11 +64,6 @@ class EventBatch:
         pointing at their events."""
         if len(batches) == 1:
             return batches[0]
-        errors: dict[int, str] = {}
-        offset = 0
-        for b in batches:
-            errors.update({offset + i: message for i, message in b.errors.items()})
-            offset += len(b)
 
         def lists(name: str) -> list:
             return list(itertools.chain.from_iterable(getattr(b, name) for b in batches))
@@ -87,23 +82,36 @@ class EventBatch:
             blocked_advertisers_count=arrays("blocked_advertisers_count"),
             blocked_categories=lists("blocked_categories"),
             blocked_categories_count=arrays("blocked_categories_count"),
-            errors=errors, **_formats(batches))
+            errors=merged_errors(batches), **merged_limits(batches))
 
 
-def _formats(batches: Sequence[EventBatch]) -> dict:
-    """The merged formats and video fits, when any part has them."""
-    if all(b.formats is None and b.video_ads is None and b.deal_campaigns is None
-           and b.hold_ms is None and b.blocked_attrs is None for b in batches):
+# What limits the ads an event may show, with each field's value for an event that says
+# nothing and its array type (None: a list). Edges that fill them (OpenRTB) hand them in as
+# lists or arrays; merged batches carry them only when some part does.
+LIMITS = (("formats", BANNER, np.uint8), ("video_ads", None, None),
+          ("deal_campaigns", None, None), ("hold_ms", 0, np.int64),
+          ("blocked_attrs", 0, np.uint64))
+
+
+def merged_errors(parts: Sequence) -> dict[int, str]:
+    """The parts' errors, each moved to its event's position in the merged batch."""
+    errors: dict[int, str] = {}
+    offset = 0
+    for part in parts:
+        errors.update({offset + i: message for i, message in part.errors.items()})
+        offset += len(part)
+    return errors
+
+
+def merged_limits(parts: Sequence) -> dict:
+    """The parts' LIMITS fields, merged (defaults for parts without them); {} when no part
+    has any."""
+    if all(getattr(part, name) is None for part in parts for name, _, _ in LIMITS):
         return {}
-    return {"formats": np.concatenate([b.formats if b.formats is not None
-                                       else np.full(len(b), BANNER, np.uint8) for b in batches]),
-            "video_ads": list(itertools.chain.from_iterable(
-                b.video_ads if b.video_ads is not None else [None] * len(b) for b in batches)),
-            "deal_campaigns": list(itertools.chain.from_iterable(
-                b.deal_campaigns if b.deal_campaigns is not None else [None] * len(b)
-                for b in batches)),
-            "hold_ms": np.concatenate([b.hold_ms if b.hold_ms is not None
-                                       else np.zeros(len(b), np.int64) for b in batches]),
-            "blocked_attrs": np.concatenate([b.blocked_attrs if b.blocked_attrs is not None
-                                             else np.zeros(len(b), np.uint64)
-                                             for b in batches])}
+    out: dict = {}
+    for name, default, dtype in LIMITS:
+        values = [v if (v := getattr(part, name)) is not None else [default] * len(part)
+                  for part in parts]
+        out[name] = list(itertools.chain.from_iterable(values)) if dtype is None else \
+            np.concatenate([np.asarray(v, dtype=dtype) for v in values])
+    return out
