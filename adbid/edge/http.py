@@ -17,6 +17,9 @@ loop, beside gRPC, on the same pipeline and the same books:
   ReportOutcomes. A notice whose signature does not match is refused (403); one for
   test traffic is ignored; both are counted and logged, never booked.
 - `GET /healthz`: 200 while serving, 503 otherwise.
+
+Connections: keep-alive; closed when a request's headers do not arrive within the
+header timeout; 503 beyond the connection limit.
 """
 
 from __future__ import annotations
