@@ -43,6 +43,10 @@ class _Events(Protocol):  # adbid.stages.batch.EventBatch, resolved; [B] each
     @property
     def blocked_adv_ids(self) -> npt.NDArray[np.int32] | None: ...  # const int32_t[...]; advertiser ids
     @property
+    def blocked_subcategory_ptr(self) -> npt.NDArray[np.int32] | None: ...  # const int32_t[B + 1]; CSR
+    @property
+    def blocked_subcategory_ids(self) -> npt.NDArray[np.int32] | None: ...  # const int32_t[...]; subcategory ids
+    @property
     def user_key(self) -> npt.NDArray[np.uint64] | None: ...  # const uint64_t; hash of the user id
     @property
     def user_known(self) -> npt.NDArray[np.uint8] | None: ...  # const uint8_t; 0 = no usable user id
@@ -71,6 +75,10 @@ class _Campaigns(Protocol):  # adbid.world.campaigns.CampaignTable; [C] each
     @property
     def site_block_ids(self) -> npt.NDArray[np.int32]: ...  # const int32_t[...]
     @property
+    def subcategory_ptr(self) -> npt.NDArray[np.int32]: ...  # const int32_t[C + 1]; CSR
+    @property
+    def subcategory_ids(self) -> npt.NDArray[np.int32]: ...  # const int32_t[...]; IAB subcategory ids
+    @property
     def freq_cap(self) -> npt.NDArray[np.int32]: ...  # const int32_t; impressions per window, 0 = uncapped
     @property
     def freq_window_s(self) -> npt.NDArray[np.int64]: ...  # const int64_t
@@ -87,7 +95,7 @@ class _Books(Protocol):  # adbid.money.ledger.SpendLedger; [C] each
 
 class _Outputs(Protocol):  # adbid.stages.decision.Decisions; [B] each, written
     @property
-    def candidate(self) -> npt.NDArray[np.int32]: ...  # int32_t; chosen column of cand_ad or -1
+    def candidate(self) -> npt.NDArray[np.int32]: ...  # int32_t; chosen column k; no bid: -2 - k for the best rejected candidate (value > 0), else -1
     @property
     def price_cpm_micros(self) -> npt.NDArray[np.int64]: ...  # int64_t
     @property

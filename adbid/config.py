@@ -74,6 +74,10 @@ class ServerConfig:
     require_gpu: bool = setting(False, "Refuse to start unless the model runs on CUDA.")
     shading: float = setting(0.85, "First-price bid = value x shading (0..1], at least the "
                              "floor.")
+    unspecified_auction: str = setting(
+        "second", "How an event with AUCTION_TYPE_UNSPECIFIED is bid: 'second' (OpenRTB's "
+        "default: the value, unshaded) or 'first' (shaded like a first-price auction).",
+        choices=("second", "first"))
     max_batch_events: int = setting(4096, "Largest batch accepted, in events (larger: "
                                     "INVALID_ARGUMENT).", flag="--max-batch", minimum=1)
     max_message_bytes: int = setting(16 * 1024 * 1024, "gRPC receive and send limit, bytes.",

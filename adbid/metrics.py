@@ -13,8 +13,9 @@ _BUCKETS_S = (50e-6, 100e-6, 250e-6, 500e-6, 1e-3, 2e-3, 3e-3, 5e-3, 7.5e-3, 10e
 
 # Prometheus metrics are process-wide (one registry per process).
 REQUESTS = Counter("adbid_requests", "RPCs handled", ["rpc", "code"])
-EVENTS = Counter("adbid_events", "Ad events decided")
-BIDS = Counter("adbid_bids", "Bids made")
+EVENTS = Counter("adbid_events", "Ad events decided, live or test traffic (test: the "
+                 "events' test flag, and the server's own warm-up and calibration)", ["traffic"])
+BIDS = Counter("adbid_bids", "Bids made, live or test traffic", ["traffic"])
 NO_BIDS = Counter("adbid_no_bids", "No-bids by reason", ["reason"])
 ERRORS = Counter("adbid_errors", "Errors by kind", ["kind"])
 STAGE_SECONDS = Histogram("adbid_stage_seconds", "Time per batch in each pipeline stage",

@@ -75,6 +75,18 @@ cdef inline bint in_list(const int32_t[::1] ids, int32_t start, int32_t stop,
     return False
 
 
+cdef inline bint shares_one(const int32_t[::1] a, int32_t a_start, int32_t a_stop,
+                            const int32_t[::1] b, int32_t b_start, int32_t b_stop) noexcept nogil:
+    """Do a[a_start:a_stop] and b[b_start:b_stop] share an id? (Both short; empty is common.)"""
+    cdef int32_t j
+    if a_start == a_stop or b_start == b_stop:
+        return False
+    for j in range(a_start, a_stop):
+        if in_list(b, b_start, b_stop, a[j]):
+            return True
+    return False
+
+
 cdef inline uint64_t freq_key(uint64_t user_key, int32_t campaign) noexcept nogil:
     """splitmix64 of (user, campaign); never 0, which marks an empty slot."""
     cdef uint64_t z = user_key ^ ((<uint64_t>campaign + 1) * <uint64_t>0x9E3779B97F4A7C15)
@@ -198,6 +210,8 @@ def decide_batch(
     cdef const uint64_t[::1] blocked_category_mask = events.blocked_category_mask
     cdef const int32_t[::1] blocked_adv_ptr = events.blocked_adv_ptr
     cdef const int32_t[::1] blocked_adv_ids = events.blocked_adv_ids
+    cdef const int32_t[::1] blocked_sub_ptr = events.blocked_subcategory_ptr
+    cdef const int32_t[::1] blocked_sub_ids = events.blocked_subcategory_ids
     cdef const uint64_t[::1] user_key = events.user_key
     cdef const uint8_t[::1] user_known = events.user_known
     cdef const uint8_t[::1] is_test = events.is_test
@@ -206,6 +220,8 @@ def decide_batch(
     cdef const uint64_t[::1] camp_device_mask = campaigns.device_mask
     cdef const uint64_t[::1] camp_size_mask = campaigns.size_mask
     cdef const uint64_t[::1] camp_category_mask = campaigns.category_mask
+    cdef const int32_t[::1] camp_sub_ptr = campaigns.subcategory_ptr
+    cdef const int32_t[::1] camp_sub_ids = campaigns.subcategory_ids
     cdef const int32_t[::1] camp_advertiser_id = campaigns.advertiser_id
     cdef const int32_t[::1] camp_site_allow_ptr = campaigns.site_allow_ptr
     cdef const int32_t[::1] camp_site_allow_ids = campaigns.site_allow_ids
@@ -230,7 +246,7 @@ def decide_batch(
     cdef Py_ssize_t i, k
     cdef int64_t ad, value, price, available, floor
     cdef int64_t best_value, best_price, rejected_value
-    cdef int32_t c, best_k, best_c, reason, rejected_reason, site
+    cdef int32_t c, best_k, best_c, reason, rejected_reason, rejected_k, site
     cdef int error = OK
 
     with nogil:
@@ -240,6 +256,7 @@ def decide_batch(
             best_value = -1
             best_price = 0
             rejected_value = -1
+            rejected_k = -1
             rejected_reason = REASON_NO_CANDIDATES
             floor = floor_micros[i]
             site = site_id[i]
@@ -265,6 +282,8 @@ def decide_batch(
                                       camp_site_allow_ptr[c + 1], site)):
                     reason = REASON_TARGETING
                 elif (camp_category_mask[c] & blocked_category_mask[i]
+                      or shares_one(camp_sub_ids, camp_sub_ptr[c], camp_sub_ptr[c + 1],
+                                    blocked_sub_ids, blocked_sub_ptr[i], blocked_sub_ptr[i + 1])
                       or in_list(camp_site_block_ids, camp_site_block_ptr[c],
                                  camp_site_block_ptr[c + 1], site)
                       or in_list(blocked_adv_ids, blocked_adv_ptr[i], blocked_adv_ptr[i + 1],
@@ -286,7 +305,7 @@ def decide_batch(
                             price = floor
                     if price <= 0:
                         reason = REASON_BELOW_FLOOR
-                    elif not is_test[i]:
+                    else:  # test traffic too: it shows what a live event would get
                         available = (camp_budget_micros[c] - camp_spent_micros[c]
                                      - camp_reserved_micros[c])
                         if impression_cost_micros(price) > available:
@@ -299,6 +318,7 @@ def decide_batch(
                         best_c = c
                 elif value > rejected_value:
                     rejected_value = value
+                    rejected_k = <int32_t>k
                     rejected_reason = reason
             if best_k >= 0:
                 if not is_test[i]:
@@ -310,7 +330,8 @@ def decide_batch(
                 out_value_micros[i] = best_value
                 out_reason[i] = REASON_UNSPECIFIED
             else:
-                out_k[i] = -1
+                # -2 - k: no bid, and column k held the best rejected candidate
+                out_k[i] = -2 - rejected_k if rejected_value > 0 else -1
                 out_price_micros[i] = 0
                 out_value_micros[i] = rejected_value if rejected_value > 0 else 0
                 out_reason[i] = rejected_reason

@@ -38,6 +38,11 @@ def random_case(rng: np.random.Generator, n_events: int, k: int, n_ads: int = 40
     block_ptr, block_ids = csr(site_lists(0.2))
     badv_ptr, badv_ids = csr([rng.integers(0, n_advs, rng.integers(1, 3)).tolist()
                               if rng.random() < 0.15 else [] for _ in range(n_events)])
+    n_subs = 5  # subcategory ids
+    sub_lists = lambda n, p: [rng.integers(0, n_subs, rng.integers(1, 3)).tolist()  # noqa: E731
+                              if rng.random() < p else [] for _ in range(n)]
+    bsub_ptr, bsub_ids = csr(sub_lists(n_events, 0.1))
+    csub_ptr, csub_ids = csr(sub_lists(n_camps, 0.3))
     n_users = 5
     return dict(
         cand_ad=cand_ad,
@@ -51,6 +56,7 @@ def random_case(rng: np.random.Generator, n_events: int, k: int, n_ads: int = 40
         blocked_category_mask=np.where(rng.random(n_events) < 0.15,
                                        rng.integers(0, 1 << 26, n_events), 0).astype(np.uint64),
         blocked_adv_ptr=badv_ptr, blocked_adv_ids=badv_ids,
+        blocked_sub_ptr=bsub_ptr, blocked_sub_ids=bsub_ids,
         # Few distinct users so that frequency caps bind within a batch.
         user_key=rng.integers(0, n_users, n_events).astype(np.uint64) * np.uint64(0x9E3779B1),
         user_known=(rng.random(n_events) < 0.85).astype(np.uint8),
@@ -68,6 +74,7 @@ def random_case(rng: np.random.Generator, n_events: int, k: int, n_ads: int = 40
         camp_advertiser_id=rng.integers(-1, n_advs, n_camps).astype(np.int32),
         camp_site_allow_ptr=allow_ptr, camp_site_allow_ids=allow_ids,
         camp_site_block_ptr=block_ptr, camp_site_block_ids=block_ids,
+        camp_subcategory_ptr=csub_ptr, camp_subcategory_ids=csub_ids,
         camp_freq_cap=np.where(rng.random(n_camps) < 0.4, rng.integers(1, 4, n_camps),
                                0).astype(np.int32),
         camp_freq_window_s=rng.choice([10, 3600], n_camps).astype(np.int64),
@@ -164,6 +171,7 @@ def simple_case(n_events=3, k=3) -> dict:
         size_id=np.zeros(n_events, np.int32), site_id=np.full(n_events, -1, np.int32),
         blocked_category_mask=np.zeros(n_events, np.uint64),
         blocked_adv_ptr=np.zeros(n_events + 1, np.int32), blocked_adv_ids=np.zeros(0, np.int32),
+        blocked_sub_ptr=np.zeros(n_events + 1, np.int32), blocked_sub_ids=np.zeros(0, np.int32),
         user_key=np.arange(n_events, dtype=np.uint64) + np.uint64(7),
         user_known=np.ones(n_events, np.uint8), is_test=np.zeros(n_events, np.uint8),
         ad_campaign=np.arange(k, dtype=np.int32),
@@ -177,6 +185,8 @@ def simple_case(n_events=3, k=3) -> dict:
         camp_advertiser_id=np.arange(k, dtype=np.int32),
         camp_site_allow_ptr=np.zeros(k + 1, np.int32), camp_site_allow_ids=np.zeros(0, np.int32),
         camp_site_block_ptr=np.zeros(k + 1, np.int32), camp_site_block_ids=np.zeros(0, np.int32),
+        camp_subcategory_ptr=np.zeros(k + 1, np.int32),
+        camp_subcategory_ids=np.zeros(0, np.int32),
         camp_freq_cap=np.zeros(k, np.int32), camp_freq_window_s=np.full(k, 86_400, np.int64),
         camp_budget_micros=np.full(k, 10**12, np.int64),
         camp_spent_micros=np.zeros(k, np.int64),
@@ -187,9 +197,23 @@ def simple_case(n_events=3, k=3) -> dict:
 
 
 def decide(case):
+    """The core's outputs (after checking them against the reference), with every no-bid's
+    candidate as -1 (the facade's form: -2 - k names the best rejected column)."""
     core, reference = run_both(case)
     assert_same(core, reference)
-    return core
+    return (core[0], np.maximum(core[1], -1), *core[2:])
+
+
+def test_a_no_bid_names_its_best_rejected_candidate():
+    case = simple_case(3, 3)
+    case["score"][:] = np.array([0.1, 0.3, 0.2], np.float32)
+    case["floor_micros"][:] = [0, 5_000_000, 0]
+    case["camp_active"][:] = 1
+    case["score"][2] = 0.0  # nothing worth anything: no candidate to name
+    core, reference = run_both(case)
+    assert_same(core, reference)
+    assert core[1].tolist() == [1, -2 - 1, -1]
+    assert core[3].tolist()[1] == 1_200_000 and core[3].tolist()[2] == 0
 
 
 def test_ties_pick_the_first_candidate():
@@ -235,12 +259,14 @@ def test_budget_exhausted_mid_batch_stops_bidding_for_that_campaign():
     assert reserved[0] == case["camp_budget_micros"][0]
 
 
-def test_test_traffic_reserves_nothing():
+def test_test_traffic_reserves_nothing_and_respects_budgets():
     case = simple_case(4, 2)
     case["is_test"][:] = 1
-    case["camp_budget_micros"][:] = 0  # would block live traffic
     _, k, _, _, _, reserved = decide(case)
     assert (k == 0).all() and (reserved == 0).all()
+    case["camp_budget_micros"][:] = 0  # exhausted: test traffic sees what live traffic would
+    _, k, _, _, reason, reserved = decide(case)
+    assert (k == -1).all() and (reason == pb.NO_BID_REASON_BUDGET_EXHAUSTED).all()
 
 
 def test_missing_candidates_are_skipped():
@@ -279,12 +305,12 @@ def test_frequency_cap_binds_per_user_and_campaign_and_its_window_expires():
     case["user_key"][:] = 42  # the same user four times
     tables = (_decision.FrequencyTable(64), ref.FrequencyDict())
     _, k, _, _, reason, _ = run_both(case, tables)[0]
-    assert k.tolist() == [0, 0, -1, -1]
+    assert k.tolist() == [0, 0, -2, -2]  # no bid; column 0 was the best rejected
     assert reason[2:].tolist() == [pb.NO_BID_REASON_FREQUENCY_CAP] * 2
     case["now_s"] += 99
-    assert (run_both(case, tables)[0][1] == -1).all()  # still inside the window
+    assert (run_both(case, tables)[0][1] < 0).all()  # still inside the window
     case["now_s"] += 1
-    assert run_both(case, tables)[0][1].tolist() == [0, 0, -1, -1]  # a new window
+    assert run_both(case, tables)[0][1].tolist() == [0, 0, -2, -2]  # a new window
 
 
 def test_users_without_a_usable_id_never_pass_a_frequency_capped_campaign():

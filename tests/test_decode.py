@@ -30,6 +30,14 @@ def test_empty_batch():
     assert len(b) == 0 and b.floor_micros.shape == (0,) and not b.errors
 
 
+def test_slot_size_errors_name_their_field_and_zero_means_unknown():
+    b = decode([event(request_id="w", slot_width_px=5000), event(request_id="h", slot_height_px=-1),
+                event(request_id="zero", slot_width_px=0, slot_height_px=0)])
+    assert b.errors[0].startswith("slot_width_px:") and "height" not in b.errors[0]
+    assert b.errors[1].startswith("slot_height_px:") and "width" not in b.errors[1]
+    assert 2 not in b.errors
+
+
 def test_invalid_events_are_marked_with_field_and_problem():
     b = decode([
         event(request_id=""),
@@ -44,6 +52,6 @@ def test_invalid_events_are_marked_with_field_and_problem():
     assert e[0].startswith("request_id") and "empty" in e[0]
     assert 1 not in e and "duplicate" in e[2]
     assert e[3].startswith("floor_cpm_micros") and e[4].startswith("device_type")
-    assert e[5].startswith("slot size") and e[6].startswith("context_text")
+    assert e[5].startswith("slot_width_px: must be 0..4096") and e[6].startswith("context_text")
     assert 7 not in e
     assert b.device_type[4] == 0  # invalid enum never reaches the model's gather

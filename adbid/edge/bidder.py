@@ -46,6 +46,8 @@ log = logging.getLogger(__name__)
 
 SERVICE = pb.DESCRIPTOR.services_by_name["Bidder"].full_name
 REASON_NAMES = {v: pb.NoBidReason.Name(v) for v in pb.NoBidReason.values()}
+LIVE_EVENTS, TEST_EVENTS = metrics.EVENTS.labels("live"), metrics.EVENTS.labels("test")
+LIVE_BIDS, TEST_BIDS = metrics.BIDS.labels("live"), metrics.BIDS.labels("test")
 for _value, _name in REASON_NAMES.items():
     if _value:
         metrics.NO_BIDS.labels(_name)  # exported at 0 from the start
@@ -132,19 +134,33 @@ class BidderService:
         latency_us = int((t3 - t0) * 1e6)
         resp = finish(resp, latency_us)
         deadline.withhold_if_late(lambda: p.withdraw(batch, dec))
-        self.tally.events += n
-        metrics.EVENTS.inc(n)
         metrics.BATCH_EVENTS.observe(n)
-        bids = int(dec.bid.sum())
-        self.tally.bids += bids
-        metrics.BIDS.inc(bids)
+        bids = self.count(batch.is_test, dec)
         log.debug("batch: %d events, %d bids, %d us", n, bids, latency_us)
+        return resp
+
+    def count(self, is_test: np.ndarray, dec: Decisions) -> int:
+        """Count decided events, bids and no-bid reasons (live and test traffic apart, in
+        the metrics); returns the number of bids."""
+        n = len(dec.bid)
+        bids = int(dec.bid.sum())
+        self.tally.events += n
+        self.tally.bids += bids
+        tests = int(is_test.sum()) if n else 0
+        if tests:
+            test_bids = int(dec.bid[is_test != 0].sum())
+            TEST_EVENTS.inc(tests)
+            TEST_BIDS.inc(test_bids)
+        else:
+            test_bids = 0
+        LIVE_EVENTS.inc(n - tests)
+        LIVE_BIDS.inc(bids - test_bids)
         if bids < n:
             counts = np.bincount(dec.reason, minlength=len(REASON_NAMES))
             for reason, count in enumerate(counts.tolist()):
                 if count and reason:
                     metrics.NO_BIDS.labels(REASON_NAMES.get(reason, str(reason))).inc(count)
-        return resp
+        return bids
 
     async def decide(self, p: Pipeline, batch: EventBatch | EventRows,
                      deadline: Deadline) -> tuple[Decisions, asyncio.Future | None]:

@@ -238,6 +238,8 @@ def make_batch(rid: list[str], user: list[str], context: list[str], floor: np.nd
         blocked_categories_count=bcat_count,
         errors=dict(errors) if errors else {},
     )
+    if (unspecified := auction == pb.AUCTION_TYPE_UNSPECIFIED).any():
+        batch.unspecified_auction = unspecified.astype(np.uint8)
     _validate(batch, auction, width, height, longest or {})
     return batch
 
@@ -278,9 +280,10 @@ def _validate(b: EventBatch, auction: np.ndarray, width: np.ndarray, height: np.
     bad_device = (b.device_type < 0) | (b.device_type >= N_DEVICE_TYPES)
     flag(bad_device, "device_type: unknown enum value")
     flag((auction < 0) | (auction >= N_AUCTION_TYPES), "auction_type: unknown enum value")
-    bad_size = ((width < 0) | (width > targeting.MAX_SLOT_PX)
-                | (height < 0) | (height > targeting.MAX_SLOT_PX))
-    flag(bad_size, f"slot size: width and height must be 0..{targeting.MAX_SLOT_PX}")
+    flag((width < 0) | (width > targeting.MAX_SLOT_PX),
+         f"slot_width_px: must be 0..{targeting.MAX_SLOT_PX} (0 = unknown)")
+    flag((height < 0) | (height > targeting.MAX_SLOT_PX),
+         f"slot_height_px: must be 0..{targeting.MAX_SLOT_PX} (0 = unknown)")
     if bad_device.any():
         b.device_type[bad_device] = 0  # keeps the model's device gather in range
 

@@ -33,7 +33,7 @@ def encode(batch_id: str, batch: EventBatch, dec: Decisions, campaign_ids: Seque
         elif reason == pb.NO_BID_REASON_INVALID_EVENT:
             add(request_id=rid, no_bid_reason=reason, error=errors.get(i, ""))
         else:
-            add(request_id=rid, no_bid_reason=reason, value_cpm_micros=value)
+            add(request_id=rid, no_bid_reason=reason, value_cpm_micros=value, score=score)
     return resp
 
 
@@ -73,7 +73,7 @@ def encode_columns(batch_id: str, batch: EventBatch, dec: Decisions, campaign_ta
         np.where(bid, dec.price_cpm_micros, 0),
         campaign_table[np.where(bid, dec.campaign_row, -1)].tolist(),
         creative_table[np.where(bid, dec.ad_row, -1)].tolist(),
-        np.where(bid, dec.score, 0).astype(np.float32),
+        np.where(invalid, 0, dec.score).astype(np.float32),
         np.where(bid, 0, dec.reason).astype(np.int64),
         np.where(invalid, 0, dec.value_cpm_micros), errors, world_version)
 

@@ -191,6 +191,7 @@ class OpenRtbApp:
             p.withdraw(SimpleNamespace(request_id=[batch.request_id[i] for i in dropped],
                                        is_test=batch.is_test[dropped]), dec.take(dropped))
             dec.bid[dropped] = False
+        self.bidder.count(batch.is_test, dec)
         response = build_response(auction, dec, p, p.world.currencies, self.cfg.openrtb_seat,
                                   self.base, self.signer, dealids)
         if response is None:

@@ -37,6 +37,9 @@ class EventBatch:
     blocked_categories: Sequence[str]  # OpenRTB bcat: IAB codes
     blocked_categories_count: np.ndarray  # int64[B]
     errors: dict[int, str] = field(default_factory=dict)  # event position -> problem
+    # uint8[B], 1 = the event named no auction type (None: every event named one); the
+    # pipeline treats those as the server's --unspecified-auction says.
+    unspecified_auction: np.ndarray | None = None
     # What each event may show, as adbid.world.creatives format bits (None: banners only),
     # and for video, the video ads that fit it (None: any).
     formats: np.ndarray | None = None  # uint8[B]
@@ -54,6 +57,8 @@ class EventBatch:
     blocked_category_mask: np.ndarray | None = None  # uint64[B]
     blocked_adv_ptr: np.ndarray | None = None  # int32[B + 1], CSR over blocked_adv_ids
     blocked_adv_ids: np.ndarray | None = None  # int32[...]
+    blocked_subcategory_ptr: np.ndarray | None = None  # int32[B + 1], CSR over the ids
+    blocked_subcategory_ids: np.ndarray | None = None  # int32[...], CampaignTable.subcategory_id
 
     def __len__(self) -> int:
         return len(self.request_id)
@@ -82,7 +87,8 @@ class EventBatch:
             blocked_advertisers_count=arrays("blocked_advertisers_count"),
             blocked_categories=lists("blocked_categories"),
             blocked_categories_count=arrays("blocked_categories_count"),
-            errors=merged_errors(batches), **merged_limits(batches))
+            errors=merged_errors(batches), unspecified_auction=merged_optional(
+                batches, "unspecified_auction", np.uint8), **merged_limits(batches))
 
 
 # What limits the ads an event may show, with each field's value for an event that says
@@ -101,6 +107,14 @@ def merged_errors(parts: Sequence) -> dict[int, str]:
         errors.update({offset + i: message for i, message in part.errors.items()})
         offset += len(part)
     return errors
+
+
+def merged_optional(parts: Sequence, name: str, dtype) -> np.ndarray | None:
+    """An optional array column merged (zeros for parts without it); None when no part has it."""
+    if all(getattr(part, name) is None for part in parts):
+        return None
+    return np.concatenate([np.zeros(len(part), dtype) if (v := getattr(part, name)) is None
+                           else np.asarray(v, dtype) for part in parts])
 
 
 def merged_limits(parts: Sequence) -> dict:

@@ -29,7 +29,9 @@ class Decisions:
     campaign_row: np.ndarray  # int32[B], -1 = no bid
     price_cpm_micros: np.ndarray  # int64[B]
     value_cpm_micros: np.ndarray  # int64[B]
-    score: np.ndarray  # float32[B], model P(intent) of the chosen candidate (0 = no bid)
+    # float32[B], model P(intent) of the chosen candidate; for a no-bid, of the best rejected
+    # candidate (the one value_cpm_micros describes), 0 when there was none
+    score: np.ndarray
     reason: np.ndarray  # int32[B], adbid.v1.NoBidReason
 
     def part(self, start: int, stop: int) -> Decisions:
@@ -90,12 +92,17 @@ class DecisionCore:
             raise RuntimeError(f"decision core: {_ERRORS.get(err, f'error {err}')}")
         bid = out.candidate >= 0
         rows = np.arange(n)
-        k = np.where(bid, out.candidate, 0)
+        # A no-bid's candidate is -2 - k when column k held the best rejected candidate:
+        # its score goes out beside its value (both describe it), then -1 marks the no-bid.
+        rejected = out.candidate <= -2
+        k = np.where(bid, out.candidate, np.where(rejected, -2 - out.candidate, 0))
         ad_row = np.where(bid, cand_ad[rows, k] if n else np.empty(0, np.int64), -1)
         campaign_row = np.where(bid, self.ad_campaign[np.maximum(ad_row, 0)], -1).astype(np.int32)
-        chosen_score = np.where(bid, score[rows, k] if n else np.empty(0, np.float32), 0.0)
+        chosen_score = np.where(bid | rejected, score[rows, k] if n else np.empty(0, np.float32),
+                                0.0)
+        np.maximum(out.candidate, -1, out=out.candidate)
         out.bid, out.ad_row, out.campaign_row = bid, ad_row, campaign_row
-        out.score = chosen_score.astype(np.float32)
+        out.score = np.clip(np.nan_to_num(chosen_score, nan=0.0), 0.0, 1.0).astype(np.float32)
         return out
 
     def release_frequency(self, res: Reservation, now_s: int) -> None:

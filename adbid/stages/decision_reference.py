@@ -87,6 +87,8 @@ def reference_decide_batch(cand_ad, score, events, campaigns, ad_campaign, pacin
         e.floor_micros, e.first_price, e.country_bit, e.device_bit, e.size_bit, e.site_id)
     blocked_category_mask, blocked_adv_ptr, blocked_adv_ids = (
         e.blocked_category_mask, e.blocked_adv_ptr, e.blocked_adv_ids)
+    blocked_sub_ptr, blocked_sub_ids = e.blocked_subcategory_ptr, e.blocked_subcategory_ids
+    camp_sub_ptr, camp_sub_ids = c_.subcategory_ptr, c_.subcategory_ids
     user_key, user_known, is_test = e.user_key, e.user_known, e.is_test
     camp_value_per_action_micros, camp_pacing = c_.value_per_action_micros, pacing
     camp_country_mask, camp_device_mask, camp_size_mask, camp_category_mask = (
@@ -104,11 +106,12 @@ def reference_decide_batch(cand_ad, score, events, campaigns, ad_campaign, pacin
     error = 0
     for i in range(cand_ad.shape[0]):
         best = None  # (value, price, k, campaign)
-        rejected_value, rejected_reason = -1, REASON_NO_CANDIDATES
+        rejected_value, rejected_reason, rejected_k = -1, REASON_NO_CANDIDATES, -1
         floor = int(floor_micros[i])
         site = int(site_id[i])
         start, stop = blocked_adv_ptr[i], blocked_adv_ptr[i + 1]
         blocked_advertisers = set(blocked_adv_ids[start:stop].tolist())
+        blocked_subs = set(blocked_sub_ids[blocked_sub_ptr[i]:blocked_sub_ptr[i + 1]].tolist())
         for k in range(cand_ad.shape[1]):
             ad = int(cand_ad[i, k])
             if ad < 0 or ad >= n_ads:
@@ -129,6 +132,8 @@ def reference_decide_batch(cand_ad, score, events, campaigns, ad_campaign, pacin
                       and _bit_set(camp_size_mask[c], size_id[i])) or (allow and site not in allow):
                 reason = REASON_TARGETING
             elif (int(camp_category_mask[c]) & int(blocked_category_mask[i]) or site in block
+                  or blocked_subs.intersection(
+                      camp_sub_ids[camp_sub_ptr[c]:camp_sub_ptr[c + 1]].tolist())
                   or int(camp_advertiser_id[c]) in blocked_advertisers):
                 reason = REASON_BLOCKED
             elif cap > 0 and (not user_known[i] or freq.count(
@@ -143,7 +148,7 @@ def reference_decide_batch(cand_ad, score, events, campaigns, ad_campaign, pacin
                     price = max(int(float(value) * float(shading)), floor)
                 if price <= 0:
                     reason = REASON_BELOW_FLOOR
-                elif not is_test[i]:
+                else:
                     available = (int(camp_budget_micros[c]) - int(camp_spent_micros[c])
                                  - int(camp_reserved_micros[c]))
                     if impression_cost_micros(price) > available:
@@ -152,7 +157,7 @@ def reference_decide_batch(cand_ad, score, events, campaigns, ad_campaign, pacin
                 if best is None or value > best[0]:
                     best = (value, price, k, c)
             elif value > rejected_value:
-                rejected_value, rejected_reason = value, reason
+                rejected_value, rejected_reason, rejected_k = value, reason, k
         if best is not None:
             value, price, k, c = best
             if not is_test[i]:
@@ -161,7 +166,8 @@ def reference_decide_batch(cand_ad, score, events, campaigns, ad_campaign, pacin
                     freq.add(int(user_key[i]), c, int(now_s), int(camp_freq_window_s[c]), 1)
             out_k[i], out_price_micros[i], out_value_micros[i], out_reason[i] = k, price, value, 0
         else:
-            out_k[i], out_price_micros[i] = -1, 0
+            out_k[i] = -2 - rejected_k if rejected_value > 0 else -1
+            out_price_micros[i] = 0
             out_value_micros[i] = max(rejected_value, 0)
             out_reason[i] = rejected_reason
     return error
@@ -171,6 +177,8 @@ EVENT_COLUMNS = {"floor_micros": "floor_micros", "first_price": "first_price",
                  "country_id": "country_bit", "device_id": "device_bit", "size_id": "size_bit",
                  "site_id": "site_id", "blocked_category_mask": "blocked_category_mask",
                  "blocked_adv_ptr": "blocked_adv_ptr", "blocked_adv_ids": "blocked_adv_ids",
+                 "blocked_sub_ptr": "blocked_subcategory_ptr",
+                 "blocked_sub_ids": "blocked_subcategory_ids",
                  "user_key": "user_key", "user_known": "user_known", "is_test": "is_test"}
 BOOK_COLUMNS = {"camp_active": "active", "camp_budget_micros": "budget_micros",
                 "camp_spent_micros": "spent_micros", "camp_reserved_micros": "reserved_micros"}

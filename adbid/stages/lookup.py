@@ -44,6 +44,8 @@ def resolve(batch: EventBatch, campaigns: CampaignTable) -> None:
                                 dtype=np.int32, count=n)
     batch.blocked_category_mask = targeting.category_masks(batch.blocked_categories,
                                                            batch.blocked_categories_count)
+    batch.blocked_subcategory_ptr, batch.blocked_subcategory_ids = targeting.subcategory_ids(
+        batch.blocked_categories, batch.blocked_categories_count, campaigns.subcategory_id)
     # Advertiser domains to ids, kept flat: unknown domains (no campaign's advertiser)
     # drop out, and each event's count shrinks with them.
     counts = batch.blocked_advertisers_count

@@ -109,6 +109,7 @@ class Pipeline:
         self.executor = ThreadPoolExecutor(cfg.native_threads, thread_name_prefix="adbid-native",
                                            initializer=flush_denormals)
         self.running = 0  # batches inside run() now (a replaced pipeline waits for 0)
+        self.unspecified_first_price = cfg.unspecified_auction == "first"
 
     def close(self) -> None:
         """Stop this pipeline's threads (the ledger is the server's, closed separately)."""
@@ -221,6 +222,8 @@ class Pipeline:
             return self._no_bid(batch, blocked, pb.NO_BID_REASON_DEADLINE), None
 
         t2 = time.perf_counter()
+        if self.unspecified_first_price and batch.unspecified_auction is not None:
+            batch.first_price = batch.first_price | batch.unspecified_auction
         cand_ad = self._showable(batch, cand_ad)
         dec = self.core.decide(batch, cand_ad, score, blocked, now_s=int(time.time()))
         live = dec.bid & (batch.is_test == 0)

@@ -43,7 +43,10 @@ class CampaignTable:
     country_mask: np.ndarray  # uint64[C]
     device_mask: np.ndarray  # uint64[C]
     size_mask: np.ndarray  # uint64[C]
-    category_mask: np.ndarray  # uint64[C]; the campaign's own IAB tier-1 categories
+    category_mask: np.ndarray  # uint64[C]; the campaign's IAB tier-1 categories (and those
+    # of its subcategories): a tier-1 block ("IAB7") blocks them all
+    subcategory_ptr: np.ndarray  # int32[C + 1]; CSR of the campaign's subcategory ids
+    subcategory_ids: np.ndarray  # int32[...]; ids in subcategory_ids_of: "IAB7-39" blocks these
     advertiser_id: np.ndarray  # int32[C]; row in advertiser_ids, -1 = none given
     site_allow_ptr: np.ndarray  # int32[C + 1]; CSR of site ids the campaign is limited to
     site_allow_ids: np.ndarray  # int32[...]
@@ -54,6 +57,7 @@ class CampaignTable:
     pacing_mode: tuple[str, ...]  # "even" | "asap"
     site_ids: dict[str, int]  # site domain -> id, over every campaign's site lists
     advertiser_ids: dict[str, int]  # advertiser domain -> id
+    subcategory_id: dict[str, int]  # IAB subcategory code ("IAB7-39") -> id, over all campaigns
     records: tuple[dict[str, Any], ...]  # the validated source records
     # deal id -> (campaign row, floor in CPM micros, seats the deal is for; empty = any)
     deals: dict[str, tuple[int, int, tuple[str, ...]]]
@@ -73,9 +77,10 @@ class CampaignTable:
         """
         ids: list[str] = []
         cols: dict[str, list] = {k: [] for k in ("active", "vpa", "budget", "cm", "dm", "sm",
-                                                 "cat", "adv", "allow", "block", "cap", "win",
-                                                 "pacing")}
+                                                 "cat", "sub", "adv", "allow", "block", "cap",
+                                                 "win", "pacing")}
         site_ids: dict[str, int] = {}
+        subcategory_id: dict[str, int] = {}
         advertiser_ids: dict[str, int] = {}
         deals: dict[str, tuple[int, int, tuple[str, ...]]] = {}
         for n, r in enumerate(records):
@@ -98,7 +103,8 @@ class CampaignTable:
             cats = r.get("categories", [])
             bad = [c for c in cats if targeting.category_bit(c) is None]
             if bad:
-                raise ValueError(f"{where}: categories {bad} are not IAB codes (IAB1..IAB26)")
+                raise ValueError(f"{where}: categories {bad} are not IAB codes (IAB1..IAB26, "
+                                 "or a subcategory such as IAB7-39)")
             cap = r.get("frequency_cap") or {}
             impressions, window = cap.get("impressions", 0), cap.get("window_s", 86_400)
             if not (isinstance(impressions, int) and impressions >= 0
@@ -125,6 +131,8 @@ class CampaignTable:
             cols["dm"].append(dm)
             cols["sm"].append(sm)
             cols["cat"].append(targeting.category_mask(cats))
+            cols["sub"].append([subcategory_id.setdefault(code, len(subcategory_id))
+                                for code in map(targeting.subcategory_code, cats) if code])
             cols["adv"].append(advertiser_ids.setdefault(adv, len(advertiser_ids)) if adv else -1)
             cols["allow"].append([site_ids.setdefault(d, len(site_ids))
                                   for d in r.get("site_allow", [])])
@@ -135,6 +143,7 @@ class CampaignTable:
             cols["pacing"].append(pacing)
         allow_ptr, allow_ids = targeting.csr(cols["allow"])
         block_ptr, block_ids = targeting.csr(cols["block"])
+        sub_ptr, sub_ids = targeting.csr(cols["sub"])
         return cls(
             ids=tuple(ids),
             active=np.array(cols["active"], dtype=np.uint8),
@@ -144,6 +153,7 @@ class CampaignTable:
             device_mask=np.array(cols["dm"], dtype=np.uint64),
             size_mask=np.array(cols["sm"], dtype=np.uint64),
             category_mask=np.array(cols["cat"], dtype=np.uint64),
+            subcategory_ptr=sub_ptr, subcategory_ids=sub_ids,
             advertiser_id=np.array(cols["adv"], dtype=np.int32),
             site_allow_ptr=allow_ptr, site_allow_ids=allow_ids,
             site_block_ptr=block_ptr, site_block_ids=block_ids,
@@ -152,6 +162,7 @@ class CampaignTable:
             pacing_mode=tuple(cols["pacing"]),
             site_ids=site_ids,
             advertiser_ids=advertiser_ids,
+            subcategory_id=subcategory_id,
             records=tuple(dict(r) for r in records),
             deals=deals,
         )

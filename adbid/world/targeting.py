@@ -97,29 +97,40 @@ def size_mask(sizes: Iterable[str]) -> int:
     return mask_of(bits)
 
 
-# IAB content taxonomy 1.0, tier 1: "IAB1" .. "IAB26" -> bits 0..25. A
-# subcategory ("IAB7-39") counts as its tier-1 parent: blocking it blocks every
-# campaign of that parent, which errs on the side of the publisher.
+# IAB content taxonomy 1.0: tier 1 "IAB1" .. "IAB26" -> bits 0..25, subcategories
+# "IAB7-39" under their tier-1 parent. Blocks match at the level given: a tier-1 block
+# (bcat "IAB7") blocks the category and every subcategory of it; a subcategory block
+# ("IAB7-39") blocks only campaigns that carry that subcategory.
 N_IAB_TIER1 = 26
 
 
 def category_bit(code: str) -> int | None:
-    """"IAB7" or "IAB7-39" -> 6; anything else -> None. Codes repeat across events, so
-    short ones are cached; a long string is no IAB code (and is not kept in the cache)."""
-    return _category_bit(code) if len(code) <= 32 else None
+    """"IAB7" or "IAB7-39" -> 6 (the tier-1 bit); anything else -> None. Codes repeat
+    across events, so short ones are cached; a long string is no IAB code."""
+    return _parsed(code)[0] if len(code) <= 32 else None
+
+
+def subcategory_code(code: str) -> str | None:
+    """"IAB7-39" -> "IAB7-39" (normalised); a tier-1 code or anything else -> None."""
+    return _parsed(code)[1] if len(code) <= 32 else None
 
 
 @functools.lru_cache(maxsize=4096)
-def _category_bit(code: str) -> int | None:
-    head = code.strip().upper().split("-", 1)[0]
+def _parsed(code: str) -> tuple[int | None, str | None]:
+    head, _, tail = code.strip().upper().partition("-")
     if not head.startswith("IAB") or not head[3:].isdigit():
-        return None
+        return None, None
     n = int(head[3:])
-    return n - 1 if 1 <= n <= N_IAB_TIER1 else None
+    if not 1 <= n <= N_IAB_TIER1:
+        return None, None
+    if not tail:
+        return n - 1, None
+    return (n - 1, f"IAB{n}-{int(tail)}") if tail.isdigit() else (None, None)
 
 
 def category_mask(codes) -> int:
-    """IAB codes -> mask of tier-1 bits; unknown codes are ignored (0 if none)."""
+    """A campaign's IAB codes -> mask of their tier-1 bits (a subcategory's parent too);
+    unknown codes are ignored (0 if none)."""
     m = 0
     for code in codes:
         if (b := category_bit(code)) is not None:
@@ -129,20 +140,40 @@ def category_mask(codes) -> int:
 
 def category_masks(codes, counts: np.ndarray) -> np.ndarray:
     """Per-event masks of blocked tier-1 categories (uint64[B]) from a flat list of IAB
-    codes, event i owning the next counts[i]; unknown codes are ignored."""
+    codes, event i owning the next counts[i]. Only tier-1 codes count here (subcategory
+    blocks are matched by id); unknown codes are ignored."""
     masks = np.zeros(len(counts), dtype=np.uint64)
     if not len(codes):
         return masks
-    entry = np.fromiter(map(_category_entry, codes), dtype=np.uint64, count=len(codes))
+    entry = np.fromiter(map(_tier1_entry, codes), dtype=np.uint64, count=len(codes))
     owners = np.flatnonzero(counts)
     # reduceat ORs entry[starts[j]:starts[j + 1]]: the empty events in between own nothing.
     masks[owners] = np.bitwise_or.reduceat(entry, (np.cumsum(counts) - counts)[owners])
     return masks
 
 
-def _category_entry(code: str) -> int:
-    """One code's mask bit (0 for anything but an IAB code)."""
-    return 0 if (b := category_bit(code)) is None else 1 << b
+def _tier1_entry(code: str) -> int:
+    """One block code's mask bit: 0 for a subcategory or anything but an IAB code."""
+    if len(code) > 32:
+        return 0
+    b, sub = _parsed(code)
+    return 0 if b is None or sub is not None else 1 << b
+
+
+def subcategory_ids(codes, counts: np.ndarray,
+                    known: dict[str, int]) -> tuple[np.ndarray, np.ndarray]:
+    """Per-event blocked subcategories as a CSR of ids in `known` (the campaigns'
+    subcategories); codes no campaign carries drop out. (ptr int32[B + 1], ids int32[...])."""
+    n = len(counts)
+    ptr = np.zeros(n + 1, dtype=np.int32)
+    if not len(codes) or not known:
+        return ptr, np.zeros(0, dtype=np.int32)
+    ids = np.fromiter((known.get(subcategory_code(c) or "", -1) for c in codes),
+                      dtype=np.int32, count=len(codes))
+    owner = np.repeat(np.arange(n), counts)
+    keep = ids >= 0
+    np.cumsum(np.bincount(owner[keep], minlength=n), out=ptr[1:])
+    return ptr, ids[keep]
 
 
 def csr(lists: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:

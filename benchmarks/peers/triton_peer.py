@@ -93,6 +93,8 @@ class TritonBidder:
             size_bit=targeting.size_bits(num["slot_width_px"], num["slot_height_px"]),
             site_id=b.site_id, blocked_category_mask=b.blocked_category_mask,
             blocked_adv_ptr=b.blocked_adv_ptr, blocked_adv_ids=b.blocked_adv_ids,
+            blocked_subcategory_ptr=b.blocked_subcategory_ptr,
+            blocked_subcategory_ids=b.blocked_subcategory_ids,
             user_key=b.user_key, user_known=b.user_known, is_test=num["test"].astype(np.uint8))
         books = SimpleNamespace(active=self.active, budget_micros=self.budget,
                                 spent_micros=self.spent, reserved_micros=self.reserved)

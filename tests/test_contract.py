@@ -1,0 +1,125 @@
+"""The client contract, item by item: what a bid means, what a no-bid says, how test
+traffic, auction types and category blocks behave. Real servers on 127.0.0.1:0 where the
+behaviour is the server's; the compiled core with real campaign tables where it is the
+core's."""
+
+from __future__ import annotations
+
+import grpc
+import numpy as np
+
+from adbid import metrics
+from adbid.edge.decode import decode_request
+from adbid.money.ledger import SpendLedger
+from adbid.stages.decision import DecisionCore
+from adbid.stages.lookup import resolve
+from adbid.v1 import admin_pb2, admin_pb2_grpc, bidder_pb2_grpc
+from adbid.v1 import bidder_pb2 as pb
+from adbid.world.campaigns import CampaignTable
+from adbid.world.demo_traffic import make_events
+
+
+def bid(channel, events, batch_id="b", **kw) -> pb.BidResponse:
+    return bidder_pb2_grpc.BidderStub(channel).Bid(
+        pb.BidRequest(batch_id=batch_id, events=events, **kw), timeout=10)
+
+
+def events(n, seed=0, **kw):
+    return make_events(n, np.random.default_rng(seed), n_users=2_000, **kw)
+
+
+# -- no-bids say what they mean ---------------------------------------------------------
+
+def test_a_no_bid_value_and_score_describe_the_same_rejected_candidate(channel):
+    evs = events(256, seed=3)
+    for e in evs:
+        e.floor_cpm_micros = 10**12  # above every value: each best candidate is rejected
+    resp = bid(channel, evs)
+    below = [d for d in resp.decisions if d.no_bid_reason == pb.NO_BID_REASON_BELOW_FLOOR]
+    assert below, "a floor above every value gives BELOW_FLOOR no-bids"
+    for d in below:
+        assert d.value_cpm_micros > 0 and 0 < d.score <= 1, d
+    for d in resp.decisions:
+        assert (d.value_cpm_micros == 0) == (d.score == 0), d
+    # Both empty when there is no candidate at all.
+    shed = [d for d in resp.decisions if d.no_bid_reason == pb.NO_BID_REASON_NO_CANDIDATES]
+    assert all(d.value_cpm_micros == 0 and d.score == 0 for d in shed)
+
+
+# -- test traffic -----------------------------------------------------------------------
+
+def _labelled(counter, traffic: str) -> float:
+    return counter.labels(traffic)._value.get()
+
+
+def test_test_traffic_is_counted_apart_and_respects_budgets(server_factory):
+    s = server_factory()
+    with grpc.insecure_channel(s.target) as ch:
+        live_before = _labelled(metrics.EVENTS, "live")
+        test_before = _labelled(metrics.EVENTS, "test")
+        resp = bid(ch, events(64, seed=4, test=True))
+        assert any(d.bid for d in resp.decisions)
+        assert _labelled(metrics.EVENTS, "test") - test_before == 64
+        assert _labelled(metrics.EVENTS, "live") == live_before
+        admin = admin_pb2_grpc.AdminStub(ch)
+        for c in admin.Status(admin_pb2.StatusRequest(), timeout=5).campaigns:
+            admin.UpdateCampaign(admin_pb2.UpdateCampaignRequest(
+                campaign_id=c.campaign_id, budget_micros=c.spent_micros + c.reserved_micros,
+                reason="exhaust"), timeout=5)
+        resp = bid(ch, events(64, seed=4, test=True), batch_id="after")
+        assert not any(d.bid for d in resp.decisions)
+        assert any(d.no_bid_reason == pb.NO_BID_REASON_BUDGET_EXHAUSTED
+                   for d in resp.decisions)
+
+
+# -- AUCTION_TYPE_UNSPECIFIED -----------------------------------------------------------
+
+def test_unspecified_auction_is_second_price_by_default_and_a_setting_can_make_it_first(
+        server_factory):
+    evs = events(128, seed=6, test=True)
+    for e in evs:
+        e.auction_type = pb.AUCTION_TYPE_UNSPECIFIED
+    answers = {}
+    for mode in ("second", "first"):
+        s = server_factory(unspecified_auction=mode, shading=0.5)
+        with grpc.insecure_channel(s.target) as ch:
+            answers[mode] = bid(ch, evs).decisions
+    second = [d for d in answers["second"] if d.bid]
+    assert second and all(d.price_cpm_micros == d.value_cpm_micros for d in second)
+    first = {d.request_id: d for d in answers["first"] if d.bid}
+    shaded = [d for d in first.values() if d.price_cpm_micros < d.value_cpm_micros]
+    assert shaded, "with --unspecified-auction first, unspecified auctions are shaded"
+
+
+# -- category blocks at the level given -------------------------------------------------
+
+def _core_for(categories: list[list[str]]) -> tuple[CampaignTable, DecisionCore]:
+    table = CampaignTable.from_records([
+        {"campaign_id": f"c{i}", "value_per_action_micros": 4_000, "budget_micros": 10**9,
+         "categories": cats} for i, cats in enumerate(categories)])
+    ledger = SpendLedger(table, None)
+    return table, DecisionCore(table, np.arange(len(table), dtype=np.int32), ledger, 1.0)
+
+
+def _bidders(table, core, bcat: list[str]) -> set[str]:
+    """Campaigns that bid, one event per campaign (each event's one candidate is it)."""
+    n = len(table)
+    request = pb.BidRequest(events=[pb.AdEvent(request_id=f"r{i}", blocked_categories=bcat,
+                                               test=True) for i in range(n)])
+    batch = decode_request(request)
+    resolve(batch, table)
+    dec = core.decide(batch, np.arange(n, dtype=np.int64)[:, None],
+                      np.full((n, 1), 0.5, np.float32))
+    return {table.ids[i] for i in np.flatnonzero(dec.bid).tolist()}
+
+
+def test_category_blocks_match_at_the_level_given():
+    table, core = _core_for([["IAB7"], ["IAB7-39"], ["IAB7-40"], ["IAB8"], ["IAB7-39", "IAB8"]])
+    every = set(table.ids)
+    # A subcategory block blocks that subcategory only, not its parent nor its siblings.
+    assert _bidders(table, core, ["IAB7-39"]) == every - {"c1", "c4"}
+    # A tier-1 block blocks the category and all of its subcategories.
+    assert _bidders(table, core, ["IAB7"]) == {"c3"}
+    assert _bidders(table, core, ["iab8"]) == {"c0", "c1", "c2"}
+    # Unknown codes and subcategories no campaign carries block nothing.
+    assert _bidders(table, core, ["IAB7-41", "IAB99", "x"]) == every
