@@ -91,8 +91,14 @@ class ServerConfig:
         4.0, "Time kept back from each deadline for the way back to the caller: answers must "
         "leave this much early, and one ready later is withheld (DEADLINE_EXCEEDED, its bids "
         "withdrawn).", minimum=0.0)
-    reservation_ttl_s: float = setting(300.0, "Release a bid's reservation after this long "
-                                       "without a notice.", minimum=0.0)
+    reservation_ttl_s: float = setting(
+        300.0, "A bid's reservation window: without a notice by then (or by the OpenRTB "
+        "imp.exp, if longer) it expires, its frequency count is given back and its money "
+        "stays in doubt for --late-win-window-s.", minimum=0.0)
+    late_win_window_s: float = setting(
+        900.0, "How long an expired reservation's money stays reserved, in doubt, for a win "
+        "or billing notice that comes late (0: released at expiry; late wins can then "
+        "overspend).", minimum=0.0)
     grace_s: float = setting(5.0, "Drain time on SIGTERM.", minimum=0.0)
     max_stream_inflight: int = setting(8, "Batches in flight per BidStream.", minimum=1)
     max_inflight_batches: int = setting(

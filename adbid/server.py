@@ -70,7 +70,8 @@ class BidServer:
             await asyncio.to_thread(World.load, cfg.world)
         stages = await asyncio.to_thread(WorldStages, world, cfg)
         self.ledger = SpendLedger(world.campaigns, open_log(cfg.ledger, cfg.ledger_sync),
-                                  cfg.reservation_ttl_s, share=(cfg.worker_index, cfg.workers))
+                                  cfg.reservation_ttl_s, share=(cfg.worker_index, cfg.workers),
+                                  late_win_window_s=cfg.late_win_window_s)
         self.pipeline = Pipeline(stages, cfg, self.ledger)
         self._reload_lock = asyncio.Lock()
         metrics.PROVIDER.info({"provider": self.pipeline.scorer.provider})
@@ -212,10 +213,15 @@ class BidServer:
         while True:
             await asyncio.sleep(1.0)
             try:
-                released = ledger.expire()
-                if released:
-                    log.info("released %d expired reservations", len(released))
-                    metrics.EXPIRED.inc(len(released))
+                expired = ledger.expire()
+                if expired:  # their frequency counts go back, as a loss's would
+                    now = int(time.time())
+                    release = self.pipeline.core.release_frequency
+                    for res in expired:
+                        release(res, now)
+                    log.info("%d reservations expired without a notice (%d in doubt now)",
+                             len(expired), len(ledger.doubt))
+                    metrics.EXPIRED.inc(len(expired))
                 await ledger.flush()
                 if ledger.compact_if_needed():
                     log.info("ledger compaction queued")

@@ -52,10 +52,14 @@ def test_columnar_bids_reserve_budget_and_settle(channel):
         request_id=c.request_id[i], type=pb.OUTCOME_TYPE_WIN,
         clearing_price_cpm_micros=c.price_cpm_micros[i])]), timeout=10)
     assert notice.results[0].accepted and not notice.results[0].duplicate
-    # The same ids cannot bid twice, in either form.
+    # A settled id cannot bid again; the open ones are answered as before (a retry).
     again = stub.Bid(pb.BidRequest(columns=to_columns(evs)), timeout=10)
     assert again.columns.no_bid_reason[i] == pb.NO_BID_REASON_INVALID_EVENT
-    assert again.columns.error[i] == "request_id: already used by an earlier bid"
+    assert again.columns.error[i].startswith("request_id: already used by a bid whose "
+                                             "reservation is closed")
+    for j in won[1:]:
+        assert again.columns.bid[j] and \
+            again.columns.price_cpm_micros[j] == c.price_cpm_micros[j]
 
 
 def test_only_request_id_is_required(channel):

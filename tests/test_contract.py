@@ -123,3 +123,63 @@ def test_category_blocks_match_at_the_level_given():
     assert _bidders(table, core, ["iab8"]) == {"c0", "c1", "c2"}
     # Unknown codes and subcategories no campaign carries block nothing.
     assert _bidders(table, core, ["IAB7-41", "IAB99", "x"]) == every
+
+
+# -- retries ----------------------------------------------------------------------------
+
+def _reserved(channel) -> int:
+    status = admin_pb2_grpc.AdminStub(channel).Status(admin_pb2.StatusRequest(), timeout=5)
+    return sum(c.reserved_micros for c in status.campaigns)
+
+
+def _answer(d: pb.BidDecision) -> tuple:
+    return (d.request_id, d.bid, d.price_cpm_micros, d.campaign_id, d.creative_id,
+            round(d.score, 6), d.value_cpm_micros, d.no_bid_reason)
+
+
+def test_a_retried_batch_gets_the_same_bids_and_reserves_nothing_twice(channel):
+    evs = events(128, seed=21)
+    for e in evs[:8]:  # the columns below carry no block lists
+        del e.blocked_categories[:], e.blocked_advertiser_domains[:]
+    first = bid(channel, evs, batch_id="try-1")
+    bids = [d for d in first.decisions if d.bid]
+    assert bids
+    reserved = _reserved(channel)
+    again = bid(channel, evs, batch_id="try-2")
+    for d1, d2 in zip(first.decisions, again.decisions):
+        if d1.bid:
+            assert _answer(d1) == _answer(d2)
+    assert _reserved(channel) == reserved  # nothing reserved twice
+    # Also as columns, the other wire form.
+    cols = pb.EventColumns(request_id=[e.request_id for e in evs[:8]],
+                           user_id=[e.user_id for e in evs[:8]],
+                           context_text=[e.context_text for e in evs[:8]],
+                           floor_cpm_micros=[e.floor_cpm_micros for e in evs[:8]],
+                           country=[e.country for e in evs[:8]],
+                           device_type=[e.device_type for e in evs[:8]],
+                           slot_width_px=[e.slot_width_px for e in evs[:8]],
+                           slot_height_px=[e.slot_height_px for e in evs[:8]],
+                           site_domain=[e.site_domain for e in evs[:8]],
+                           auction_type=[e.auction_type for e in evs[:8]])
+    col = bid(channel, [], batch_id="try-3", columns=cols).columns
+    for i, d1 in enumerate(first.decisions[:8]):
+        assert col.bid[i] == d1.bid
+        if d1.bid:
+            assert (col.price_cpm_micros[i], col.campaign_id[i]) == (d1.price_cpm_micros,
+                                                                     d1.campaign_id)
+    assert _reserved(channel) == reserved
+
+
+def test_a_reused_id_with_other_content_or_after_its_notice_is_refused_with_the_reason(
+        channel):
+    evs = events(64, seed=22)
+    first = [d for d in bid(channel, evs).decisions if d.bid]
+    changed = next(e for e in evs if e.request_id == first[0].request_id)
+    changed.floor_cpm_micros += 1
+    d = bid(channel, [changed], batch_id="changed").decisions[0]
+    assert d.no_bid_reason == pb.NO_BID_REASON_INVALID_EVENT and "different content" in d.error
+    lost = next(e for e in evs if e.request_id == first[1].request_id)
+    bidder_pb2_grpc.BidderStub(channel).ReportOutcomes(pb.ReportOutcomesRequest(outcomes=[
+        pb.Outcome(request_id=lost.request_id, type=pb.OUTCOME_TYPE_LOSS)]), timeout=5)
+    d = bid(channel, [lost], batch_id="after-loss").decisions[0]
+    assert d.no_bid_reason == pb.NO_BID_REASON_INVALID_EVENT and "closed" in d.error

@@ -411,9 +411,10 @@ TOPICS = (("football soccer", "tennis racket"), ("running marathon", "cycling bi
 
 def test_imp_exp_holds_the_reservation_past_the_ttl(tiny_world_dir, tmp_path):
     """imp.exp (seconds the exchange may still bill) holds a bid's reservation at least that
-    long; a bid without it is released at the server's reservation TTL (1 s here)."""
+    long; a bid without it is released at the server's reservation TTL (1 s here, with no
+    late-win window)."""
     s = start_server(tiny_world_dir, tmp_path / "ledger", tmp_path / "serve.log",
-                     "--reservation-ttl-s", "1")
+                     "--reservation-ttl-s", "1", "--late-win-window-s", "0")
     try:
         held = bid_once(s, "exp-held", imp=[{"id": "1", "banner": {"w": 300, "h": 250},
                                               "bidfloor": 0.01, "exp": 3600}])

@@ -16,7 +16,7 @@ from urllib.parse import urlsplit
 from test_openrtb import fill, start_server, stop_server
 
 from adbid.money.journal import LedgerLog
-from adbid.money.records import LATE_WON, WON, Close, Reserve
+from adbid.money.records import SETTLED, Close, Reserve
 
 KILLS = 3
 
@@ -124,7 +124,7 @@ def test_sigkill_with_openrtb_bids_and_notices_in_flight(tiny_world_dir, tmp_pat
     for record in LedgerLog(ledger).replay():
         if isinstance(record, Reserve):
             reserved.add(record.request_id)
-        elif isinstance(record, Close) and record.state in (WON, LATE_WON):
+        elif isinstance(record, Close) and record.state in SETTLED:
             won[record.request_id] += 1
             settled[record.request_id] = record.settled_cost_micros
     assert acked_bids <= reserved, "an acknowledged bid is missing from the ledger"

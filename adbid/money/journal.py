@@ -47,9 +47,9 @@ from pathlib import Path
 from adbid.money.records import (
     _HEAD,
     CAMPAIGN,
-    LATE_WON,
+    IN_DOUBT,
     RESERVE_BATCH,
-    WON,
+    SETTLED,
     CampaignChange,
     Close,
     Reserve,
@@ -352,8 +352,9 @@ def totals(directory: Path) -> dict[str, dict[str, int]]:
         if isinstance(rec, Reserve):
             reserved[rec.request_id] = (rec.campaign_id, rec.cost_micros)
         elif isinstance(rec, Close):
-            reserved.pop(rec.request_id, None)
-            if rec.state in (WON, LATE_WON):
+            if rec.state != IN_DOUBT:  # in doubt: still reserved
+                reserved.pop(rec.request_id, None)
+            if rec.state in SETTLED:
                 spent[rec.campaign_id] = spent.get(rec.campaign_id, 0) + rec.settled_cost_micros
         elif isinstance(rec, Spent):
             spent[rec.campaign_id] = spent.get(rec.campaign_id, 0) + rec.spent_micros
@@ -371,9 +372,9 @@ def open_log(path: Path | None, sync: str = "write") -> LedgerLog | None:
 
 
 def snapshot(ids, budget: list[int], active: list[int], spent: list[int], open_: dict,
-             closed: list, t: int) -> Iterator:
-    """The records of a compaction: every campaign's budget, state and spend, the open
-    reservations and the recently closed ids, as of `t`."""
+             closed: list, t: int, doubt: dict | None = None, window_ms: int = 0) -> Iterator:
+    """The records of a compaction: every campaign's budget, state and spend, the open and
+    in-doubt reservations and the recently closed ids, as of `t`."""
     for c, cid in enumerate(ids):
         yield CampaignChange(cid, budget[c], bool(active[c]), "snapshot", "compaction", t)
         if spent[c]:
@@ -381,11 +382,14 @@ def snapshot(ids, budget: list[int], active: list[int], spent: list[int], open_:
     # Open reservations as packed batches, one per expiry instant (a batch of bids shares
     # it): encoding one record each took ~5 s per million, GIL held.
     by_expiry: dict[int, list] = {}
-    for rid, (row, price, cost, expires, user) in open_.items():
-        by_expiry.setdefault(expires, []).append((rid, ids[row], user, price, cost))
+    for table in (open_, doubt or {}):
+        for rid, (row, price, cost, expires, user) in table.items():
+            by_expiry.setdefault(expires, []).append((rid, ids[row], user, price, cost))
     for expires, group in by_expiry.items():
         rids, cids, users, prices, costs = zip(*group)
         yield ReserveBatch(list(rids), list(cids), list(users), list(prices), list(costs), t,
                            expires)
-    for rid, (state, row, price) in closed:  # settled cost 0: spend is in Spent
-        yield Close(rid, state, None, 0, t, ids[row], price)
+    for rid, (row, price, _, until, _) in (doubt or {}).items():  # in doubt since until - window
+        yield Close(rid, IN_DOUBT, None, 0, until - window_ms, ids[row], price)
+    for rid, (state, row, price, clearing) in closed:  # settled cost 0: spend is in Spent
+        yield Close(rid, state, clearing or None, 0, t, ids[row], price)

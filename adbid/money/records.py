@@ -18,7 +18,11 @@ import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-OPEN, WON, LOST, EXPIRED, LATE_WON = 0, 1, 2, 3, 4
+# A reservation's states. IN_DOUBT: its window passed without a notice; its money stays
+# reserved for the late-win window (a win may still come), then it is EXPIRED. BILLED: a
+# billing notice settled it, or corrected a win's price (the record's cost is the change).
+OPEN, WON, LOST, EXPIRED, LATE_WON, IN_DOUBT, BILLED = 0, 1, 2, 3, 4, 5, 6
+SETTLED = (WON, LATE_WON, BILLED)  # states whose records add their settled cost to spend
 RESERVE, CLOSE, CAMPAIGN, SPENT, RESERVE_BATCH = 1, 2, 3, 4, 5
 
 _HEAD = struct.Struct("<II")

@@ -63,6 +63,29 @@ class EventBatch:
     def __len__(self) -> int:
         return len(self.request_id)
 
+    def fingerprints(self, positions: Sequence[int]) -> list[int]:
+        """A hash of each of these events' content (everything but its request id): a
+        retried event must match the one that bid. Stable within the process only."""
+        if not len(positions):
+            return []
+        at = np.asarray(positions, dtype=np.int64)
+        mixed = np.zeros(len(at), dtype=np.uint64)
+        for column in (self.floor_micros, self.first_price, self.country_bit,
+                       self.device_type, self.size_bit, self.is_test):
+            mixed = mixed * np.uint64(0x100000001B3) ^ column[at].astype(np.uint64)
+        texts = [self.user_id, self.context_text, self.site_domain]
+        parts = [[t[i] for i in at.tolist()] for t in texts]
+        lists: list = []
+        for flat, counts in ((self.blocked_advertisers, self.blocked_advertisers_count),
+                             (self.blocked_categories, self.blocked_categories_count)):
+            if len(flat):
+                starts = (np.cumsum(counts) - counts).tolist()
+                lists.append([tuple(flat[starts[i]:starts[i] + int(counts[i])])
+                              for i in at.tolist()])
+            else:  # no event of the batch has such a list
+                lists.append(itertools.repeat(()))
+        return list(map(hash, zip(*parts, mixed.tolist(), *lists)))
+
     @staticmethod
     def concat(batches: Sequence[EventBatch]) -> EventBatch:
         """One batch of several decoded (not yet resolved) ones, in order; errors keep

@@ -193,8 +193,7 @@ class Pipeline:
                    clock: Clock) -> tuple[Decisions, asyncio.Future | None]:
         n = len(batch)
         t0 = time.perf_counter()
-        for i in self.ledger.used(batch.request_id):
-            batch.errors.setdefault(i, "request_id: already used by an earlier bid")
+        retried = self._retried(batch)
         blocked = np.zeros(n, dtype=bool)
         if batch.errors:
             blocked[list(batch.errors)] = True
@@ -222,6 +221,8 @@ class Pipeline:
             return self._no_bid(batch, blocked, pb.NO_BID_REASON_DEADLINE), None
 
         t2 = time.perf_counter()
+        if retried:
+            blocked[list(retried)] = True  # answered from the first decision below
         if self.unspecified_first_price and batch.unspecified_auction is not None:
             batch.first_price = batch.first_price | batch.unspecified_auction
         cand_ad = self._showable(batch, cand_ad)
@@ -229,16 +230,45 @@ class Pipeline:
         live = dec.bid & (batch.is_test == 0)
         if live.any():
             idx = np.flatnonzero(live)
-            rids = batch.request_id
+            rids = [batch.request_id[i] for i in idx.tolist()]
             assert batch.user_key is not None  # resolved by the lookup stage
-            self.ledger.record_bids([rids[i] for i in idx.tolist()], dec.campaign_row[idx],
-                                    dec.price_cpm_micros[idx], batch.user_key[idx],
+            self.ledger.record_bids(rids, dec.campaign_row[idx], dec.price_cpm_micros[idx],
+                                    batch.user_key[idx],
                                     hold_ms=batch.hold_ms[idx] if batch.hold_ms is not None
                                     else None)
+            self.ledger.answers.update(zip(rids, zip(
+                batch.fingerprints(idx), dec.ad_row[idx].tolist(),
+                dec.value_cpm_micros[idx].tolist(), dec.score[idx].tolist())))
+        if retried:
+            blocked[list(retried)] = False
+            self._answer_again(dec, retried)
         dec.reason[blocked] = pb.NO_BID_REASON_INVALID_EVENT
         commit = self.ledger.commit()  # written here and now when the ledger's writer is idle
         clock.record(DECISION, time.perf_counter() - t2, n)
         return dec, commit
+
+    def _retried(self, batch: EventBatch) -> dict[int, tuple[tuple, tuple]]:
+        """Events whose request id bid before: a retry of an open bid with the same content
+        gets that bid's answer again (position -> (reservation, answer)); any other reuse
+        is an invalid event, with the reason."""
+        used = [i for i in self.ledger.used(batch.request_id) if i not in batch.errors]
+        retried = {}
+        for i, fingerprint in zip(used, batch.fingerprints(used)):
+            found = self.ledger.retry(batch.request_id[i], fingerprint)
+            if isinstance(found, str):
+                batch.errors[i] = found
+            else:
+                retried[i] = found
+        return retried
+
+    @staticmethod
+    def _answer_again(dec: Decisions, retried: dict[int, tuple[tuple, tuple]]) -> None:
+        """The first decision of each retried bid, as it was answered; nothing is reserved
+        or counted again."""
+        for i, (res, (_, ad_row, value, score)) in retried.items():
+            dec.bid[i], dec.candidate[i], dec.reason[i] = True, 0, pb.NO_BID_REASON_UNSPECIFIED
+            dec.campaign_row[i], dec.price_cpm_micros[i] = res[0], res[1]
+            dec.ad_row[i], dec.value_cpm_micros[i], dec.score[i] = ad_row, value, score
 
     def withdraw(self, batch: Events, dec: Decisions) -> int:
         """Release the reservations (and frequency counts) of a decided batch whose answer
