@@ -63,7 +63,7 @@ class EventBatch:
     def __len__(self) -> int:
         return len(self.request_id)
 
-    def fingerprints(self, positions: Sequence[int]) -> list[int]:
+    def fingerprints(self, positions: Sequence[int] | np.ndarray) -> list[int]:
         """A hash of each of these events' content (everything but its request id): a
         retried event must match the one that bid. Stable within the process only."""
         if not len(positions):
