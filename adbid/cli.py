@@ -58,11 +58,13 @@ def _rpc(call):
         raise typer.Exit(1) from None
 
 
-def _admin(target: str, token: str, method: str, request, timeout_s: float = 5.0):
-    """Call one Admin method on `target`, with the bearer token when one is given."""
+def _admin(target: str, token: str, method: str, request, timeout_s: float = 5.0,
+           tls: tuple[Path | None, Path | None, Path | None] = (None, None, None)):
+    """Call one Admin method on `target`, with the bearer token when one is given, over TLS
+    when `tls` (CA, client certificate, key) names any file."""
     from adbid.v1 import admin_pb2_grpc
 
-    with _channel(target) as channel:
+    with _channel(target, *tls) as channel:
         stub = admin_pb2_grpc.AdminStub(channel)
         return _rpc(lambda: getattr(stub, method)(request, timeout=timeout_s,
                                                   metadata=_auth(token)))
@@ -270,11 +272,14 @@ def status(
     target: str = AdminTargetOpt,
     campaigns: int = typer.Option(10, help="Campaigns to list, by spend (0 = none)."),
     token: str = TokenOpt,
+    tls_ca: Path = TlsCaOpt,
+    tls_cert: Path = TlsCertOpt,
+    tls_key: Path = TlsKeyOpt,
 ) -> None:
     """Show what a running server serves: world, provider, model AUC, stage latencies, spend."""
     from adbid.v1 import admin_pb2
 
-    s = _admin(target, token, "Status", admin_pb2.StatusRequest())
+    s = _admin(target, token, "Status", admin_pb2.StatusRequest(), tls=(tls_ca, tls_cert, tls_key))
     if s.workers > 1:
         console.print(f"worker {s.worker + 1} of {s.workers}: budgets below are this worker's "
                       f"1/{s.workers} slices")
@@ -310,12 +315,16 @@ def reload(
     world: str = typer.Argument("", help="World directory to serve (default: the current one)."),
     target: str = AdminTargetOpt,
     token: str = TokenOpt,
+    tls_ca: Path = TlsCaOpt,
+    tls_cert: Path = TlsCertOpt,
+    tls_key: Path = TlsKeyOpt,
 ) -> None:
     """Load a world into a running server: validated, warmed up, swapped in atomically."""
     from adbid.v1 import admin_pb2
 
     path = str(Path(world).resolve()) if world else ""
-    r = _admin(target, token, "Reload", admin_pb2.ReloadRequest(world_path=path), 120)
+    r = _admin(target, token, "Reload", admin_pb2.ReloadRequest(world_path=path), 120,
+               tls=(tls_ca, tls_cert, tls_key))
     console.print(f"now serving [bold]{r.world_version}[/bold] (was {r.previous_version}); "
                   f"loaded, validated and warmed up in {r.load_ms:.0f} ms")
 
@@ -328,6 +337,9 @@ def campaign(
     reason: str = typer.Option("", help="Who or why; written to the ledger's change log."),
     target: str = AdminTargetOpt,
     token: str = TokenOpt,
+    tls_ca: Path = TlsCaOpt,
+    tls_cert: Path = TlsCertOpt,
+    tls_key: Path = TlsKeyOpt,
 ) -> None:
     """Change a campaign's budget or pause it on a running server (durable, logged)."""
     from adbid.money.units import MICROS_PER_UNIT
@@ -340,7 +352,7 @@ def campaign(
         req.budget_micros = round(budget * MICROS_PER_UNIT)
     if pause is not None:
         req.active = not pause
-    c = _admin(target, token, "UpdateCampaign", req).campaign
+    c = _admin(target, token, "UpdateCampaign", req, tls=(tls_ca, tls_cert, tls_key)).campaign
     console.print(f"{c.campaign_id}: {'active' if c.active else 'paused'}, budget "
                   f"{c.budget_micros / 1e6:.2f}, spent {c.spent_micros / 1e6:.4f}, reserved "
                   f"{c.reserved_micros / 1e6:.4f}")

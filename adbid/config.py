@@ -53,13 +53,18 @@ class ServerConfig:
                                    minimum=1)
     host: str = setting("127.0.0.1", "Address to listen on.")
     port: int = setting(50051, "gRPC port (0 = any free port).", minimum=0)
-    metrics_port: int = setting(9464, "Prometheus /metrics port on --host (0 = off, -1 = any "
-                                "free port).")
-    admin_host: str = setting("127.0.0.1", "Address of the Admin service's own port.")
-    admin_port: int = setting(50052, "Admin port (0 = any; -1 = on the main port, which needs "
-                              "--admin-token unless --host is loopback).")
+    metrics_port: int = setting(9464, "Prometheus /metrics port (0 = off, -1 = any free "
+                                "port).")
+    metrics_host: str = setting("127.0.0.1", "Address of /metrics. It shows every campaign's "
+                                "budget and spend, without auth: expose it off loopback only "
+                                "on purpose.")
+    admin_host: str = setting("127.0.0.1", "Address of the Admin service's own port; off "
+                              "loopback it needs --admin-token and TLS.")
+    admin_port: int = setting(50052, "Admin port (0 = any; -1 = on the main port). Off "
+                              "loopback, Admin needs --admin-token and TLS.")
     admin_token: str = setting("", "Require 'authorization: Bearer TOKEN' on Admin calls.")
-    tls_cert: Path | None = setting(None, "PEM certificate chain: TLS on the gRPC port.")
+    tls_cert: Path | None = setting(None, "PEM certificate chain: TLS on the gRPC and Admin "
+                                    "ports.")
     tls_key: Path | None = setting(None, "PEM key of --tls-cert.")
     tls_client_ca: Path | None = setting(None, "PEM CA: require client certificates "
                                          "(mutual TLS).")

@@ -62,10 +62,14 @@ class BidServer:
 
     async def start(self) -> int:
         cfg = self.cfg
-        if cfg.admin_port < 0 and not cfg.admin_token and not is_loopback(cfg.host):
-            raise OSError(f"Admin on the main port {cfg.host}:{cfg.port} needs --admin-token "
-                          "(or keep it on its own loopback port with --admin-port)")
         credentials = tls_credentials(cfg)  # fail on a bad TLS setup before loading anything
+        admin_address = f"{cfg.host}:{cfg.port}" if cfg.admin_port < 0 else \
+            f"{cfg.admin_host}:{cfg.admin_port}"
+        if not is_loopback(admin_address.rpartition(":")[0]) and not (
+                cfg.admin_token and credentials):
+            raise OSError(f"Admin on {admin_address}, off loopback, needs both --admin-token "
+                          "and TLS (--tls-cert, --tls-key), or its bearer token would travel in "
+                          "clear; keep it on loopback (--admin-host 127.0.0.1) otherwise")
         world = self.world if self.world is not None else \
             await asyncio.to_thread(World.load, cfg.world)
         stages = await asyncio.to_thread(WorldStages, world, cfg)
@@ -108,8 +112,7 @@ class BidServer:
         self.port = _listen(self.server, address, credentials, "gRPC")
         self.admin_port = self.port
         if self.admin_server is not None:
-            self.admin_port = _listen(self.admin_server, f"{cfg.admin_host}:{cfg.admin_port}",
-                                      None, "Admin")
+            self.admin_port = _listen(self.admin_server, admin_address, credentials, "Admin")
             await self.admin_server.start()
         await self.server.start()
         if cfg.openrtb_port:
@@ -119,7 +122,8 @@ class BidServer:
             self.openrtb_port = await self.openrtb.start()
         await self._warm_up(self.pipeline)
         if cfg.metrics_port:
-            self._metrics_http, _ = start_http_server(max(cfg.metrics_port, 0), addr=cfg.host)
+            self._metrics_http, _ = start_http_server(max(cfg.metrics_port, 0),
+                                                      addr=cfg.metrics_host)
             self.metrics_port = self._metrics_http.server_port
         self._tasks.append(asyncio.create_task(self._housekeeping()))
         self._tasks.append(asyncio.create_task(self.bidder.loop_lag.run()))
@@ -136,13 +140,16 @@ class BidServer:
             self.openrtb.app.serving = True
             log.info("OpenRTB 2.6 on http://%s:%d/openrtb2/bid (notices to %s)",
                      cfg.openrtb_host, self.openrtb_port, self.openrtb.app.base)
-        log.info("%sserving world %s on %s:%d (%s), admin on %s:%d%s, metrics %s, provider %s",
+        log.info("%sserving world %s on %s:%d (%s), admin on %s:%d%s (%s), metrics %s, "
+                 "provider %s",
                  f"worker {cfg.worker_index + 1}/{cfg.workers}: " if cfg.workers > 1 else "",
                  world.version, cfg.host, self.port,
                  "mutual TLS" if cfg.tls_client_ca else "TLS" if credentials else "plaintext",
                  cfg.admin_host if self.admin_server else cfg.host, self.admin_port,
                  " (token required)" if cfg.admin_token else "",
-                 f"http://{cfg.host}:{self.metrics_port}/metrics" if self.metrics_port else "off",
+                 "TLS" if credentials else "plaintext",
+                 f"http://{cfg.metrics_host}:{self.metrics_port}/metrics" if self.metrics_port
+                 else "off",
                  self.pipeline.scorer.provider)
         return self.port
 

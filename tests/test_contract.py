@@ -183,3 +183,33 @@ def test_a_reused_id_with_other_content_or_after_its_notice_is_refused_with_the_
         pb.Outcome(request_id=lost.request_id, type=pb.OUTCOME_TYPE_LOSS)]), timeout=5)
     d = bid(channel, [lost], batch_id="after-loss").decisions[0]
     assert d.no_bid_reason == pb.NO_BID_REASON_INVALID_EVENT and "closed" in d.error
+
+
+# -- deadlines and unparseable stream messages ------------------------------------------
+
+def test_shed_answers_carry_their_server_latency(server_factory):
+    s = server_factory(send_margin_ms=0.0)
+    keeper = s.server.keeper
+    n = 2048
+    with grpc.insecure_channel(s.target) as ch:
+        bid(ch, events(n, seed=40, test=True), batch_id="warm")
+        low = keeper.costs.mean(n, "encode") * 1e3
+        high = keeper.costs.expect_total(n) * 1e3
+        deadline_ms = int(low) + 1
+        assert deadline_ms < high, (low, high)  # room for an answer, none for the work
+        resp = bid(ch, events(n, seed=41, test=True), batch_id="shed", deadline_ms=deadline_ms)
+    assert all(d.no_bid_reason == pb.NO_BID_REASON_DEADLINE for d in resp.decisions)
+    assert resp.server_latency_us > 0
+
+
+def test_an_unparseable_stream_message_is_answered_with_the_batch_id_it_carried(channel):
+    call = channel.stream_stream("/adbid.v1.Bidder/BidStream",
+                                 request_serializer=None,
+                                 response_deserializer=pb.BidResponse.FromString)
+    good = pb.BidRequest(batch_id="fine", events=events(2, seed=42, test=True))
+    broken = pb.BidRequest(batch_id="broken-7").SerializeToString() + b"\xff\xff\xff"
+    replies = {r.batch_id: r for r in call(iter([good.SerializeToString(), broken]),
+                                           timeout=10)}
+    assert set(replies) == {"fine", "broken-7"}
+    assert replies["broken-7"].server_latency_us > 0
+    assert len(replies["fine"].decisions) == 2

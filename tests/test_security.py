@@ -132,3 +132,44 @@ def test_admin_on_a_public_main_port_without_a_token_is_refused(tiny_world_dir, 
     cfg = server_config(tiny_world_dir, tmp_path / "l", host="0.0.0.0", admin_port=-1)
     with pytest.raises(OSError, match="admin-token"):
         asyncio.run(BidServer(cfg).start())
+
+
+def test_admin_on_its_own_port_speaks_the_same_tls(server_factory, pki):
+    """With --tls-cert, the Admin port is TLS too: its bearer token never travels in clear."""
+    s = server_factory(tls_cert=pki["server_cert"], tls_key=pki["server_key"], admin_port=0,
+                       admin_token="s3cret")
+    admin = f"localhost:{s.server.admin_port}"
+    with tls_channel(admin, pki) as ch:
+        ok = admin_pb2_grpc.AdminStub(ch).Status(admin_pb2.StatusRequest(), timeout=5,
+                                                 metadata=(("authorization", "Bearer s3cret"),))
+        assert ok.ads > 0
+    with grpc.insecure_channel(admin) as ch, pytest.raises(grpc.RpcError) as err:
+        admin_pb2_grpc.AdminStub(ch).Status(admin_pb2.StatusRequest(), timeout=5,
+                                            metadata=(("authorization", "Bearer s3cret"),))
+    assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+
+
+@pytest.mark.parametrize("with_token, with_tls", [(True, False), (False, True)])
+def test_admin_off_loopback_needs_both_tls_and_a_token(tiny_world_dir, tmp_path, pki,
+                                                       with_token, with_tls):
+    """Refused before anything binds (so nothing here listens off loopback)."""
+    import asyncio
+
+    from conftest import server_config
+
+    from adbid.server import BidServer
+
+    tls = {"tls_cert": pki["server_cert"], "tls_key": pki["server_key"]} if with_tls else {}
+    cfg = server_config(tiny_world_dir, tmp_path / "l", admin_host="0.0.0.0", admin_port=0,
+                        admin_token="s3cret" if with_token else "", **tls)
+    with pytest.raises(OSError, match="needs both --admin-token and TLS"):
+        asyncio.run(BidServer(cfg).start())
+
+
+def test_metrics_stay_on_loopback_whatever_the_grpc_host(server_factory):
+    """/metrics shows budgets without auth: it binds to --metrics-host (loopback by
+    default), not to --host. (127.0.0.2 is loopback too, so nothing leaves the machine.)"""
+    s = server_factory(host="127.0.0.2", metrics_port=-1)
+    assert s.server._metrics_http.server_address[0] == "127.0.0.1"
+    s = server_factory(host="127.0.0.2", metrics_port=-1, metrics_host="127.0.0.3")
+    assert s.server._metrics_http.server_address[0] == "127.0.0.3"

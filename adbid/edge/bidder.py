@@ -24,15 +24,14 @@ from adbid.edge.decode import (
     BadRequest,
     EventRows,
     Request,
-    UndecodableRequest,
     batch_size,
     decode_request,
     is_columnar,
-    parse_request,
     request_ids,
 )
 from adbid.edge.encode import all_no_bid, answer, finish, serialize
 from adbid.edge.errors import Overloaded
+from adbid.edge.parse import UndecodableRequest, parse_request, salvage_batch_id
 from adbid.flow.admission import AdmissionLimit, LoopLag
 from adbid.flow.batcher import Batcher
 from adbid.flow.deadlines import ADMISSION, Deadline, Timekeeper, Unmeetable
@@ -118,8 +117,9 @@ class BidderService:
         budget = deadline.left()
         if not deadline.admits(n):
             self._adapt(0.0, budget, shed=True)
-            return all_no_bid(request.batch_id, request_ids(request),
-                              pb.NO_BID_REASON_DEADLINE, p.world.version, columnar)
+            return finish(all_no_bid(request.batch_id, request_ids(request),
+                                     pb.NO_BID_REASON_DEADLINE, p.world.version, columnar),
+                          int((time.perf_counter() - t0) * 1e6))
         batch = decode_request(request, errors)
         deadline.record(DECODE, time.perf_counter() - t0, n)
         dec, commit = await self.decide(p, batch, deadline)
@@ -209,25 +209,32 @@ class BidderService:
         tasks: set[asyncio.Task] = set()
         version = self.current().world.version
 
-        def refuse(request: Request, reason: int, error: str = ""):
-            return all_no_bid(request.batch_id, request_ids(request), reason, version,
-                              is_columnar(request), error)
+        def refuse(request: Request, reason: int, t0: float, error: str = ""):
+            return finish(all_no_bid(request.batch_id, request_ids(request), reason, version,
+                                     is_columnar(request), error),
+                          int((time.perf_counter() - t0) * 1e6))
 
         async def one(raw: bytes, remaining: float | None) -> None:
+            t0 = time.perf_counter()
             request: Request = pb.BidRequest()
             try:
                 request, errors = parse_request(raw)
                 if not self._admit():
                     metrics.OVERLOAD.inc()
                     self.keeper.shed(ADMISSION, len(request_ids(request)))
-                    reply = refuse(request, pb.NO_BID_REASON_DEADLINE)
+                    reply = refuse(request, pb.NO_BID_REASON_DEADLINE, t0)
                 else:
                     reply = await self.bid(request, self._deadline(request, remaining), errors)
-            except (BadRequest, UndecodableRequest) as exc:
+            except UndecodableRequest as exc:
                 metrics.ERRORS.labels("invalid_request").inc()
-                reply = refuse(request, pb.NO_BID_REASON_INVALID_EVENT, str(exc))
+                request.batch_id = salvage_batch_id(raw)  # what the client can match
+                log.warning("BidStream message %r does not parse: %s", request.batch_id, exc)
+                reply = refuse(request, pb.NO_BID_REASON_INVALID_EVENT, t0, str(exc))
+            except BadRequest as exc:
+                metrics.ERRORS.labels("invalid_request").inc()
+                reply = refuse(request, pb.NO_BID_REASON_INVALID_EVENT, t0, str(exc))
             except Unmeetable as exc:
-                reply = refuse(request, pb.NO_BID_REASON_DEADLINE, str(exc))
+                reply = refuse(request, pb.NO_BID_REASON_DEADLINE, t0, str(exc))
             except Exception:
                 log.exception("BidStream batch %r failed", request.batch_id)
                 metrics.ERRORS.labels("internal").inc()

@@ -15,7 +15,8 @@ from collections.abc import AsyncIterator, Callable
 import grpc
 
 from adbid import metrics
-from adbid.edge.decode import BadRequest, UndecodableRequest
+from adbid.edge.decode import BadRequest
+from adbid.edge.parse import UndecodableRequest
 from adbid.flow.deadlines import Unmeetable
 from adbid.money.ledger import LedgerError
 

@@ -11,7 +11,8 @@ from __future__ import annotations
 import time
 
 from adbid import metrics
-from adbid.edge.decode import BadRequest, UndecodableRequest
+from adbid.edge.decode import BadRequest
+from adbid.edge.parse import UndecodableRequest
 from adbid.money.ledger import NoticeResult
 from adbid.stages.pipeline import Pipeline
 from adbid.v1 import bidder_pb2 as pb
