@@ -129,7 +129,7 @@ class BidderService:
         await p.durable(commit, deadline, n)  # the write overlapped encoding
         t3 = time.perf_counter()
         shed = commit is None
-        self.keeper.finished(t3 - t0, n, shed)
+        self.keeper.finished(t3 - t0, n, shed, deadline.learn)
         self._adapt(t3 - t0, budget, shed)
         latency_us = int((t3 - t0) * 1e6)
         resp = finish(resp, latency_us)

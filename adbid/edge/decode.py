@@ -1,4 +1,4 @@
-"""Decode stage: a request's bytes -> columns (numpy arrays and id lists).
+"""Decode stage: a parsed request (adbid.edge.parse) -> columns (numpy arrays and id lists).
 
 A columnar request is read by adbid._wire straight from its bytes (a
 WireRequest); anything else is parsed by protobuf (events or columns, with

@@ -190,9 +190,10 @@ class Timekeeper:
         budget = min(limits) if limits else self.default_s
         return Deadline(self, time.monotonic() + budget - self.margin_s, budget)
 
-    def unbounded(self, seconds: float = 30.0) -> Deadline:
-        """A deadline far off, for warm-up and calibration batches."""
-        return Deadline(self, time.monotonic() + seconds, seconds)
+    def unbounded(self, seconds: float = 30.0, learn: bool = True) -> Deadline:
+        """A deadline far off, for warm-up and calibration batches; `learn=False`: its stage
+        costs are not taught to the model (a reload's check)."""
+        return Deadline(self, time.monotonic() + seconds, seconds, learn)
 
     def begin(self) -> None:
         self.inflight_batches += 1
@@ -216,11 +217,11 @@ class Timekeeper:
         finally:
             self.end()
 
-    def finished(self, seconds: float, n_events: int, shed: bool) -> None:
+    def finished(self, seconds: float, n_events: int, shed: bool, learn: bool = True) -> None:
         """A batch answered in `seconds` from arrival; a batch decided in full is a sample of
-        the real end-to-end cost."""
+        the real end-to-end cost (unless `learn` is False)."""
         self.timers.record(stages.TOTAL, seconds)
-        if not shed:
+        if not shed and learn:
             self.costs.observe(stages.TOTAL, seconds, n_events)
             self.completed_batches += 1
             self.typical_batch = max(1, int(0.9 * self.typical_batch + 0.1 * n_events))
@@ -267,10 +268,12 @@ class Deadline:
     """One batch's deadline: `at` (time.monotonic()) is the last moment its answer may
     leave; `budget_s` the time it was given on arrival, before the send margin."""
 
-    __slots__ = ("at", "budget_s", "keeper")
+    __slots__ = ("at", "budget_s", "keeper", "learn")
 
-    def __init__(self, keeper: Timekeeper, at: float, budget_s: float) -> None:
+    def __init__(self, keeper: Timekeeper, at: float, budget_s: float,
+                 learn: bool = True) -> None:
         self.keeper, self.at, self.budget_s = keeper, at, budget_s
+        self.learn = learn  # False: this batch's stage costs are timed, not taught
 
     def left(self) -> float:
         return self.at - time.monotonic()
@@ -300,7 +303,7 @@ class Deadline:
         """A stage took `seconds` for this batch: timed, and (with `learn`) taught to the
         cost model."""
         self.keeper.timers.record(stage, seconds)
-        if learn:
+        if learn and self.learn:
             self.keeper.costs.observe(stage, seconds, n_events)
 
     def shed(self, point: str, n_events: int) -> None:

@@ -70,14 +70,22 @@ class WorldStages:
     """The stages bound to one world: user and context lookup, the FAISS index, the
     onnxruntime session. Built off the event loop (start-up, reload); holds no money."""
 
-    def __init__(self, world: World, cfg: ServerConfig) -> None:
+    def __init__(self, world: World, cfg: ServerConfig,
+                 previous: WorldStages | None = None) -> None:
+        """`previous`: the stages serving now; those whose world parts the new world took
+        over unchanged (World.shared) are shared, not built again."""
         self.world = world
-        self.users = UserLookup(world)
-        self.contexts = ContextEncoder(world)
-        self.retriever = Retriever(world.ad_index, cfg.top_k, cfg.faiss_threads)
-        self.scorer = Scorer(world.model_path, world.dim, world.ad_index.ntotal,
-                             intra_op_threads=cfg.onnx_threads, spinning=cfg.onnx_spinning,
-                             use_gpu=cfg.use_gpu, require_gpu=cfg.require_gpu)
+        shared = world.shared if previous is not None else ()
+        self.users: UserLookup = previous.users if previous and "users" in shared else \
+            UserLookup(world)
+        self.contexts: ContextEncoder = previous.contexts \
+            if previous and "contexts" in shared else ContextEncoder(world)
+        self.retriever: Retriever = previous.retriever if previous and "index" in shared else \
+            Retriever(world.ad_index, cfg.top_k, cfg.faiss_threads)
+        self.scorer: Scorer = previous.scorer if previous and "model" in shared else \
+            Scorer(world.model_path, world.dim, world.ad_index.ntotal,
+                   intra_op_threads=cfg.onnx_threads, spinning=cfg.onnx_spinning,
+                   use_gpu=cfg.use_gpu, require_gpu=cfg.require_gpu)
 
 
 class Pipeline:
@@ -92,6 +100,7 @@ class Pipeline:
                  previous: Pipeline | None = None) -> None:
         world = stages.world
         self.world = world
+        self.stages = stages
         self.users, self.contexts = stages.users, stages.contexts
         self.retriever, self.scorer = stages.retriever, stages.scorer
         ledger.extend(world.campaigns)

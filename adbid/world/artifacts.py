@@ -42,6 +42,12 @@ FILES = (MODEL, INDEX, *(f"{a}.npy" for a in ARRAYS), *(f"{j}.json" for j in JSO
 OPTIONAL = (creatives.FILE, currency.FILE)  # checksummed when present
 
 
+# Parts of a world that a reload takes over unchanged from the running one when all of
+# their files have the same checksums: no reading, no rebuilding of their tables.
+SHARED = {"users": ("user_ids.npy", "user_embeddings.npy"), "index": (INDEX,),
+          "contexts": ("topic_embeddings.npy", "context_words.json"), "model": (MODEL, INDEX)}
+
+
 class WorldError(ValueError):
     """A world directory is missing, incomplete or inconsistent."""
 
@@ -88,6 +94,9 @@ class World:
     ad_format: np.ndarray = field(default_factory=lambda: np.zeros(0, np.uint8))  # uint8[A]
     video: dict[int, creatives.VideoCreative] = field(default_factory=dict)  # ad row -> video
     ad_attrs: np.ndarray = field(default_factory=lambda: np.zeros(0, np.uint64))  # uint64[A]
+    # The parts taken over from the world loaded before, their files being the same (see
+    # SHARED): the model may be, when MODEL and INDEX are.
+    shared: tuple[str, ...] = ()
 
     @property
     def version(self) -> str:
@@ -102,8 +111,11 @@ class World:
         return self.path / MODEL
 
     @classmethod
-    def load(cls, path: str | Path, verify_checksums: bool = True) -> World:
-        """Load and cross-check a world directory; raises WorldError saying what is wrong."""
+    def load(cls, path: str | Path, verify_checksums: bool = True,
+             previous: World | None = None) -> World:
+        """Load and cross-check a world directory; raises WorldError saying what is wrong.
+        `previous`: the world serving now; parts whose files are unchanged (SHARED) are
+        taken over from it instead of being read and built again."""
         path = Path(path)
         if not (path / MANIFEST).is_file():
             raise WorldError(f"{path}: no {MANIFEST}; build one with "
@@ -120,38 +132,59 @@ class World:
                 want = manifest.get("files", {}).get(name, {}).get("sha256")
                 if want != sha256_of(f):
                     raise WorldError(f"{path}: {name} does not match its manifest checksum")
-        arrays = {a: np.load(path / f"{a}.npy", allow_pickle=False) for a in ARRAYS}
+        same = () if previous is None else tuple(
+            part for part, names in SHARED.items()
+            if all(manifest.get("files", {}).get(n, {}).get("sha256") ==
+                   previous.manifest.get("files", {}).get(n, {}).get("sha256") for n in names))
+        skip = {"user_ids", "user_embeddings"} if "users" in same else set()
+        arrays = {a: np.load(path / f"{a}.npy", allow_pickle=False) for a in ARRAYS
+                  if a not in skip}
         jsons = {j: json.loads((path / f"{j}.json").read_text()) for j in JSONS}
         try:
             campaigns = CampaignTable.from_records(jsons["campaigns"])
         except ValueError as exc:
             raise WorldError(f"{path}/campaigns.json: {exc}") from None
-        index = faiss.read_index(str(path / INDEX))
+        index = previous.ad_index if previous is not None and "index" in same else \
+            faiss.read_index(str(path / INDEX))
         try:
             currencies = Currencies.load(path)
             ad_format, video, ad_attrs = creatives.load(path, arrays["ad_creative_ids"])
         except (CurrencyError, ValueError) as exc:
             raise WorldError(f"{path}: {exc}") from None
+        if previous is not None and "users" in same:
+            user_ids, user_row, user_embeddings = (previous.user_ids, previous.user_row,
+                                                   previous.user_embeddings)
+        else:
+            user_ids = arrays["user_ids"]
+            user_row = {str(u): i for i, u in enumerate(user_ids.tolist())}
+            user_embeddings = np.ascontiguousarray(arrays["user_embeddings"], dtype=np.float32)
+        if previous is not None and "contexts" in same:
+            topics, words = previous.topic_embeddings, previous.context_words
+        else:
+            topics = np.ascontiguousarray(arrays["topic_embeddings"], dtype=np.float32)
+            words = {str(k): int(v) for k, v in jsons["context_words"].items()}
         world = cls(
             path=path,
             manifest=manifest,
-            user_ids=arrays["user_ids"],
-            user_row={str(u): i for i, u in enumerate(arrays["user_ids"].tolist())},
-            user_embeddings=np.ascontiguousarray(arrays["user_embeddings"], dtype=np.float32),
+            user_ids=user_ids,
+            user_row=user_row,
+            user_embeddings=user_embeddings,
             ad_index=index,
             ad_campaign=np.ascontiguousarray(arrays["ad_campaign"], dtype=np.int32),
             ad_creative_ids=arrays["ad_creative_ids"],
-            topic_embeddings=np.ascontiguousarray(arrays["topic_embeddings"], dtype=np.float32),
-            context_words={str(k): int(v) for k, v in jsons["context_words"].items()},
+            topic_embeddings=topics,
+            context_words=words,
             campaigns=campaigns,
             currencies=currencies,
             ad_format=ad_format,
             video=video,
             ad_attrs=ad_attrs,
+            shared=same,
         )
         world._check_consistency()
-        log.info("loaded world %s from %s: %d users, %d ads, %d campaigns, d=%d", world.version,
-                 path, len(world.user_ids), index.ntotal, len(campaigns), world.dim)
+        log.info("loaded world %s from %s: %d users, %d ads, %d campaigns, d=%d%s",
+                 world.version, path, len(world.user_ids), index.ntotal, len(campaigns),
+                 world.dim, f" (unchanged, taken over: {', '.join(same)})" if same else "")
         return world
 
     def _check_consistency(self) -> None:
