@@ -195,7 +195,7 @@ class BidServer:
         """A reloaded pipeline's check before it serves: small test batches through every
         stage, their costs not learned (the model keeps what serving taught it)."""
         logs.request_id.set("reload-check")
-        for i, n in enumerate((1, 16, 64)):
+        for i, n in enumerate((16,)):  # one small batch: each costs serving a little
             events = make_events(n, np.random.default_rng(900 + i), test=True,
                                  id_prefix="check-")
             resp = await self.bidder.bid(
@@ -214,6 +214,7 @@ class BidServer:
         """
         async with self._reload_lock:
             old = self.pipeline
+            new: Pipeline | None = None
             try:
                 # Off the event loop, on a thread the OS runs after serving's, taking over
                 # what did not change; then a short check, not a full warm-up: the cost
@@ -228,6 +229,8 @@ class BidServer:
                 t1 = time.perf_counter()
                 await self._check(new)
             except Exception as exc:  # any failure refuses the world: the old one keeps serving
+                if new is not None and new.executor is old.executor:  # its threads go back
+                    old.owns_executor, new.owns_executor = True, False
                 metrics.ERRORS.labels("reload_refused").inc()
                 log.error("reload of %s refused: %s", path, exc)
                 raise ReloadRefused(f"world {path} refused: {exc}") from None

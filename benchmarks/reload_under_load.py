@@ -57,7 +57,7 @@ def one_run(srv: Server, spec: LoadSpec, reloads: int, worlds: list[Path]) -> di
     stop = threading.Event()
     done: dict = {}
     thread = threading.Thread(target=reloader, args=(
-        srv.admin_target, worlds, reloads, spec.duration_s / (reloads + 1), stop, done))
+        srv.admin_target, worlds, reloads, spec.duration_s / (reloads + 2), stop, done))
     if reloads:
         thread.start()
     late_before = srv.metric("adbid_late_answers_total")

@@ -73,15 +73,16 @@ class EventBatch:
         for column in (self.floor_micros, self.first_price, self.country_bit,
                        self.device_type, self.size_bit, self.is_test):
             mixed = mixed * np.uint64(0x100000001B3) ^ column[at].astype(np.uint64)
-        texts = [self.user_id, self.context_text, self.site_domain]
-        parts = [[t[i] for i in at.tolist()] for t in texts]
+        idx = at.tolist()
+        parts = [list(map(t.__getitem__, idx))  # C-level picks
+                 for t in (self.user_id, self.context_text, self.site_domain)]
         lists: list = []
         for flat, counts in ((self.blocked_advertisers, self.blocked_advertisers_count),
                              (self.blocked_categories, self.blocked_categories_count)):
             if len(flat):
                 starts = (np.cumsum(counts) - counts).tolist()
                 lists.append([tuple(flat[starts[i]:starts[i] + int(counts[i])])
-                              for i in at.tolist()])
+                              for i in idx])
             else:  # no event of the batch has such a list
                 lists.append(itertools.repeat(()))
         return list(map(hash, zip(*parts, mixed.tolist(), *lists)))

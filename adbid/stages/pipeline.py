@@ -114,15 +114,26 @@ class Pipeline:
             self.pacing.inherit(previous.pacing)
         self.campaign_ids = list(world.campaigns.ids)
         self.creative_ids = world.ad_creative_ids.tolist()
-        # Retrieval and scoring run here, subnormal floats flushed to zero (see _fpmode).
-        self.executor = ThreadPoolExecutor(cfg.native_threads, thread_name_prefix="adbid-native",
-                                           initializer=flush_denormals)
+        # Retrieval and scoring run here, subnormal floats flushed to zero (see _fpmode). A
+        # reload takes over the running pipeline's threads, warm as they are; the last
+        # pipeline to hold them shuts them down.
+        self.executor: ThreadPoolExecutor
+        if previous is not None and previous.owns_executor:
+            self.executor = previous.executor
+            previous.owns_executor = False
+        else:
+            self.executor = ThreadPoolExecutor(cfg.native_threads,
+                                               thread_name_prefix="adbid-native",
+                                               initializer=flush_denormals)
+        self.owns_executor: bool = True
         self.running = 0  # batches inside run() now (a replaced pipeline waits for 0)
         self.unspecified_first_price = cfg.unspecified_auction == "first"
 
     def close(self) -> None:
-        """Stop this pipeline's threads (the ledger is the server's, closed separately)."""
-        self.executor.shutdown(wait=True)
+        """Stop this pipeline's threads unless a newer pipeline took them over (the ledger
+        is the server's, closed separately)."""
+        if self.owns_executor:
+            self.executor.shutdown(wait=True)
 
     def _native(self, query: np.ndarray, user: np.ndarray, context: np.ndarray,
                 device: np.ndarray, clock: Clock, submitted: float,

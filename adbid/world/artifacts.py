@@ -124,22 +124,32 @@ class World:
         if manifest.get("format") != FORMAT:
             raise WorldError(f"{path}: world format {manifest.get('format')!r}, expected {FORMAT}")
         listed = manifest.get("files", {})
+        same = () if previous is None else tuple(
+            part for part, names in SHARED.items()
+            if all(listed.get(n, {}).get("sha256") is not None and listed.get(n, {}).get(
+                "sha256") == previous.manifest.get("files", {}).get(n, {}).get("sha256")
+                for n in names))
+        # Files of parts taken over are not read: what serves them is the running world's,
+        # verified when it was loaded, with the same checksums. They are checked by size
+        # (a truncated copy is refused), not hashed again.
+        unread = {n for part in same for n in SHARED[part]} - (
+            set() if "model" in same else {MODEL}) - (set() if "index" in same else {INDEX})
         for name in (*FILES, *(o for o in OPTIONAL if o in listed)):
             f = path / name
             if not f.is_file():
                 raise WorldError(f"{path}: missing {name}")
-            if verify_checksums:
-                want = manifest.get("files", {}).get(name, {}).get("sha256")
-                if want != sha256_of(f):
-                    raise WorldError(f"{path}: {name} does not match its manifest checksum")
-        same = () if previous is None else tuple(
-            part for part, names in SHARED.items()
-            if all(manifest.get("files", {}).get(n, {}).get("sha256") ==
-                   previous.manifest.get("files", {}).get(n, {}).get("sha256") for n in names))
-        skip = {"user_ids", "user_embeddings"} if "users" in same else set()
+            if not verify_checksums:
+                continue
+            if name in unread:
+                if f.stat().st_size != listed.get(name, {}).get("bytes"):
+                    raise WorldError(f"{path}: {name} does not match its manifest checksum "
+                                     "(its size differs)")
+            elif listed.get(name, {}).get("sha256") != sha256_of(f):
+                raise WorldError(f"{path}: {name} does not match its manifest checksum")
         arrays = {a: np.load(path / f"{a}.npy", allow_pickle=False) for a in ARRAYS
-                  if a not in skip}
-        jsons = {j: json.loads((path / f"{j}.json").read_text()) for j in JSONS}
+                  if f"{a}.npy" not in unread}
+        jsons = {j: json.loads((path / f"{j}.json").read_text()) for j in JSONS
+                 if f"{j}.json" not in unread}
         try:
             campaigns = CampaignTable.from_records(jsons["campaigns"])
         except ValueError as exc:
