@@ -4,7 +4,7 @@ In-process, on the same demo-world batches and thread settings as the server
 (FAISS 1 OpenMP thread, onnxruntime 1 intra-op thread): FAISS search +
 onnxruntime run + the compiled decision loop, nothing else. That is what a
 perfect server would spend per batch; its events/s on one core is the ceiling
-that session 1 defined. The same work on the server's native threads at once (2)
+the server is measured against. The same work on the server's native threads at once (2)
 gives the machine's own ceiling, by the wall clock; the client shares those cores.
 
 Then a real `adbid serve` process is driven closed-loop over gRPC (client in

@@ -383,7 +383,7 @@ def snapshot(ids, budget: list[int], active: list[int], spent: list[int], open_:
     # it): encoding one record each took ~5 s per million, GIL held.
     by_expiry: dict[int, list] = {}
     for table in (open_, doubt or {}):
-        for rid, (row, price, cost, expires, user) in table.items():
+        for rid, (row, price, cost, expires, user, *_) in table.items():  # answers not kept
             by_expiry.setdefault(expires, []).append((rid, ids[row], user, price, cost))
     for expires, group in by_expiry.items():
         rids, cids, users, prices, costs = zip(*group)

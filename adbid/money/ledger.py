@@ -62,6 +62,9 @@ class Reservation(NamedTuple):
 
 
 ROW, PRICE, COST, EXPIRES, USER = range(5)  # indices into an open reservation tuple
+# A live bid's open tuple goes on with its answer, for retries: the content's fingerprint,
+# the ad row, the value and the score (absent from reservations replayed from the log).
+FINGERPRINT, AD, VALUE, SCORE = range(5, 9)
 
 
 @dataclass(slots=True)
@@ -87,9 +90,6 @@ class SpendLedger(CampaignBooks):
         # In doubt: request id -> Reservation fields, `expires` being the window's end.
         self.doubt: dict[str, tuple] = {}
         self._doubt_ends: list[tuple[int, int, tuple[str, ...]]] = []  # a heap, as _expiries
-        # Open bids' answers, for retries: request id -> (content fingerprint, ad row,
-        # value, score), set by the pipeline; dropped when the reservation leaves `open`.
-        self.answers: dict[str, tuple[int, int, int, float]] = {}
         # (expiry, serial, request ids) per group of bids sharing an expiry; a heap. Closed
         # reservations are skipped when their time comes.
         self._expiries: list[tuple[int, int, tuple[str, ...]]] = []
@@ -119,9 +119,12 @@ class SpendLedger(CampaignBooks):
     def record_bids(self, request_ids: list[str], campaign_rows: np.ndarray,
                     price_cpm_micros: np.ndarray, user_keys: np.ndarray,
                     now_unix_ms: int | None = None,
-                    hold_ms: np.ndarray | None = None) -> None:
+                    hold_ms: np.ndarray | None = None,
+                    answers: tuple[np.ndarray, ...] | None = None) -> None:
         """Journal the reservations the decision core just made (non-test bids only). Each
-        is held for the longer of the reservation TTL and its `hold_ms` (OpenRTB's exp)."""
+        is held for the longer of the reservation TTL and its `hold_ms` (OpenRTB's exp).
+        `answers`: (fingerprints, ad rows, values, scores) as arrays, kept with each open
+        reservation so that a retry gets the same answer (see `retry`)."""
         now = now_ms() if now_unix_ms is None else now_unix_ms
         if hold_ms is not None and (hold_ms > self.reservation_ttl_ms).any():
             windows = np.maximum(hold_ms.astype(np.int64), self.reservation_ttl_ms)
@@ -129,19 +132,22 @@ class SpendLedger(CampaignBooks):
                 pick = np.flatnonzero(windows == window)
                 self._record([request_ids[i] for i in pick.tolist()],
                              campaign_rows[pick], price_cpm_micros[pick], user_keys[pick],
-                             now, now + window)
+                             now, now + window,
+                             None if answers is None else tuple(a[pick] for a in answers))
             return
         self._record(request_ids, campaign_rows, price_cpm_micros, user_keys, now,
-                     now + self.reservation_ttl_ms)
+                     now + self.reservation_ttl_ms, answers)
 
     def _record(self, request_ids: list[str], campaign_rows: np.ndarray,
                 price_cpm_micros: np.ndarray, user_keys: np.ndarray, now: int,
-                expires: int) -> None:
+                expires: int, answers: tuple[np.ndarray, ...] | None = None) -> None:
         rows = campaign_rows.tolist()
         prices = price_cpm_micros.tolist()
         costs = impression_costs_micros(np.ascontiguousarray(price_cpm_micros, np.int64))
         users = user_keys.astype(np.int64).tolist()
-        self.open.update(zip(request_ids, zip(rows, prices, costs, repeat(expires), users)))
+        kept = () if answers is None else tuple(a.tolist() for a in answers)
+        self.open.update(zip(request_ids, zip(rows, prices, costs, repeat(expires), users,
+                                              *kept)))
         self.expire_at(expires, request_ids)
         ids = self.campaign_ids
         self._journal.append(ReserveBatch(list(request_ids), [ids[c] for c in rows], users,
@@ -172,20 +178,19 @@ class SpendLedger(CampaignBooks):
             return []
         return [i for i, rid in enumerate(request_ids) if self.knows(rid)]
 
-    def retry(self, request_id: str, fingerprint: int) -> tuple[tuple, tuple] | str:
-        """A retried bid: (its open reservation, its answer (fingerprint, ad row, value,
-        score)) when it is open and the content is the same; else why it cannot be."""
+    def retry(self, request_id: str, fingerprint: int) -> tuple | str:
+        """A retried bid: its open reservation, answer included (FINGERPRINT..SCORE), when
+        it is open and the content is the same; else why it cannot be."""
         res = self.open.get(request_id)
         if res is None:
             return ("request_id: already used by a bid whose reservation is closed (settled, "
                     "released or past its window); a retry must come within the window")
-        kept = self.answers.get(request_id)
-        if kept is None:
+        if len(res) <= SCORE:
             return ("request_id: already used by a bid made before this server restarted; "
                     "its answer is not kept across restarts")
-        if kept[0] != fingerprint:
+        if res[FINGERPRINT] != fingerprint:
             return "request_id: already used by an earlier bid with different content"
-        return res, kept
+        return res
 
     # -- notices ------------------------------------------------------------------
 
@@ -219,7 +224,7 @@ class SpendLedger(CampaignBooks):
             self.reserved_micros[res[ROW]] -= res[COST]
             self._close(request_id, res, states.LOST, None, 0, now)
             # An in-doubt reservation gave its frequency count back when it expired.
-            return NoticeResult(True, released=None if late else Reservation(*res))
+            return NoticeResult(True, released=None if late else Reservation(*res[:5]))
         clearing = clearing_cpm_micros or res[PRICE]  # 0 = "not given": settle at the bid
         if clearing > res[PRICE]:
             return NoticeResult(False, error=f"clearing_price_cpm_micros: {clearing} is above "
@@ -274,7 +279,6 @@ class SpendLedger(CampaignBooks):
                cost: int, now: int) -> None:
         if self.open.pop(request_id, None) is None:
             self.doubt.pop(request_id, None)
-        self.answers.pop(request_id, None)
         self.remember(request_id, state, res[ROW], res[PRICE], clearing or 0)
         self._journal.append(Close(request_id, state, clearing, cost, now,
                                    self.campaign_ids[res[ROW]], res[PRICE]))
@@ -304,10 +308,9 @@ class SpendLedger(CampaignBooks):
         until = now + self.late_win_window_ms
         for rid in self._due(self._expiries, self.open, now):
             res = self.open[rid]
-            expired.append(Reservation(*res))
+            expired.append(Reservation(*res[:5]))
             if self.late_win_window_ms > 0:
                 del self.open[rid]
-                self.answers.pop(rid, None)
                 self.doubt[rid] = (*res[:EXPIRES], until, res[USER])
                 in_doubt.append(rid)
                 self._journal.append(Close(rid, states.IN_DOUBT, None, 0, now,

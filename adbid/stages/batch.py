@@ -63,29 +63,32 @@ class EventBatch:
     def __len__(self) -> int:
         return len(self.request_id)
 
-    def fingerprints(self, positions: Sequence[int] | np.ndarray) -> list[int]:
-        """A hash of each of these events' content (everything but its request id): a
-        retried event must match the one that bid. Stable within the process only."""
+    def fingerprints(self, positions: Sequence[int] | np.ndarray) -> np.ndarray:
+        """A hash of each of these events' content (everything but its request id; block
+        lists as sets), uint64: a retried event must match the one that bid. Stable within
+        the process only. Per event, only C-level hashing."""
         if not len(positions):
-            return []
+            return np.zeros(0, dtype=np.uint64)
         at = np.asarray(positions, dtype=np.int64)
-        mixed = np.zeros(len(at), dtype=np.uint64)
+        idx = at.tolist()
+        texts = zip(*(map(column.__getitem__, idx)
+                      for column in (self.user_id, self.context_text, self.site_domain)))
+        mixed = np.fromiter(map(hash, texts), dtype=np.int64, count=len(idx)).view(np.uint64)
+        prime = np.uint64(0x100000001B3)
         for column in (self.floor_micros, self.first_price, self.country_bit,
                        self.device_type, self.size_bit, self.is_test):
-            mixed = mixed * np.uint64(0x100000001B3) ^ column[at].astype(np.uint64)
-        idx = at.tolist()
-        parts = [list(map(t.__getitem__, idx))  # C-level picks
-                 for t in (self.user_id, self.context_text, self.site_domain)]
-        lists: list = []
+            mixed = mixed * prime ^ column[at].astype(np.uint64)
         for flat, counts in ((self.blocked_advertisers, self.blocked_advertisers_count),
                              (self.blocked_categories, self.blocked_categories_count)):
-            if len(flat):
-                starts = (np.cumsum(counts) - counts).tolist()
-                lists.append([tuple(flat[starts[i]:starts[i] + int(counts[i])])
-                              for i in idx])
-            else:  # no event of the batch has such a list
-                lists.append(itertools.repeat(()))
-        return list(map(hash, zip(*parts, mixed.tolist(), *lists)))
+            mixed = mixed * prime
+            if len(flat):  # each event's entries summed: a set's hash, in one pass
+                entry = np.fromiter(map(hash, flat), dtype=np.int64,
+                                    count=len(flat)).view(np.uint64)
+                sums = np.zeros(len(counts), dtype=np.uint64)
+                owners = np.flatnonzero(counts)
+                sums[owners] = np.add.reduceat(entry, (np.cumsum(counts) - counts)[owners])
+                mixed = mixed ^ sums[at]
+        return mixed  # uint64[len(positions)]
 
     @staticmethod
     def concat(batches: Sequence[EventBatch]) -> EventBatch:

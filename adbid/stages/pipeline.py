@@ -255,10 +255,9 @@ class Pipeline:
             self.ledger.record_bids(rids, dec.campaign_row[idx], dec.price_cpm_micros[idx],
                                     batch.user_key[idx],
                                     hold_ms=batch.hold_ms[idx] if batch.hold_ms is not None
-                                    else None)
-            self.ledger.answers.update(zip(rids, zip(
-                batch.fingerprints(idx), dec.ad_row[idx].tolist(),
-                dec.value_cpm_micros[idx].tolist(), dec.score[idx].tolist())))
+                                    else None,
+                                    answers=(batch.fingerprints(idx), dec.ad_row[idx],
+                                             dec.value_cpm_micros[idx], dec.score[idx]))
         if retried:
             blocked[list(retried)] = False
             self._answer_again(dec, retried)
@@ -267,13 +266,13 @@ class Pipeline:
         clock.record(DECISION, time.perf_counter() - t2, n)
         return dec, commit
 
-    def _retried(self, batch: EventBatch) -> dict[int, tuple[tuple, tuple]]:
+    def _retried(self, batch: EventBatch) -> dict[int, tuple]:
         """Events whose request id bid before: a retry of an open bid with the same content
-        gets that bid's answer again (position -> (reservation, answer)); any other reuse
-        is an invalid event, with the reason."""
+        gets that bid's answer again (position -> its open reservation, answer included);
+        any other reuse is an invalid event, with the reason."""
         used = [i for i in self.ledger.used(batch.request_id) if i not in batch.errors]
         retried = {}
-        for i, fingerprint in zip(used, batch.fingerprints(used)):
+        for i, fingerprint in zip(used, batch.fingerprints(used).tolist()):
             found = self.ledger.retry(batch.request_id[i], fingerprint)
             if isinstance(found, str):
                 batch.errors[i] = found
@@ -282,12 +281,12 @@ class Pipeline:
         return retried
 
     @staticmethod
-    def _answer_again(dec: Decisions, retried: dict[int, tuple[tuple, tuple]]) -> None:
+    def _answer_again(dec: Decisions, retried: dict[int, tuple]) -> None:
         """The first decision of each retried bid, as it was answered; nothing is reserved
         or counted again."""
-        for i, (res, (_, ad_row, value, score)) in retried.items():
+        for i, (row, price, _, _, _, _, ad_row, value, score) in retried.items():
             dec.bid[i], dec.candidate[i], dec.reason[i] = True, 0, pb.NO_BID_REASON_UNSPECIFIED
-            dec.campaign_row[i], dec.price_cpm_micros[i] = res[0], res[1]
+            dec.campaign_row[i], dec.price_cpm_micros[i] = row, price
             dec.ad_row[i], dec.value_cpm_micros[i], dec.score[i] = ad_row, value, score
 
     def withdraw(self, batch: Events, dec: Decisions) -> int:
