@@ -71,13 +71,22 @@ class EventBatch:
             return np.zeros(0, dtype=np.uint64)
         at = np.asarray(positions, dtype=np.int64)
         idx = at.tolist()
-        texts = zip(*(map(column.__getitem__, idx)
-                      for column in (self.user_id, self.context_text, self.site_domain)))
-        mixed = np.fromiter(map(hash, texts), dtype=np.int64, count=len(idx)).view(np.uint64)
         prime = np.uint64(0x100000001B3)
-        for column in (self.floor_micros, self.first_price, self.country_bit,
-                       self.device_type, self.size_bit, self.is_test):
-            mixed = mixed * prime ^ column[at].astype(np.uint64)
+        # The user's key is its id's hash (the lookup stage's, when it has run); texts were
+        # hashed by lookups already, and str caches its hash.
+        def hashes(column: Sequence[str]) -> np.ndarray:
+            return np.fromiter(map(hash, map(column.__getitem__, idx)), dtype=np.int64,
+                               count=len(idx)).view(np.uint64)
+
+        mixed = self.user_key[at] if self.user_key is not None else hashes(self.user_id)
+        for column in (self.context_text, self.site_domain):
+            mixed = mixed * prime ^ hashes(column)
+        # The small columns packed into one word (each fits its bits), then mixed in.
+        small = (self.first_price[at].astype(np.int64) | self.is_test[at] << 1
+                 | self.country_bit[at] << 2 | self.size_bit[at] << 10
+                 | self.device_type[at] << 18)
+        mixed = (mixed * prime ^ self.floor_micros[at].view(np.uint64)) * prime \
+            ^ small.view(np.uint64)
         for flat, counts in ((self.blocked_advertisers, self.blocked_advertisers_count),
                              (self.blocked_categories, self.blocked_categories_count)):
             mixed = mixed * prime

@@ -102,7 +102,8 @@ class DecisionCore:
                                 0.0)
         np.maximum(out.candidate, -1, out=out.candidate)
         out.bid, out.ad_row, out.campaign_row = bid, ad_row, campaign_row
-        out.score = np.clip(np.nan_to_num(chosen_score, nan=0.0), 0.0, 1.0).astype(np.float32)
+        # (A NaN score is worth 0: never a bid, never the best rejected candidate.)
+        out.score = chosen_score.astype(np.float32)
         return out
 
     def release_frequency(self, res: Reservation, now_s: int) -> None:
