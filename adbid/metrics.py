@@ -48,6 +48,11 @@ LATE_ANSWERS = Counter("adbid_late_answers", "Answers ready too late to arrive i
                        "the deadline less the send margin): withheld (DEADLINE_EXCEEDED), "
                        "their bids withdrawn")
 LATE_WINS = Counter("adbid_late_wins", "Wins booked after their reservation had expired")
+LOSSES = Counter("adbid_losses", "Lost auctions by OpenRTB loss reason code (0 = not given)",
+                 ["reason"])
+MIN_TO_WIN_RATIO = Histogram("adbid_min_to_win_ratio", "A lost bid's minimum to win over its "
+                             "price (from loss notices that give it)",
+                             buckets=(0.5, 0.8, 0.9, 1.0, 1.05, 1.1, 1.25, 1.5, 2, 3, 5, 10))
 EXPIRED = Counter("adbid_expired_reservations", "Reservations released for want of a notice")
 PROVIDER = Info("adbid_execution_provider", "onnxruntime execution provider in use")
 WORLD = Info("adbid_world", "World being served")

@@ -35,6 +35,7 @@ from adbid.edge.errors import ErrorInterceptor, ReloadRefused
 from adbid.edge.health import Health
 from adbid.edge.http import OpenRtbApp, OpenRtbServer
 from adbid.edge.openrtb import NoticeSigner
+from adbid.edge.relay import NoticeRelay, write_address
 from adbid.edge.tls import is_loopback, tls_credentials
 from adbid.flow.deadlines import Timekeeper
 from adbid.money.journal import open_log
@@ -60,6 +61,7 @@ class BidServer:
         self._metrics_http: Any = None  # prometheus_client's WSGI server
         self._tasks: list[asyncio.Task] = []
         self.openrtb: OpenRtbServer | None = None
+        self.relay_server: grpc.aio.Server | None = None
         self.openrtb_port = 0
         self.keeper = Timekeeper(cfg.default_deadline_ms, cfg.send_margin_ms)
         # Reloads load worlds here: one thread, at a lower OS priority than serving's.
@@ -121,9 +123,23 @@ class BidServer:
             self.admin_port = _listen(self.admin_server, admin_address, credentials, "Admin")
             await self.admin_server.start()
         await self.server.start()
+        self.relay_server, relay = None, None
+        if cfg.openrtb_port and cfg.workers > 1 and cfg.ledger is not None:
+            # Notices for this worker's bids may reach any worker: they come here.
+            self.relay_server = grpc.aio.server(interceptors=(ErrorInterceptor(),))
+            self.relay_server.add_generic_rpc_handlers((self.bidder.handlers(),))
+            relay_port = _listen(self.relay_server, "127.0.0.1:0", None, "notice relay")
+            await self.relay_server.start()
+            write_address(Path(cfg.ledger), relay_port)
+            relay = NoticeRelay(Path(cfg.ledger).parent, cfg.worker_index)
         if cfg.openrtb_port:
-            app = OpenRtbApp(self.bidder, current, self.keeper, cfg,
-                             NoticeSigner(notice_key(cfg.ledger)))
+            # Workers share one notice key, kept beside their ledgers, so that any of them
+            # can check any worker's notice URLs.
+            shared = cfg.workers > 1 and cfg.ledger is not None
+            key_dir = cfg.ledger.parent if cfg.workers > 1 and cfg.ledger is not None \
+                else cfg.ledger
+            signer = NoticeSigner(notice_key(key_dir), cfg.worker_index if shared else None)
+            app = OpenRtbApp(self.bidder, current, self.keeper, cfg, signer, relay)
             self.openrtb = OpenRtbServer(app, cfg)
             self.openrtb_port = await self.openrtb.start()
         await self._warm_up(self.pipeline)
@@ -287,6 +303,10 @@ class BidServer:
         await self.health.drain()
         if self.openrtb is not None:
             await self.openrtb.stop()
+            if self.openrtb.app.relay is not None:
+                await self.openrtb.app.relay.close()
+        if self.relay_server is not None:
+            await self.relay_server.stop(1.0)
         for task in self._tasks:
             task.cancel()
         grace = self.cfg.grace_s if grace_s is None else grace_s

@@ -11,6 +11,9 @@ budget (adbid.money.ledger.SpendLedger.slice_of) and keeps its own ledger in
 refused, since the slices (and the spend booked against them) would no longer add
 up. Shared budgets across processes and hosts are for Redis leases (docs/design.md).
 
+An OpenRTB notice may reach any worker: it goes on to the worker that made the bid
+(adbid.edge.relay), the workers sharing one notice key (<ledger>/notice.key).
+
 Each worker has its own Admin port (admin_port + i) and metrics port
 (metrics_port + i) when those are fixed; 0 gives each any free port. Admin calls
 go to every worker: a budget change is the campaign's whole budget, and each
@@ -98,6 +101,10 @@ def supervise(cfg: ServerConfig, log_format: str, verbose: bool) -> int:
         raise WorkerSetupError("--workers needs Admin on its own port (--admin-port >= 0): "
                                "on the shared port an Admin call would reach a random worker")
     check_ledger(cfg.ledger, cfg.workers)
+    if cfg.ledger is not None:  # one notice key for all: any worker checks any notice URL
+        from adbid.server import notice_key
+
+        notice_key(cfg.ledger)
     holder, port = reserve_port(cfg.host, cfg.port)
     configs = worker_configs(cfg, port)
     stopping = False

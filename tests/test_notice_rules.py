@@ -166,3 +166,50 @@ def test_an_expired_bid_gives_its_frequency_count_back(server_factory):
         assert capped_bids("b") == 0  # the user is at every cap
         assert wait_for(lambda: s.server.ledger.expired > 0 and not s.server.ledger.open)
         assert capped_bids("c") > 0  # expired bids never won: the counts came back
+
+
+def test_notices_keep_what_the_market_said(server_factory):
+    """Loss notices' minimum to win and reason, and wins' clearing prices, are kept with
+    the bid (market feedback for shading), once per bid: from ReportOutcomes and from the
+    OpenRTB lurl alike."""
+    import json
+    import urllib.request
+
+    s = server_factory()
+    feedback = s.server.ledger.feedback
+    with grpc.insecure_channel(s.target) as ch:
+        bids = [d for d in bid(ch, make_events(128, np.random.default_rng(51))).decisions
+                if d.bid]
+        won, lost = bids[0], bids[1]
+        notices = [pb.Outcome(request_id=lost.request_id, type=LOSS,
+                              min_to_win_cpm_micros=lost.price_cpm_micros + 250_000,
+                              loss_reason=102),
+                   pb.Outcome(request_id=won.request_id, type=WIN,
+                              clearing_price_cpm_micros=won.price_cpm_micros - 1),
+                   pb.Outcome(request_id=lost.request_id, type=LOSS,
+                              min_to_win_cpm_micros=1, loss_reason=7)]  # a duplicate
+        bidder_pb2_grpc.BidderStub(ch).ReportOutcomes(
+            pb.ReportOutcomesRequest(outcomes=notices), timeout=5)
+    assert len(feedback.recent) == 2
+    loss, win = feedback.recent
+    assert (loss.won, loss.bid_cpm_micros, loss.price_cpm_micros, loss.loss_reason) == (
+        False, lost.price_cpm_micros, lost.price_cpm_micros + 250_000, 102)
+    assert (win.won, win.price_cpm_micros) == (True, won.price_cpm_micros - 1)
+    # The same through an OpenRTB bid's lurl, its macros filled as an exchange would.
+    request = {"id": "fb-1", "imp": [{"id": "1", "banner": {"w": 300, "h": 250},
+                                      "bidfloor": 0.01}],
+               "site": {"domain": "news.example", "keywords": "football soccer"},
+               "device": {"devicetype": 2, "geo": {"country": "USA"}},
+               "user": {"buyeruid": "u0000042"}}
+    base = f"http://127.0.0.1:{s.server.openrtb_port}"
+    post = urllib.request.Request(f"{base}/openrtb2/bid", json.dumps(request).encode(),
+                                  {"Content-Type": "application/json"})
+    with urllib.request.urlopen(post, timeout=10) as r:
+        b = json.loads(r.read())["seatbid"][0]["bid"][0]
+    lurl = (b["lurl"].replace("${AUCTION_CURRENCY}", "USD").replace("${AUCTION_LOSS}", "102")
+            .replace("${AUCTION_MIN_TO_WIN}", "1.5"))
+    with urllib.request.urlopen(lurl, timeout=10) as r:
+        assert r.status == 204
+    last = feedback.recent[-1]
+    assert (last.won, last.price_cpm_micros, last.loss_reason) == (False, 1_500_000, 102)
+    assert feedback.campaigns[last.campaign_row].losses_with_min_to_win >= 1

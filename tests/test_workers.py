@@ -97,7 +97,7 @@ def test_two_workers_share_the_port_and_split_every_budget(tiny_world_dir, tmp_p
         if proc.poll() is None:
             stop(proc)
     assert sorted(p.name for p in (tmp_path / "ledger").iterdir()) == [
-        "worker-0", "worker-1", "workers"]
+        "notice.key", "worker-0", "worker-1", "workers"]
 
 
 def test_a_ledger_kept_by_another_worker_count_is_refused(tiny_world_dir, tmp_path):
@@ -170,5 +170,43 @@ def test_workers_share_one_openrtb_port(tiny_world_dir, tmp_path):
                 {"Content-Type": "application/json"}), timeout=10)
             statuses.append(r.status)
         assert set(statuses) <= {200, 204} and 200 in statuses
+    finally:
+        assert stop(proc) == 0
+
+
+def test_a_notice_reaching_another_worker_is_booked_by_the_one_that_bid(tiny_world_dir,
+                                                                       tmp_path):
+    """Notice URLs go to the shared port, so the kernel hands each to either worker; each
+    bid's billing must still be booked once, in the books of the worker that made it."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc, log = start(tiny_world_dir, tmp_path / "ledger", 2, tmp_path, "--openrtb-port",
+                      str(port))
+    try:
+        _, admins = wait_serving(proc, log, 2)
+        bids = []
+        for i in range(24):  # a new connection each: the kernel spreads them over both
+            body = json.dumps({
+                "id": f"n{i}", "tmax": 500,
+                "imp": [{"id": "1", "banner": {"w": 300, "h": 250}, "bidfloor": 0.01}],
+                "site": {"domain": "news.example", "keywords": "football soccer"},
+                "user": {"buyeruid": f"u{i:07d}"}}).encode()
+            r = urllib.request.urlopen(urllib.request.Request(
+                f"http://127.0.0.1:{port}/openrtb2/bid", body,
+                {"Content-Type": "application/json"}), timeout=10)
+            if r.status == 200:
+                bids.append(json.loads(r.read())["seatbid"][0]["bid"][0])
+        workers = {re.search(r"[?&]w=(\d)", b["burl"]).group(1) for b in bids}
+        assert workers == {"0", "1"}, "both workers bid"
+        expected = 0
+        for b in bids:  # billed at the bid price, each on a new connection
+            url = b["burl"].replace("${AUCTION_PRICE}", str(b["price"])).replace(
+                "${AUCTION_CURRENCY}", "USD")
+            for _ in range(2):  # the second is a duplicate, wherever it lands
+                assert urllib.request.urlopen(url, timeout=10).status == 204
+            expected += -(-round(b["price"] * 1e6) // 1000)
+        spent = sum(c.spent_micros for a in admins for c in status(a).campaigns)
+        assert spent == expected
     finally:
         assert stop(proc) == 0

@@ -46,7 +46,9 @@ from adbid.edge.bidder import BidderService
 from adbid.edge.decode import BadRequest
 from adbid.edge.openrtb import NoticeSigner, build_response, map_request, settle_deals
 from adbid.edge.openrtb_types import DECODER, ENCODER
+from adbid.edge.relay import NoticeRelay
 from adbid.flow.deadlines import Timekeeper, Unmeetable
+from adbid.money.ledger import NoticeResult
 from adbid.stages import DECODE
 from adbid.stages.pipeline import Pipeline
 from adbid.v1 import bidder_pb2 as pb
@@ -70,9 +72,11 @@ class OpenRtbApp:
     """The ASGI application. `current()` is the pipeline now serving."""
 
     def __init__(self, bidder: BidderService, current: Callable[[], Pipeline],
-                 keeper: Timekeeper, cfg: ServerConfig, signer: NoticeSigner) -> None:
+                 keeper: Timekeeper, cfg: ServerConfig, signer: NoticeSigner,
+                 relay: NoticeRelay | None = None) -> None:
         self.bidder, self.current, self.keeper, self.cfg = bidder, current, keeper, cfg
         self.signer = signer
+        self.relay = relay  # under --workers: notices for the other workers' bids
         self.base = cfg.openrtb_base_url.rstrip("/")
         self.serving = False
 
@@ -235,14 +239,25 @@ class OpenRtbApp:
         if outcome is None:  # the win notice: counted, books nothing
             metrics.OPENRTB_NOTICES.labels(kind, "accepted").inc()
             return 204, [], b""
-        clearing = 0
+        clearing = min_to_win = reason = 0
         if outcome == pb.OUTCOME_TYPE_BILLING:
             clearing = self._clearing(q.get("p", ""), q.get("c", ""), bid_currency,
                                       bid_micros, rid)
-        else:
+        else:  # kept as market feedback for shading (what the exchange left out is 0)
+            min_to_win = self._min_to_win(q.get("m", ""), q.get("c", ""), bid_currency)
+            reason = int(code) if (code := q.get("l", "")).isdigit() and len(code) < 6 else 0
             log.info("loss notice for %r: reason %s, minimum to win %s %s", rid,
                      q.get("l", ""), q.get("m", ""), q.get("c", ""))
-        result = await notices.apply_one(self.current(), rid, outcome, clearing)
+        worker = q.get("w", "")
+        result: NoticeResult | pb.OutcomeResult
+        if self.relay is not None and worker.isdigit() and int(worker) != self.relay.worker:
+            result = await self.relay.send(int(worker), pb.Outcome(
+                request_id=rid, type=outcome, clearing_price_cpm_micros=clearing,
+                min_to_win_cpm_micros=min_to_win, loss_reason=reason))
+            metrics.OPENRTB_NOTICES.labels(kind, "forwarded").inc()
+        else:
+            result = await notices.apply_one(self.current(), rid, outcome, clearing,
+                                             min_to_win, reason)
         state = "duplicate" if result.duplicate else "accepted" if result.accepted \
             else "rejected"
         metrics.OPENRTB_NOTICES.labels(kind, state).inc()
@@ -250,6 +265,19 @@ class OpenRtbApp:
             log.warning("%s notice for %r rejected: %s", kind, rid, result.error)
             raise HttpError(400, f"notice: {result.error}")
         return 204, [], b""
+
+    def _min_to_win(self, price: str, currency: str, bid_currency: str) -> int:
+        """${AUCTION_MIN_TO_WIN} in ${AUCTION_CURRENCY} (else the bid's) -> account CPM
+        micros, rounded down; 0 when it is missing or not a price."""
+        currencies = self.current().world.currencies
+        try:
+            value = float(price)
+        except ValueError:
+            return 0
+        if not math.isfinite(value) or value <= 0 or value > 1e6:
+            return 0
+        code = currency if currencies.knows(currency or "-") else bid_currency
+        return currencies.to_account_micros_down(value, code)
 
     def _clearing(self, price: str, currency: str, bid_currency: str, bid_micros: int,
                   rid: str) -> int:

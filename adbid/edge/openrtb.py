@@ -249,8 +249,9 @@ class NoticeSigner:
     account micros, the test flag, the bid's currency), so that a tampered or made-up
     notice is refused."""
 
-    def __init__(self, key: bytes) -> None:
+    def __init__(self, key: bytes, worker: int | None = None) -> None:
         self.key = key
+        self.worker = worker  # under --workers: the worker that signs, named in its URLs
 
     def sign(self, rid: str, bid_micros: int, test: int, currency: str) -> str:
         message = f"{rid}|{bid_micros}|{test}|{currency}".encode()
@@ -267,7 +268,8 @@ def notice_urls(base: str, signer: NoticeSigner, rid: str, bid_micros: int,
     the clearing price on win and billing, the loss reason and minimum to win on loss."""
     fixed = (f"r={quote(rid, safe='')}&b={bid_micros}&t={test}&k={currency}"
              f"&s={signer.sign(rid, bid_micros, test, currency)}"
-             "&a=${AUCTION_ID}&i=${AUCTION_IMP_ID}&x=${AUCTION_BID_ID}")
+             "&a=${AUCTION_ID}&i=${AUCTION_IMP_ID}&x=${AUCTION_BID_ID}"
+             + (f"&w={signer.worker}" if signer.worker is not None else ""))
     price = "&p=${AUCTION_PRICE}&c=${AUCTION_CURRENCY}"
     return {"nurl": f"{base}/openrtb2/notice/win?{fixed}{price}",
             "burl": f"{base}/openrtb2/notice/bill?{fixed}{price}",

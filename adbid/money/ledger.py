@@ -35,6 +35,7 @@ import numpy as np
 
 from adbid.money import records as states  # WON, LOST, EXPIRED, LATE_WON, IN_DOUBT, BILLED
 from adbid.money.books import CampaignBooks, LedgerError
+from adbid.money.feedback import MarketFeedback
 from adbid.money.journal import LedgerLog, snapshot
 from adbid.money.records import Close, ReserveBatch, now_ms
 from adbid.money.replay import replay_into
@@ -101,6 +102,7 @@ class SpendLedger(CampaignBooks):
         self.late_wins = 0
         self.expired = 0
         self.store = store
+        self.feedback = MarketFeedback()  # what notices said about the market
         if store is not None:
             replay_into(self, store)
             store.open()
