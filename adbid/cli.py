@@ -101,7 +101,10 @@ def _build_demo(out: Path, seed: int, spec_overrides: dict | None) -> dict:
         f"index {manifest['index']}\n"
         f"intent model {m['kind']}: held-out AUC [bold]{m['auc']:.4f}[/bold] "
         f"(ground-truth probabilities reach {m['ground_truth_auc']:.4f}) on "
-        f"{m['heldout_impressions']:,} impressions, click rate {m['click_rate']:.3f}")
+        f"{m['heldout_impressions']:,} impressions, click rate {m['click_rate']:.3f}\n"
+        f"calibration: expected calibration error [bold]{m['ece']:.4f}[/bold] "
+        f"({m['calibration']['method']}; {m['ece_before_calibration']:.4f} before; the true "
+        f"probabilities score {m['ground_truth_ece']:.4f} on the same impressions)")
     return manifest
 
 
@@ -289,7 +292,8 @@ def status(
     console.print(f"execution provider [bold]{s.execution_provider}[/bold] (available: "
                   f"{', '.join(s.available_providers)}); FAISS threads {s.faiss_threads}, "
                   f"onnxruntime threads {s.onnx_intra_op_threads}, top-K {s.top_k}")
-    console.print(f"model AUC {s.model_auc:.4f} (ground truth {s.ground_truth_auc:.4f}); "
+    console.print(f"model AUC {s.model_auc:.4f} (ground truth {s.ground_truth_auc:.4f}), "
+                  f"calibration error {s.model_ece:.4f} ({s.model_calibration or 'unknown'}); "
                   f"{s.events_total:,} events, {s.bids_total:,} bids")
     t = Table(title="stage latency per batch (us)")
     for col in ("stage", "batches", "mean", "p50", "p99"):

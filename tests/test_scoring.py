@@ -18,7 +18,8 @@ def numpy_mlp(model: onnx.ModelProto, user, context, device, cand_ad):
     ads = w[intent_model.AD_TABLE][np.maximum(cand_ad, 0)]
     h = (user[:, None] * ads) @ w["w_user"] + (context[:, None] * ads) @ w["w_context"]
     h = np.maximum(h + w["w_device"][device][:, None] + w["b1"], 0)
-    return 1 / (1 + np.exp(-((h @ w["w2"])[..., 0] + w["b2"][0])))
+    logit = (h @ w["w2"])[..., 0] + w["b2"][0]
+    return 1 / (1 + np.exp(-(w["platt_a"] * logit + w["platt_b"])))  # calibrated
 
 
 def random_inputs(world, b=7, k=5, seed=0):

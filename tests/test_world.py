@@ -36,3 +36,26 @@ def test_corrupt_or_inconsistent_worlds_are_refused(tmp_path, tiny_world_dir):
         World.load(bad, verify_checksums=False)
     with pytest.raises(WorldError, match=r"no manifest\.json"):
         World.load(tmp_path / "missing")
+
+
+def test_reliability_bins_by_count_and_weighs_the_gaps():
+    import numpy as np
+
+    from adbid.world.intent_model import reliability
+
+    p = np.array([0.1] * 5 + [0.5] * 5)
+    clicked = np.array([0, 0, 0, 0, 1, 1, 1, 1, 1, 0], dtype=bool)  # 1 in 5, then 4 in 5
+    r = reliability(p, clicked, bins=2)
+    assert r["curve"] == [[0.1, 0.2, 5], [0.5, 0.8, 5]]
+    assert abs(r["ece"] - 0.2) < 1e-12  # half the events off by 0.1, half by 0.3
+
+
+def test_the_demo_model_is_calibrated_inside_its_graph(tiny_world_dir, tiny_world):
+    """An uncalibrated MLP (its held-out calibration error above 0.01) gets Platt scaling
+    in the exported graph; the world's held-out error is then under the target, near what
+    the true probabilities score on the same impressions (sampling noise)."""
+    model = tiny_world.manifest["model"]
+    assert model["ece_before_calibration"] > 0.01 and model["calibration"]["method"] == "platt"
+    assert model["ece"] <= 0.01 and model["ece"] < model["ece_before_calibration"]
+    assert model["max_export_error"] < 1e-4  # the graph computes sigmoid(a * logit + b)
+    assert len(model["reliability"]) == 10

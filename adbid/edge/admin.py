@@ -95,7 +95,9 @@ class AdminService(admin_pb2_grpc.AdminServicer):
             top_k=p.retriever.top_k, version=adbid.__version__, late_wins=led.late_wins,
             expired_reservations=led.expired,
             ledger_path=str(led.store.path) if led.store else "(in memory only)",
-            worker=self.cfg.worker_index, workers=self.cfg.workers)
+            worker=self.cfg.worker_index, workers=self.cfg.workers,
+            model_ece=model.get("ece", 0.0),
+            model_calibration=model.get("calibration", {}).get("method", ""))
         resp.campaigns.extend(self._campaign_status(p, i) for i in range(len(p.campaign_ids)))
         for stage, s in self.timers.summary().items():
             resp.stages.add(stage=stage, count=s["count"], mean_us=s["mean_us"],

@@ -180,19 +180,27 @@ def build(out: Path, spec: DemoWorldSpec | None = None,
     steps.set_postfix_str("exporting ONNX")
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent if out.parent.exists()
                                 else None))
-    model = intent_model.export_mlp(mlp.coefs_, mlp.intercepts_, ads)
+    # Calibration: bids price P(intent) as a probability. Measured on held-out impressions;
+    # above the target, Platt scaling fitted on the training impressions goes into the graph.
+    test = slice(n_train, n)
+    p_sklearn = mlp.predict_proba(x[test])[:, 1]
+    raw = intent_model.reliability(p_sklearn, clicked[test])
+    platt = (1.0, 0.0)
+    if raw["ece"] > intent_model.CALIBRATION_TARGET:
+        platt = intent_model.fit_platt(mlp.predict_proba(x[:n_train])[:, 1], clicked[:n_train])
+    model = intent_model.export_mlp(mlp.coefs_, mlp.intercepts_, ads, platt)
     onnx.save(model, tmp / world.MODEL)
     # AUC of the exported graph itself, through onnxruntime: checks the export too.
     sess = ort.InferenceSession(str(tmp / world.MODEL), providers=["CPUExecutionProvider"])
-    test = slice(n_train, n)
     p_model = sess.run([intent_model.OUTPUT], {
         "user": u[test], "context": imp_ctx[test], "device": imp_device[test].astype(np.int64),
         "cand_ad": imp_ad[test].astype(np.int64)[:, None]})[0][:, 0]
-    p_sklearn = mlp.predict_proba(x[test])[:, 1]
-    max_export_error = float(np.abs(p_model - p_sklearn).max())
+    expected = 1 / (1 + np.exp(-(platt[0] * intent_model.logit(p_sklearn) + platt[1])))
+    max_export_error = float(np.abs(p_model - expected).max())
     if max_export_error > 1e-4:
         raise RuntimeError(f"ONNX export disagrees with scikit-learn by {max_export_error:.2e}")
     model_auc = float(roc_auc_score(clicked[test], p_model))
+    calibrated = intent_model.reliability(p_model, clicked[test])
     truth_auc = float(roc_auc_score(clicked[test], p_true[test]))
     steps.update()
 
@@ -237,7 +245,15 @@ def build(out: Path, spec: DemoWorldSpec | None = None,
         "model": {"kind": f"MLP({2 * d + intent_model.N_DEVICE_TYPES}->{spec.hidden}->1)",
                   "auc": model_auc, "ground_truth_auc": truth_auc,
                   "heldout_impressions": n - n_train, "click_rate": float(clicked.mean()),
-                  "max_export_error": max_export_error},
+                  "max_export_error": max_export_error,
+                  # Expected calibration error on held-out impressions (10 bins of equal
+                  # count), as served, and before calibration; its reliability curve.
+                  "ece": calibrated["ece"], "ece_before_calibration": raw["ece"],
+                  "calibration": {"method": "platt", "a": platt[0], "b": platt[1]}
+                  if platt != (1.0, 0.0) else {"method": "none"},
+                  "reliability": calibrated["curve"],
+                  "ground_truth_ece": intent_model.reliability(p_true[test],
+                                                               clicked[test])["ece"]},
         "index": type(index).__name__,
         "build_seconds": round(time.perf_counter() - t_start, 2),
     })

@@ -2,7 +2,9 @@
 
 Features of an (event, candidate ad) pair, for user vector u, context vector c,
 ad vector a (all D-d) and device type d:  [u * a, c * a, one_hot(d, 5)].
-A one-hidden-layer MLP (scikit-learn) maps them to P(intent).
+A one-hidden-layer MLP (scikit-learn) maps them to P(intent), calibrated inside the
+graph by Platt scaling when its expected calibration error is above CALIBRATION_TARGET
+(bids price P as a probability).
 
 The exported graph computes the same thing for a whole batch, taking the
 candidates as ad rows and gathering their embeddings itself, so no [B, K, D]
@@ -27,6 +29,7 @@ INPUTS = {"user": (TensorProto.FLOAT, 2), "context": (TensorProto.FLOAT, 2),
           "device": (TensorProto.INT64, 1), "cand_ad": (TensorProto.INT64, 2)}
 OUTPUT = "p_intent"
 AD_TABLE = "ad_embeddings"
+CALIBRATION_TARGET = 0.01  # expected calibration error above which the model is calibrated
 
 
 def pair_features(user: np.ndarray, context: np.ndarray, ad: np.ndarray,
@@ -36,12 +39,43 @@ def pair_features(user: np.ndarray, context: np.ndarray, ad: np.ndarray,
     return np.concatenate([user * ad, context * ad, one_hot], axis=1).astype(np.float32)
 
 
+def reliability(p: np.ndarray, clicked: np.ndarray, bins: int = 10) -> dict:
+    """Calibration of probabilities `p` against outcomes: the reliability curve over bins
+    of equal count (mean predicted, observed rate, count each) and the expected
+    calibration error, the count-weighted mean of |predicted - observed| over the bins."""
+    order = np.argsort(p, kind="stable")
+    curve, ece = [], 0.0
+    for part in np.array_split(order, bins):
+        if not len(part):
+            continue
+        predicted, observed = float(p[part].mean()), float(clicked[part].mean())
+        curve.append([round(predicted, 6), round(observed, 6), len(part)])
+        ece += len(part) / len(p) * abs(predicted - observed)
+    return {"ece": ece, "curve": curve}
+
+
+def logit(p: np.ndarray) -> np.ndarray:
+    q = np.clip(p.astype(np.float64), 1e-7, 1 - 1e-7)
+    return np.log(q / (1 - q))
+
+
+def fit_platt(p: np.ndarray, clicked: np.ndarray) -> tuple[float, float]:
+    """Platt scaling: (a, b) such that sigmoid(a * logit(p) + b) is calibrated on these
+    outcomes (a logistic regression on the logit)."""
+    from sklearn.linear_model import LogisticRegression
+
+    fit = LogisticRegression(C=1e6).fit(logit(p)[:, None], clicked)
+    return float(fit.coef_[0, 0]), float(fit.intercept_[0])
+
+
 def export_mlp(coefs: list[np.ndarray], intercepts: list[np.ndarray],
-               ad_embeddings: np.ndarray) -> onnx.ModelProto:
+               ad_embeddings: np.ndarray,
+               platt: tuple[float, float] = (1.0, 0.0)) -> onnx.ModelProto:
     """Write a trained one-hidden-layer ReLU MLP with a logistic output as the batch graph.
 
     coefs/intercepts: scikit-learn MLPClassifier.coefs_ / intercepts_ (W1 [2D+5, H], W2 [H, 1]).
     ad_embeddings: float32[A, D], baked into the graph as the candidate table.
+    platt: (a, b), the calibration inside the graph: P = sigmoid(a * logit + b).
     """
     w1, w2 = (np.asarray(c, dtype=np.float32) for c in coefs)
     b1, b2 = (np.asarray(b, dtype=np.float32) for b in intercepts)
@@ -59,6 +93,8 @@ def export_mlp(coefs: list[np.ndarray], intercepts: list[np.ndarray],
         numpy_helper.from_array(np.array([1], dtype=np.int64), "axis1"),
         numpy_helper.from_array(np.array([2], dtype=np.int64), "axis2"),
         numpy_helper.from_array(np.array(0, dtype=np.int64), "zero"),
+        numpy_helper.from_array(np.array(platt[0], dtype=np.float32), "platt_a"),
+        numpy_helper.from_array(np.array(platt[1], dtype=np.float32), "platt_b"),
     ]
     n = helper.make_node
     nodes = [
@@ -79,7 +115,9 @@ def export_mlp(coefs: list[np.ndarray], intercepts: list[np.ndarray],
         n("MatMul", ["h", "w2"], ["logit3"]),  # [B, K, 1]
         n("Add", ["logit3", "b2"], ["logit3b"]),
         n("Squeeze", ["logit3b", "axis2"], ["logit"]),
-        n("Sigmoid", ["logit"], [OUTPUT]),
+        n("Mul", ["logit", "platt_a"], ["logit_a"]),  # calibration (identity by default)
+        n("Add", ["logit_a", "platt_b"], ["logit_cal"]),
+        n("Sigmoid", ["logit_cal"], [OUTPUT]),
     ]
     dims = {1: ["batch"], 2: ["batch", "k"]}
     inputs = [helper.make_tensor_value_info(name, t, dims[r] if name in ("device", "cand_ad")
