@@ -263,7 +263,7 @@ def bid(
         table.add_row(d.request_id[:14], e.user_id or "(none)", f"{e.floor_cpm_micros / 1e6:.2f}",
                       f"{d.price_cpm_micros / 1e6:.2f}" if d.bid else "",
                       f"{d.value_cpm_micros / 1e6:.2f}", d.campaign_id, d.creative_id,
-                      f"{d.score:.3f}" if d.bid else "",
+                      f"{d.score:.3f}" if d.score else "",
                       "" if d.bid else bidder_pb2.NoBidReason.Name(d.no_bid_reason)[14:]
                       + (f": {d.error}" if d.error else ""))
     console.print(table)

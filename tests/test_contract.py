@@ -213,3 +213,22 @@ def test_an_unparseable_stream_message_is_answered_with_the_batch_id_it_carried(
     assert set(replies) == {"fine", "broken-7"}
     assert replies["broken-7"].server_latency_us > 0
     assert len(replies["fine"].decisions) == 2
+
+
+def test_a_late_retry_keeps_the_first_answers_reservation(server):
+    """A retry's answer that is withheld as late withdraws nothing: the bid's reservation
+    belongs to its first answer, which may have reached the exchange."""
+    from adbid.edge.decode import decode_request as decode
+
+    evs = events(64, seed=23)
+    p, keeper, ledger = server.server.pipeline, server.server.keeper, server.server.ledger
+
+    async def decide_and_withdraw():
+        first, _ = await p.run(decode(pb.BidRequest(events=evs)), keeper.unbounded())
+        again, _ = await p.run(decode(pb.BidRequest(events=evs)), keeper.unbounded())
+        return first, again, p.withdraw(decode(pb.BidRequest(events=evs)), again)
+
+    first, again, withdrawn = server.call(decide_and_withdraw())
+    bids = [evs[i].request_id for i in np.flatnonzero(first.bid).tolist()]
+    assert bids and (again.bid == first.bid).all()
+    assert withdrawn == 0 and all(rid in ledger.open for rid in bids)

@@ -17,6 +17,7 @@ from adbid.stages.batch import EventBatch
 from adbid.world.campaigns import CampaignTable
 
 _ERRORS = {1: "an ad points at a campaign row outside the campaign table"}
+ANSWERED_BEFORE = -2  # Decisions.candidate of a retried bid
 
 
 @dataclass
@@ -24,7 +25,9 @@ class Decisions:
     """One entry per event, in request order."""
 
     bid: np.ndarray  # bool[B]
-    candidate: np.ndarray  # int32[B], chosen column of cand_ad, -1 = no bid
+    # int32[B], chosen column of cand_ad; -1 = no bid; ANSWERED_BEFORE = a retried request's
+    # bid, answered as the first time (its reservation belongs to that first answer)
+    candidate: np.ndarray
     ad_row: np.ndarray  # int64[B], -1 = no bid
     campaign_row: np.ndarray  # int32[B], -1 = no bid
     price_cpm_micros: np.ndarray  # int64[B]

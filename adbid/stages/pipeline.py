@@ -24,7 +24,7 @@ from adbid.money.ledger import SpendLedger
 from adbid.money.pacing import PacingController
 from adbid.stages import DECISION, LEDGER, LOOKUP, QUEUE, RESUME, RETRIEVAL, SCORING, TAIL
 from adbid.stages.batch import EventBatch
-from adbid.stages.decision import DecisionCore, Decisions
+from adbid.stages.decision import ANSWERED_BEFORE, DecisionCore, Decisions
 from adbid.stages.lookup import ContextEncoder, UserLookup, resolve
 from adbid.stages.retrieval import Retriever
 from adbid.stages.scoring import Scorer
@@ -285,16 +285,19 @@ class Pipeline:
         """The first decision of each retried bid, as it was answered; nothing is reserved
         or counted again."""
         for i, (row, price, _, _, _, _, ad_row, value, score) in retried.items():
-            dec.bid[i], dec.candidate[i], dec.reason[i] = True, 0, pb.NO_BID_REASON_UNSPECIFIED
+            dec.bid[i], dec.reason[i] = True, pb.NO_BID_REASON_UNSPECIFIED
+            dec.candidate[i] = ANSWERED_BEFORE
             dec.campaign_row[i], dec.price_cpm_micros[i] = row, price
             dec.ad_row[i], dec.value_cpm_micros[i], dec.score[i] = ad_row, value, score
 
     def withdraw(self, batch: Events, dec: Decisions) -> int:
         """Release the reservations (and frequency counts) of a decided batch whose answer
-        will not be sent; returns how many bids were withdrawn. Journalled as losses."""
+        will not be sent; returns how many bids were withdrawn. Journalled as losses. A
+        retried bid's reservation stays: its first answer may have reached the exchange."""
         now = int(time.time())
         withdrawn = 0
-        for i in np.flatnonzero(dec.bid & (batch.is_test == 0)).tolist():
+        fresh = dec.bid & (batch.is_test == 0) & (dec.candidate != ANSWERED_BEFORE)
+        for i in np.flatnonzero(fresh).tolist():
             released = self.ledger.apply(batch.request_id[i], pb.OUTCOME_TYPE_LOSS, 0).released
             if released is not None:
                 self.core.release_frequency(released, now)
