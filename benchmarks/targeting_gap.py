@@ -82,7 +82,8 @@ async def main() -> None:
         print(f"K {r['k']:5d}: {r['bid_share']:.1%} of events bid, value "
               f"{r['value_vs_oracle']:.1%} of the exhaustive oracle's, "
               f"{r['ms_per_batch']:.1f} ms a batch; no-bids {r['no_bid_reasons']}")
-    print(f"-> {write('targeting_gap', {'machine': machine(), 'world': world.version, 'rows': rows})}")
+    out = {"machine": machine(), "world": world.version, "rows": rows}
+    print(f"-> {write('targeting_gap', out)}")
 
 
 if __name__ == "__main__":
