@@ -10,7 +10,7 @@ for each: calls answered, failed (by status), late at the client, batches shed, 
 and the ratio of the two p99s (target: 0 failed or late calls, p99 within 1.5x).
 
     python benchmarks/reload_under_load.py [--duration-s 55] [--reloads 50] [--rate 60]
-        [--batch 64] [--deadline-ms 100] [--repeats 1] [--world DIR]
+        [--batch 64] [--deadline-ms 100] [--repeats 1] [--world DIR] [--other DIR]
 """
 
 from __future__ import annotations
@@ -91,11 +91,14 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=1, help="pairs of runs (each pair: without "
                     "reloads, then with them)")
     ap.add_argument("--world", type=Path, default=default_world_dir())
+    ap.add_argument("--other", type=Path, default=None,
+                    help="alternate with this world instead of a copy of --world (another "
+                         "model and index: the full load; its campaigns must extend --world's)")
     a = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="adbid-reload-"))
     worlds = [tmp / "a", tmp / "b"]
-    for w in worlds:
-        shutil.copytree(a.world, w)
+    for w, source in zip(worlds, (a.world, a.other or a.world)):
+        shutil.copytree(source, w)
     pairs = []
     try:
         with Server("--world", str(worlds[0])) as srv:
@@ -111,6 +114,7 @@ def main() -> None:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     out = {"machine": machine(), "rate": a.rate, "batch": a.batch,
+           "other": str(a.other) if a.other else None,
            "deadline_ms": a.deadline_ms, "duration_s": a.duration_s, "reloads": a.reloads,
            "pairs": pairs}
     print(f"-> {write('reload_under_load', out)}")
