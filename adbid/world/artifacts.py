@@ -166,7 +166,8 @@ class World:
                                                    previous.user_embeddings)
         else:
             user_ids = arrays["user_ids"]
-            user_row = {str(u): i for i, u in enumerate(user_ids.tolist())}
+            ids = user_ids.tolist()  # str already: one C-level pass builds the table
+            user_row = dict(zip(ids, range(len(ids))))
             user_embeddings = np.ascontiguousarray(arrays["user_embeddings"], dtype=np.float32)
         if previous is not None and "contexts" in same:
             topics, words = previous.topic_embeddings, previous.context_words
