@@ -203,7 +203,7 @@ def test_billing_books_the_spend_once_and_a_loss_releases(served):
     assert served.spent() == spent
     assert served.get(fill(won["burl"], clearing))[0] == 204
     booked = served.spent() - spent
-    assert booked == -(-int(clearing * 1e6) // 1000)  # ceil(clearing micros / 1000)
+    assert booked == -(-round(clearing * 1e6) // 1000)  # ceil(clearing micros / 1000)
     assert served.get(fill(won["burl"], clearing))[0] == 204  # duplicate: nothing more
     assert served.spent() - spent == booked
     assert served.get(fill(lost["lurl"]))[0] == 204

@@ -76,7 +76,7 @@ def test_sigkill_with_openrtb_bids_and_notices_in_flight(tiny_world_dir, tmp_pat
                     if rng.random() < 0.5:
                         clearing = round(b["price"] * rng.uniform(0.3, 1.0), 6)
                         pending.append((fill(b["burl"], clearing), rid_of(b["burl"]),
-                                        int(clearing * 1e6)))
+                                        round(clearing * 1e6)))  # 6 decimals: exact
                     elif rng.random() < 0.5:
                         pending.append((fill(b["lurl"]), rid_of(b["lurl"]), 0))
             if not deliver(port, stop):

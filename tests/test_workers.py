@@ -149,12 +149,17 @@ def running(pid: int) -> bool:
         return False
 
 
-def test_workers_share_one_openrtb_port(tiny_world_dir, tmp_path):
+def start_with_openrtb(world: Path, tmp_path: Path):
+    """Two workers on a free OpenRTB port: (process, log, the port)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    proc, log = start(tiny_world_dir, tmp_path / "ledger", 2, tmp_path, "--openrtb-port",
-                      str(port))
+    proc, log = start(world, tmp_path / "ledger", 2, tmp_path, "--openrtb-port", str(port))
+    return proc, log, port
+
+
+def test_workers_share_one_openrtb_port(tiny_world_dir, tmp_path):
+    proc, log, port = start_with_openrtb(tiny_world_dir, tmp_path)
     try:
         wait_serving(proc, log, 2)
         log.seek(0)
@@ -178,11 +183,7 @@ def test_a_notice_reaching_another_worker_is_booked_by_the_one_that_bid(tiny_wor
                                                                        tmp_path):
     """Notice URLs go to the shared port, so the kernel hands each to either worker; each
     bid's billing must still be booked once, in the books of the worker that made it."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    proc, log = start(tiny_world_dir, tmp_path / "ledger", 2, tmp_path, "--openrtb-port",
-                      str(port))
+    proc, log, port = start_with_openrtb(tiny_world_dir, tmp_path)
     try:
         _, admins = wait_serving(proc, log, 2)
         bids = []
