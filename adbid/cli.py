@@ -294,7 +294,9 @@ def status(
                   f"onnxruntime threads {s.onnx_intra_op_threads}, top-K {s.top_k}")
     console.print(f"model AUC {s.model_auc:.4f} (ground truth {s.ground_truth_auc:.4f}), "
                   f"calibration error {s.model_ece:.4f} ({s.model_calibration or 'unknown'}); "
-                  f"{s.events_total:,} events, {s.bids_total:,} bids")
+                  f"{s.events_total:,} events, {s.bids_total:,} bids; "
+                  f"{s.expired_reservations:,} reservations expired, "
+                  f"{s.in_doubt_reservations:,} in doubt now, {s.late_wins:,} late wins")
     t = Table(title="stage latency per batch (us)")
     for col in ("stage", "batches", "mean", "p50", "p99"):
         t.add_column(col)

@@ -134,6 +134,8 @@ def test_late_wins_cannot_overspend_a_small_budget(server_factory):
             campaign_id=cid, budget_micros=budget, reason="audit"), timeout=5)
         assert wait_for(lambda: s.server.ledger.expired >= len(first))
         assert campaign(ch, cid).reserved_micros == budget  # in doubt, still held
+        status = admin_pb2_grpc.AdminStub(ch).Status(admin_pb2.StatusRequest(), timeout=5)
+        assert status.in_doubt_reservations == len(first)
         for seed in range(32, 36):  # new bids: none may take the money in doubt
             again = bid(ch, make_events(256, np.random.default_rng(seed),
                                         id_prefix=f"new{seed}-"), batch_id=f"n{seed}")
