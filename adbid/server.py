@@ -133,12 +133,11 @@ class BidServer:
             write_address(Path(cfg.ledger), relay_port)
             relay = NoticeRelay(Path(cfg.ledger).parent, cfg.worker_index)
         if cfg.openrtb_port:
-            # Workers share one notice key, kept beside their ledgers, so that any of them
-            # can check any worker's notice URLs.
-            shared = cfg.workers > 1 and cfg.ledger is not None
-            key_dir = cfg.ledger.parent if cfg.workers > 1 and cfg.ledger is not None \
-                else cfg.ledger
-            signer = NoticeSigner(notice_key(key_dir), cfg.worker_index if shared else None)
+            # Workers share one notice key, in the directory above their ledgers, so that
+            # any of them can check any worker's notice URLs.
+            shared = cfg.ledger.parent if cfg.workers > 1 and cfg.ledger is not None else None
+            signer = NoticeSigner(notice_key(shared or cfg.ledger),
+                                  cfg.worker_index if shared else None)
             app = OpenRtbApp(self.bidder, current, self.keeper, cfg, signer, relay)
             self.openrtb = OpenRtbServer(app, cfg)
             self.openrtb_port = await self.openrtb.start()
@@ -179,11 +178,13 @@ class BidServer:
         for name in ("", *SERVICE_NAMES):
             await self.health.set(name, status)
 
-    async def _test_batch(self, pipeline: Pipeline, n: int, seed: int) -> bidder_pb2.BidResponse:
-        """Synthetic test traffic (no budget, frequency or spend effects) through every stage."""
+    async def _test_batch(self, pipeline: Pipeline, n: int, seed: int,
+                          learn: bool = True) -> bidder_pb2.BidResponse:
+        """Synthetic test traffic (no budget, frequency or spend effects) through every stage;
+        `learn=False`: its stage costs are not taught to the deadline model."""
         events = make_events(n, np.random.default_rng(seed), test=True, id_prefix="calibrate-")
         resp = await self.bidder.bid(bidder_pb2.BidRequest(batch_id="calibration", events=events),
-                                     self.keeper.unbounded(), pipeline=pipeline)
+                                     self.keeper.unbounded(learn=learn), pipeline=pipeline)
         assert isinstance(resp, bidder_pb2.BidResponse)  # events in, a message out
         return resp
 
@@ -211,16 +212,11 @@ class BidServer:
         """A reloaded pipeline's check before it serves: small test batches through every
         stage, their costs not learned (the model keeps what serving taught it)."""
         logs.request_id.set("reload-check")
-        for i, n in enumerate((16,)):  # one small batch: each costs serving a little
-            events = make_events(n, np.random.default_rng(900 + i), test=True,
-                                 id_prefix="check-")
-            resp = await self.bidder.bid(
-                bidder_pb2.BidRequest(batch_id="reload-check", events=events),
-                self.keeper.unbounded(learn=False), pipeline=pipeline)
-            assert isinstance(resp, bidder_pb2.BidResponse)
-            if len(resp.decisions) != n or any(d.no_bid_reason == bidder_pb2.NO_BID_REASON_DEADLINE
-                                               for d in resp.decisions):
-                raise RuntimeError(f"the check answered {len(resp.decisions)} of {n} events")
+        n = 16  # one small batch: it costs serving a little
+        resp = await self._test_batch(pipeline, n, seed=900, learn=False)
+        if len(resp.decisions) != n or any(d.no_bid_reason == bidder_pb2.NO_BID_REASON_DEADLINE
+                                           for d in resp.decisions):
+            raise RuntimeError(f"the check answered {len(resp.decisions)} of {n} events")
         logs.request_id.set("")
 
     async def reload(self, path: str) -> None:
