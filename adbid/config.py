@@ -77,6 +77,11 @@ class ServerConfig:
     use_gpu: bool = setting(True, "Use the CUDA provider when onnxruntime offers it.",
                             flag="--gpu")
     require_gpu: bool = setting(False, "Refuse to start unless the model runs on CUDA.")
+    gpu_io: str = setting(
+        "graph", "On CUDA: 'graph' keeps the model's inputs and output bound in GPU memory "
+        "and replays a captured CUDA graph per padded batch size; 'bind' binds them without "
+        "graphs; 'plain' lets onnxruntime copy them at every run.", choices=("graph", "bind",
+                                                                             "plain"))
     shading: float = setting(0.85, "First-price bid = value x shading (0..1], at least the "
                              "floor.")
     unspecified_auction: str = setting(

@@ -64,19 +64,24 @@ def main() -> None:
     ap.add_argument("--client-cpus", type=cpu_list, default=None, metavar="LIST",
                     help="pin the load generator's processes to these CPUs; with --server-cpus "
                          "on other cores this stands in for an exchange on its own machine")
+    ap.add_argument("--serve-args", default="",
+                    help="more flags for `adbid serve`, e.g. \"--gpu-io plain\"")
     ap.add_argument("--max-shed", type=float, default=0.01,
                     help="share of events a sustainable rate may shed")
     a = ap.parse_args()
     args = ("--workers", str(a.workers), "--native-threads", "1") if a.workers > 1 else ()
     if a.send_margin_ms is not None:
         args += ("--send-margin-ms", str(a.send_margin_ms))
+    args += tuple(a.serve_args.split())
     if a.server_cpus and a.client_cpus and a.server_cpus & a.client_cpus:
         raise SystemExit("--server-cpus and --client-cpus overlap")
     with Server(*args, nice=a.server_nice, cpus=a.server_cpus) as srv:
         if a.client_cpus:  # the client processes are started from this one and inherit it
             os.sched_setaffinity(0, a.client_cpus)
+        # SO_REUSEPORT spreads connections, not calls: several per worker even them out.
         spec = LoadSpec(target=srv.target, batch=a.batch, deadline_ms=a.deadline_ms,
-                        duration_s=min(a.duration_s, 5.0))
+                        duration_s=min(a.duration_s, 5.0),
+                        connections=max(4, 4 * a.workers, a.clients))
         steps, best = ([], None) if a.base_rate else sweep(
             spec, a.deadline_ms, a.start_rate, factor=1.3, max_steps=20, max_shed=a.max_shed,
             processes=a.clients)
@@ -125,7 +130,8 @@ def main() -> None:
                   f"{row['client_lag_p99_ms']:.1f} ms, client loop stalls p99 "
                   f"{row['client_stall_p99_ms']:.1f} ms, max {row['client_stall_max_ms']:.1f} ms")
         margin = ServerConfig.send_margin_ms if a.send_margin_ms is None else a.send_margin_ms
-        out = {"machine": machine(), "workers": a.workers, "send_margin_ms": margin,
+        out = {"machine": machine(), "workers": a.workers, "serve_args": a.serve_args,
+               "send_margin_ms": margin,
                "server_nice": a.server_nice, "server_cpus": sorted(a.server_cpus or ()),
                "client_cpus": sorted(a.client_cpus or ()), "batch": a.batch,
                "deadline_ms": a.deadline_ms, "sustainable_batches_per_s": sustainable,

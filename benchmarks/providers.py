@@ -4,15 +4,18 @@ In-process, on demo-world batches taken through decode, lookup and retrieval as 
 server does (K candidates each): the per-batch cost of `Scorer.score` for each batch
 size on the CPU provider (the server's 1 intra-op thread), with IEEE arithmetic and
 with subnormal floats flushed to zero as on the server's native threads, and, where
-onnxruntime-gpu and a GPU are there, on the CUDA provider, with the largest difference
-between the two providers' scores. Then the server end to end: `adbid serve --no-gpu` and
-`adbid serve --require-gpu`, closed loop over gRPC at each concurrency: goodput,
-p50/p99 and the server's own scoring stage.
+onnxruntime-gpu and a GPU are there, on the CUDA provider three ways (`--gpu-io plain`:
+onnxruntime copies the inputs at every run; `bind`: inputs and output bound in GPU memory,
+padded to fixed shapes; `graph`: those shapes replayed as captured CUDA graphs), with the
+largest difference between CUDA and CPU scores. Then the server end to end: `adbid serve
+--no-gpu` and `adbid serve --require-gpu --gpu-io plain|graph`, closed loop over gRPC at
+each concurrency: goodput, p50/p99 and the server's own scoring stage.
 
 Without the CUDA provider it measures the CPU alone and says why.
 
     python benchmarks/providers.py [--batches 64,256,1024] [--repeats 200]
                                    [--concurrency 1,4] [--duration-s 5] [--runs 2]
+                                   [--no-server | --no-cpu-server]
 """
 
 from __future__ import annotations
@@ -57,11 +60,18 @@ def in_process(world: World, batches: list[int], repeats: int, providers: list[s
     subnormal floats flushed to zero as on the server's native threads."""
     cfg = ServerConfig(world=world.path, ledger=None, use_gpu=False)
     p = Pipeline(WorldStages(world, cfg), cfg, SpendLedger(world.campaigns, None))
-    scorers = {prov: Scorer(world.model_path, world.dim, world.ad_index.ntotal,
-                            intra_op_threads=cfg.onnx_threads, use_gpu=prov == CUDA,
-                            require_gpu=prov == CUDA) for prov in providers}
+    def make(prov: str, gpu_io: str = "plain") -> Scorer:
+        return Scorer(world.model_path, world.dim, world.ad_index.ntotal,
+                      intra_op_threads=cfg.onnx_threads, use_gpu=prov == CUDA,
+                      require_gpu=prov == CUDA, gpu_io=gpu_io)
+    scorers = {CPU: make(CPU)}
+    if CUDA in providers:
+        scorers |= {CUDA: make(CUDA), "CUDA bind": make(CUDA, "bind"),
+                    "CUDA graph": make(CUDA, "graph")}
+        print(f"CUDA graph scorer runs with device I/O {scorers['CUDA graph'].gpu_io}")
     settings = [("CPU, IEEE", CPU, False), ("CPU", CPU, True)] + \
-        [("CUDA", CUDA, True)] * (CUDA in scorers)
+        [("CUDA", CUDA, True), ("CUDA bind", "CUDA bind", True),
+         ("CUDA graph", "CUDA graph", True)] * (CUDA in scorers)
     out = {}
     for batch in batches:
         inputs = [(b, u, c, p.retriever.search(q)) for b, q, u, c in demo_inputs(p, batch, n=8)]
@@ -77,23 +87,26 @@ def in_process(world: World, batches: list[int], repeats: int, providers: list[s
         row["ieee_over_flushed"] = row["CPU, IEEE"]["median_us"] / row["CPU"]["median_us"]
         if CUDA in scorers:
             row["max_abs_diff"] = float(max(
-                np.abs(scorers[CUDA].score(u, c, b.device_type, cand)
+                np.abs(scorers[name].score(u, c, b.device_type, cand)
                        - scorers[CPU].score(u, c, b.device_type, cand)).max()
-                for b, u, c, cand in inputs))
+                for b, u, c, cand in inputs for name in (CUDA, "CUDA bind", "CUDA graph")))
             row["cpu_over_cuda"] = row["CPU"]["median_us"] / row["CUDA"]["median_us"]
+            row["plain_over_graph"] = row["CUDA"]["median_us"] / row["CUDA graph"]["median_us"]
         out[batch] = row
         print(f"batch {batch} x K {k}: " + ", ".join(
             f"{name} {row[name]['median_us']:.0f} us ({row[name]['min_us']:.0f}-"
             f"{row[name]['max_us']:.0f})" for name, _, _ in settings)
-            + (f"; CPU/CUDA {row['cpu_over_cuda']:.2f}x, max |diff| {row['max_abs_diff']:.2e}"
+            + (f"; CPU/CUDA {row['cpu_over_cuda']:.2f}x, CUDA plain/graph "
+               f"{row['plain_over_graph']:.2f}x, max |diff| {row['max_abs_diff']:.2e}"
                if CUDA in scorers else ""), flush=True)
     flush_denormals(False)
     return out
 
 
-def end_to_end(flag: str, concurrency: list[int], batch: int, a) -> dict:
+def end_to_end(flags: tuple[str, ...], concurrency: list[int], batch: int, a) -> dict:
     out = {}
-    with Server(flag) as srv:
+    flag = " ".join(flags)
+    with Server(*flags) as srv:
         for conc in concurrency:
             runs = []
             for k in range(a.runs):
@@ -132,6 +145,8 @@ def main() -> None:
     ap.add_argument("--deadline-ms", type=float, default=100.0)
     ap.add_argument("--runs", type=int, default=2, help="runs per setting (median and range)")
     ap.add_argument("--no-server", action="store_true", help="in-process timings only")
+    ap.add_argument("--no-cpu-server", action="store_true",
+                    help="end to end on CUDA only (the CPU provider's server skipped)")
     a = ap.parse_args()
     world = World.load(default_world_dir())
     available = ort.get_available_providers()
@@ -150,9 +165,12 @@ def main() -> None:
                                     providers)}
     if not a.no_server:
         conc = [int(x) for x in a.concurrency.split(",")]
-        result["server"] = {"cpu": end_to_end("--no-gpu", conc, a.batch, a)}
+        result["server"] = {} if a.no_cpu_server and CUDA in providers else \
+            {"cpu": end_to_end(("--no-gpu",), conc, a.batch, a)}
         if CUDA in providers:
-            result["server"]["cuda"] = end_to_end("--require-gpu", conc, a.batch, a)
+            for gpu_io in ("plain", "graph"):
+                result["server"][f"cuda {gpu_io}"] = end_to_end(
+                    ("--require-gpu", "--gpu-io", gpu_io), conc, a.batch, a)
     print(f"-> {write('providers', result)}")
 
 

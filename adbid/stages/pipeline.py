@@ -85,7 +85,8 @@ class WorldStages:
         self.scorer: Scorer = previous.scorer if previous and "model" in shared else \
             Scorer(world.model_path, world.dim, world.ad_index.ntotal,
                    intra_op_threads=cfg.onnx_threads, spinning=cfg.onnx_spinning,
-                   use_gpu=cfg.use_gpu, require_gpu=cfg.require_gpu)
+                   use_gpu=cfg.use_gpu, require_gpu=cfg.require_gpu, gpu_io=cfg.gpu_io,
+                   warm=(cfg.top_k, cfg.max_batch_events))
 
 
 class Pipeline:

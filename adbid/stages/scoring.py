@@ -3,7 +3,8 @@
 The CUDA execution provider is used when this onnxruntime build offers it and
 a GPU answers; else the CPU one. onnxruntime-gpu falls back to the CPU
 silently, so the provider that actually runs is read back from the session,
-logged, and `require_gpu` refuses to start on the fallback.
+logged, and `require_gpu` refuses to start on the fallback. On CUDA the inputs and
+output stay bound in device memory between batches (`gpu_io`, see device_io).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
+from adbid.stages.device_io import DeviceIO
 from adbid.world import intent_model
 
 log = logging.getLogger(__name__)
@@ -62,7 +64,10 @@ def check_signature(session: ort.InferenceSession, model_path: Path, dim: int, n
 
 class Scorer:
     def __init__(self, model_path: Path, dim: int, n_ads: int, intra_op_threads: int = 1,
-                 spinning: bool = False, use_gpu: bool = True, require_gpu: bool = False) -> None:
+                 spinning: bool = False, use_gpu: bool = True, require_gpu: bool = False,
+                 gpu_io: str = "graph", warm: tuple[int, int] | None = None) -> None:
+        """`warm`: (candidates per event, largest batch): on CUDA with device I/O, every
+        padded shape up to that batch is made and run (graphs captured) before serving."""
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = intra_op_threads
         opts.inter_op_num_threads = 1
@@ -85,8 +90,13 @@ class Scorer:
                 ort.preload_dlls()
             except Exception as exc:
                 log.warning("onnxruntime could not preload the CUDA libraries: %s", exc)
-        self.session = ort.InferenceSession(str(model_path), sess_options=opts, providers=requested)
+        self.session = self._session(model_path, opts, requested, gpu_io)
         self.provider = self.session.get_providers()[0]
+        self.gpu_io = gpu_io if self.provider == CUDA else "plain"
+        if self.gpu_io == "graph" and not self._graphs:
+            self.gpu_io = "bind"
+        self.io = DeviceIO(self.session, dim, "cuda", graphs=self.gpu_io == "graph") \
+            if self.gpu_io != "plain" else None
         self.intra_op_threads = intra_op_threads
         if require_gpu and self.provider != CUDA:
             raise GpuUnavailableError(
@@ -94,13 +104,34 @@ class Scorer:
                 f"{', '.join(self.available_providers)}); install onnxruntime-gpu "
                 "(make serve GPU=1) on a machine with a working CUDA driver")
         check_signature(self.session, model_path, dim, n_ads)
-        log.info("scoring with %s (requested %s; available %s), intra-op threads %d, spinning %s",
-                 self.provider, requested, self.available_providers, intra_op_threads, spinning)
+        if self.io is not None and warm is not None:
+            self.io.warm(*warm)
+        log.info("scoring with %s (requested %s; available %s), intra-op threads %d, spinning %s"
+                 ", device I/O %s", self.provider, requested, self.available_providers,
+                 intra_op_threads, spinning, self.gpu_io)
+
+    def _session(self, model_path: Path, opts: ort.SessionOptions, requested: list[str],
+                 gpu_io: str) -> ort.InferenceSession:
+        """With gpu_io 'graph' on CUDA, a session that may capture CUDA graphs; onnxruntime
+        refuses one when part of the model would run on the CPU, and then a plain one."""
+        self._graphs = False
+        if CUDA in requested and gpu_io == "graph":
+            try:
+                s = ort.InferenceSession(str(model_path), sess_options=opts, providers=[
+                    (CUDA, {"enable_cuda_graph": "1"}), CPU])
+                self._graphs = s.get_providers()[0] == CUDA
+                return s
+            except Exception as exc:  # onnxruntime raises its own Fail/RuntimeException
+                log.warning("CUDA graphs refused for this model (%s); binding buffers only",
+                            exc)
+        return ort.InferenceSession(str(model_path), sess_options=opts, providers=requested)
 
     def score(self, user: np.ndarray, context: np.ndarray, device: np.ndarray,
               cand_ad: np.ndarray) -> np.ndarray:
         """user, context float32[B, D]; device int64[B]; cand_ad int64[B, K] -> float32[B, K]."""
         if len(cand_ad) == 0:
             return np.empty(cand_ad.shape, dtype=np.float32)
+        if self.io is not None:
+            return self.io.score(user, context, device, cand_ad)
         return self.session.run([intent_model.OUTPUT], {
             "user": user, "context": context, "device": device, "cand_ad": cand_ad})[0]
