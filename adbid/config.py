@@ -109,6 +109,19 @@ class ServerConfig:
         900.0, "How long an expired reservation's money stays reserved, in doubt, for a win "
         "or billing notice that comes late (0: released at expiry; late wins can then "
         "overspend).", minimum=0.0)
+    redis: str = setting(
+        "", "Share budgets with other replicas through this Redis (redis:// or rediss://, "
+        "with a password if it has one): each process bids on leases of every budget. "
+        "Empty: budgets are this server's own (1/N slices under --workers).")
+    redis_sync_ms: float = setting(500.0, "With --redis: how often a process reports its "
+                                   "spend and renews its leases (one script call).",
+                                   minimum=10.0)
+    redis_lease_ttl_s: float = setting(
+        30.0, "With --redis: a process that has not synced for this long loses its leases "
+        "(but the part covering its open reservations); it stops using them 2 s earlier.",
+        minimum=5.0)
+    redis_float_micros: int = setting(100_000, "With --redis: the least float a lease holds "
+                                      "beyond open reservations, micros.", minimum=0)
     grace_s: float = setting(5.0, "Drain time on SIGTERM.", minimum=0.0)
     max_stream_inflight: int = setting(8, "Batches in flight per BidStream.", minimum=1)
     max_inflight_batches: int = setting(

@@ -40,6 +40,7 @@ from adbid.edge.tls import is_loopback, tls_credentials
 from adbid.flow.deadlines import Timekeeper
 from adbid.money.journal import open_log
 from adbid.money.ledger import SpendLedger
+from adbid.money.shared import SharedBudgets, process_id, redacted
 from adbid.stages.pipeline import Pipeline, WorldStages
 from adbid.v1 import admin_pb2_grpc, bidder_pb2
 from adbid.world.artifacts import World
@@ -81,8 +82,11 @@ class BidServer:
         world = self.world if self.world is not None else \
             await asyncio.to_thread(World.load, cfg.world)
         stages = await asyncio.to_thread(WorldStages, world, cfg)
+        # Shared budgets (--redis): every process leases from the whole budget; else each
+        # worker owns its 1/N slice.
+        share = (0, 1) if cfg.redis else (cfg.worker_index, cfg.workers)
         self.ledger = SpendLedger(world.campaigns, open_log(cfg.ledger, cfg.ledger_sync),
-                                  cfg.reservation_ttl_s, share=(cfg.worker_index, cfg.workers),
+                                  cfg.reservation_ttl_s, share=share,
                                   late_win_window_s=cfg.late_win_window_s)
         self.pipeline = Pipeline(stages, cfg, self.ledger)
         self._reload_lock = asyncio.Lock()
@@ -123,6 +127,15 @@ class BidServer:
             self.admin_port = _listen(self.admin_server, admin_address, credentials, "Admin")
             await self.admin_server.start()
         await self.server.start()
+        if cfg.redis:
+            books = SharedBudgets(
+                cfg.redis, self.ledger, world.campaigns,
+                process_id(cfg.host, self.port, cfg.ledger), sync_s=cfg.redis_sync_ms / 1000,
+                ttl_s=cfg.redis_lease_ttl_s, float_micros=cfg.redis_float_micros)
+            if not await books.sync():  # serving anyway: no-bids until Redis answers
+                log.warning("shared budgets: %s does not answer yet (%s); no bids until it "
+                            "does", redacted(cfg.redis), books.last_error)
+            self._tasks.append(asyncio.create_task(books.run()))
         self.relay_server, relay = None, None
         if cfg.openrtb_port and cfg.workers > 1 and cfg.ledger is not None:
             # Notices for this worker's bids may reach any worker: they come here.
@@ -314,6 +327,8 @@ class BidServer:
         self.pipeline.close()
         self._loader.shutdown(wait=False)
         await self.ledger.flush()
+        if self.ledger.shared is not None:
+            await self.ledger.shared.close()
         self.ledger.close()
         log.info("stopped")
 

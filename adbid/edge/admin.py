@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import hmac
+import logging
 import time
 from collections.abc import Awaitable, Callable
 
@@ -12,8 +13,11 @@ from adbid.config import ServerConfig
 from adbid.edge.bidder import Tally
 from adbid.edge.errors import NotFound, Unauthenticated
 from adbid.metrics import StageTimers
+from adbid.money.shared import redacted
 from adbid.stages.pipeline import Pipeline
 from adbid.v1 import admin_pb2, admin_pb2_grpc
+
+log = logging.getLogger(__name__)
 
 SERVICE = admin_pb2.DESCRIPTOR.services_by_name["Admin"].full_name
 
@@ -46,19 +50,35 @@ class AdminService(admin_pb2_grpc.AdminServicer):
         self.started_at = time.monotonic()
 
     def _campaign_status(self, p: Pipeline, row: int) -> admin_pb2.CampaignStatus:
-        led = p.ledger
-        return admin_pb2.CampaignStatus(
+        led, shared = p.ledger, p.ledger.shared
+        status = admin_pb2.CampaignStatus(
             campaign_id=p.campaign_ids[row], active=bool(led.active[row]),
             budget_micros=int(led.budget_micros[row]), spent_micros=int(led.spent_micros[row]),
             reserved_micros=int(led.reserved_micros[row]),
             pacing_multiplier=float(p.core.pacing[row]),
             pacing_mode=p.world.campaigns.pacing_mode[row],
             planned_spend_micros=int(p.pacing.planned_micros[row]))
+        if shared is not None:
+            status.budget_micros = int(shared.global_budget[row])
+            status.global_spent_micros = int(shared.global_spent[row])
+            status.global_leased_micros = int(shared.global_leased[row])
+            status.lease_micros = int(shared.lease[row])
+        return status
 
     @admin_only
     async def UpdateCampaign(self, request, context):
         """Validate, write to the ledger, apply; answers with the campaign after the change."""
         p = self.current()
+        if p.ledger.shared is not None:  # every replica's budget: Redis's
+            row = p.ledger.row_of.get(request.campaign_id, -1)
+            if row < 0:
+                raise NotFound(f"campaign_id: no campaign {request.campaign_id!r}")
+            await p.ledger.shared.update(
+                row, request.budget_micros if request.HasField("budget_micros") else None,
+                request.active if request.HasField("active") else None)
+            log.info("campaign %s changed in the shared books (%s)", request.campaign_id,
+                     request.reason or "no reason given")
+            return admin_pb2.UpdateCampaignResponse(campaign=self._campaign_status(p, row))
         try:
             row = p.ledger.update_campaign(
                 request.campaign_id,
@@ -98,6 +118,11 @@ class AdminService(admin_pb2_grpc.AdminServicer):
             worker=self.cfg.worker_index, workers=self.cfg.workers,
             model_ece=model.get("ece", 0.0),
             model_calibration=model.get("calibration", {}).get("method", ""))
+        if led.shared is not None:
+            resp.shared_store = redacted(led.shared.url)
+            resp.shared_process = led.shared.pid
+            resp.shared_available = led.shared.available
+            resp.shared_syncs, resp.shared_failures = led.shared.syncs, led.shared.failures
         resp.campaigns.extend(self._campaign_status(p, i) for i in range(len(p.campaign_ids)))
         for stage, s in self.timers.summary().items():
             resp.stages.add(stage=stage, count=s["count"], mean_us=s["mean_us"],

@@ -5,11 +5,15 @@ of each budget. adbid.money.ledger keeps them: reservations, notices, the log.""
 from __future__ import annotations
 
 import logging
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from adbid.money.records import CampaignChange, now_ms
 from adbid.world.campaigns import CampaignTable
+
+if TYPE_CHECKING:
+    from adbid.money.shared import SharedBudgets
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +38,15 @@ class CampaignBooks:
         self.spent_micros = np.zeros(len(campaigns), dtype=np.int64)
         self.reserved_micros = np.zeros(len(campaigns), dtype=np.int64)
         self._journal: list = []
+        # With --redis, adbid.money.shared.SharedBudgets: it owns budget_micros (the leases).
+        self.shared: SharedBudgets | None = None
+
+    def pacing_view(self) -> tuple[np.ndarray, np.ndarray]:
+        """(budget, committed spend) that pacing plans against: this process's books, or
+        with shared budgets the global ones."""
+        if self.shared is not None:
+            return self.shared.pacing_view()
+        return self.budget_micros, self.spent_micros + self.reserved_micros
 
     def slice_of(self, budget_micros):
         """This worker's slice of budgets (an int or an int64 array): an even split, the
@@ -73,6 +86,8 @@ class CampaignBooks:
         self.reserved_micros = grow(self.reserved_micros, np.zeros(extra))
         self.campaign_ids = new
         self.row_of = campaigns.row_of
+        if self.shared is not None:
+            self.shared.extend(campaigns)
         log.info("ledger: %d campaigns added by the new world", extra)
 
     def update_campaign(self, campaign_id: str, budget_micros: int | None, active: bool | None,

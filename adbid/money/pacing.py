@@ -80,9 +80,10 @@ class PacingController:
     def update(self, now_s: float) -> None:
         """One control step at Unix time now_s (seconds)."""
         led, g = self.ledger, self.gains
-        committed = (led.spent_micros + led.reserved_micros).astype(np.float64)
+        budget_micros, committed_micros = led.pacing_view()
+        committed = committed_micros.astype(np.float64)
         start, end = self._flight(now_s)
-        budget = led.budget_micros.astype(np.float64)
+        budget = budget_micros.astype(np.float64)
         frac = np.clip((now_s - start) / np.maximum(end - start, 1.0), 0.0, 1.0)
         # A daily flight plans each day's share: spend before today's start counts as done.
         day = math.floor(now_s / DAY_S)

@@ -248,6 +248,8 @@ class Pipeline:
             batch.first_price = batch.first_price | batch.unspecified_auction
         cand_ad = self._showable(batch, cand_ad)
         dec = self.core.decide(batch, cand_ad, score, blocked, now_s=int(time.time()))
+        if self.ledger.shared is not None:
+            self.ledger.shared.reasons(dec.reason)
         live = dec.bid & (batch.is_test == 0)
         if live.any():
             idx = np.flatnonzero(live)

@@ -1,0 +1,309 @@
+"""Budgets shared by replicas through Redis: each process bids on leases of the budgets.
+
+Redis holds, per campaign, the budget, the spend settled by every process, and the amount
+leased out, with `spent + leased <= budget` kept by the scripts below (every
+read-modify-write runs inside Redis, in Lua). A process (a replica, or one `--workers`
+worker) names itself from its host, port and ledger, so several can share one machine.
+
+Each sync (every `sync_s`, one script call for all campaigns) a process tells Redis, per
+campaign, its settled spend as a running total from its own ledger (absolute, so a retried
+or repeated sync counts nothing twice, and a restarted process continues where its ledger
+is) and the lease it wants; Redis books the new spend (spent += the difference, and the
+process's lease shrinks by it), grants up to the wanted lease within what the budget has
+left, and answers with the global books. Locally the decision core's budget becomes
+`reported spend + lease`, so the compiled core reserves and settles against the lease
+exactly as against a whole budget, and never commits past it.
+
+The lease rule: a lease covers the campaign's open reservations here plus a float of
+`horizon_s` seconds of this process's recent committed-spend rate, at least `float_micros`
+and at most a tenth of the budget; a campaign with nothing committed here for `idle_s`
+gets no float (its lease shrinks to its open reservations and goes back to the pool). A
+smaller lease is applied here before Redis hears of it, a larger one after Redis grants
+it, so this process is never above its lease.
+
+Faults. A sync that fails (Redis killed, paused or slow: `timeout_s`) changes nothing;
+the process bids within the leases it holds until `ttl_s - 2 s` after its last
+successful sync, then commits nothing more (no-bid BUDGET_UNAVAILABLE, as for any budget
+refusal while Redis is away), and resumes at the next sync that succeeds. Redis gives a
+lease back to the pool when its process has not synced for `ttl_s` of the time Redis was
+serving syncs (a pause of every process, such as Redis's own outage, does not count),
+keeping the part that covered the process's open reservations at its last sync.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import socket
+import time
+
+import numpy as np
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from adbid.money.books import CampaignBooks
+from adbid.v1 import bidder_pb2 as pb
+from adbid.world.campaigns import CampaignTable
+
+log = logging.getLogger(__name__)
+
+# KEYS none (single Redis or Sentinel; see docs/scaling.md for Cluster). ARGV: prefix, pid,
+# ttl_ms, n, then per campaign: id, spent total, committed total, wanted lease, the
+# world's budget and active flag (used only if Redis has no such campaign yet).
+_SYNC = """
+local prefix, pid, ttl = ARGV[1], ARGV[2], tonumber(ARGV[3])
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local procs = prefix .. 'procs'
+local last = tonumber(redis.call('GET', prefix .. 'last') or now)
+local gap = now - last
+if gap > 2000 then  -- nobody synced meanwhile (Redis was away): that time does not count
+  for _, p in ipairs(redis.call('ZRANGE', procs, 0, -1)) do
+    redis.call('ZINCRBY', procs, gap, p)
+  end
+end
+redis.call('SET', prefix .. 'last', now)
+for _, d in ipairs(redis.call('ZRANGEBYSCORE', procs, '-inf', now)) do
+  if d ~= pid then
+    for _, c in ipairs(redis.call('SMEMBERS', prefix .. 'p:' .. d)) do
+      local ck = prefix .. 'c:{' .. c .. '}'
+      local l = tonumber(redis.call('HGET', ck, 'lease:' .. d) or '0')
+      local held = tonumber(redis.call('HGET', ck, 'held:' .. d) or '0')
+      if held > l then held = l end
+      redis.call('HINCRBY', ck, 'leased', held - l)
+      redis.call('HSET', ck, 'lease:' .. d, held)
+    end
+    redis.call('ZREM', procs, d)
+  end
+end
+redis.call('ZADD', procs, now + ttl, pid)
+local out = {}
+local n = tonumber(ARGV[4])
+for i = 0, n - 1 do
+  local b = 5 + i * 6
+  local c = ARGV[b]
+  local total, committed, want = tonumber(ARGV[b + 1]), tonumber(ARGV[b + 2]), tonumber(ARGV[b + 3])
+  local ck = prefix .. 'c:{' .. c .. '}'
+  redis.call('HSETNX', ck, 'budget', ARGV[b + 4])
+  redis.call('HSETNX', ck, 'active', ARGV[b + 5])
+  local reported = tonumber(redis.call('HGET', ck, 'reported:' .. pid) or '0')
+  local lease = tonumber(redis.call('HGET', ck, 'lease:' .. pid) or '0')
+  local d = total - reported
+  if d > 0 then
+    local used = math.min(d, lease)
+    redis.call('HINCRBY', ck, 'spent', d)
+    redis.call('HINCRBY', ck, 'leased', -used)
+    redis.call('HSET', ck, 'reported:' .. pid, total)
+    lease = lease - used
+  end
+  local budget = tonumber(redis.call('HGET', ck, 'budget'))
+  local spent = tonumber(redis.call('HGET', ck, 'spent') or '0')
+  local leased = tonumber(redis.call('HGET', ck, 'leased') or '0')
+  local active = tonumber(redis.call('HGET', ck, 'active'))
+  local room = budget - spent - (leased - lease)
+  local grant = want
+  if grant > room then grant = room end
+  if grant < 0 then grant = 0 end
+  redis.call('HINCRBY', ck, 'leased', grant - lease)
+  redis.call('HSET', ck, 'lease:' .. pid, grant, 'held:' .. pid, math.min(grant, committed - total))
+  redis.call('SADD', prefix .. 'p:' .. pid, c)
+  table.insert(out, grant)
+  table.insert(out, budget)
+  table.insert(out, spent)
+  table.insert(out, leased + grant - lease)
+  table.insert(out, active)
+  table.insert(out, math.max(d, 0))
+end
+return out
+"""
+
+# ARGV: prefix, campaign id, budget ('' = unchanged), active ('' = unchanged).
+_UPDATE = """
+local ck = ARGV[1] .. 'c:{' .. ARGV[2] .. '}'
+if ARGV[3] ~= '' then redis.call('HSET', ck, 'budget', ARGV[3]) end
+if ARGV[4] ~= '' then redis.call('HSET', ck, 'active', ARGV[4]) end
+return {tonumber(redis.call('HGET', ck, 'budget') or '-1'),
+        tonumber(redis.call('HGET', ck, 'active') or '1')}
+"""
+
+
+def process_id(host: str, port: int, ledger: object) -> str:
+    """A name unique to this process and stable across its restarts: host, port, ledger."""
+    digest = hashlib.sha1(f"{socket.gethostname()}|{host}:{port}|{ledger}".encode())
+    return f"{socket.gethostname()}:{port}:{digest.hexdigest()[:10]}"
+
+
+def redacted(url: str) -> str:
+    """The URL without its password, for logs and Status."""
+    head, sep, tail = url.partition("@")
+    if not sep:
+        return url
+    scheme, _, _ = head.partition("://")
+    return f"{scheme}://***@{tail}"
+
+
+class SharedBudgets:
+    """This process's side of the shared books; owns `books.budget_micros` (the lease
+    limits the decision core reads) while attached."""
+
+    HORIZON_S = 2.0
+    IDLE_S = 30.0
+    RATE_TC_S = 5.0  # time constant of the committed-spend rate
+
+    def __init__(self, url: str, books: CampaignBooks, campaigns: CampaignTable, pid: str, *,
+                 sync_s: float = 0.5, ttl_s: float = 30.0, float_micros: int = 100_000,
+                 timeout_s: float = 1.0, prefix: str = "adbid:") -> None:
+        self.url, self.books, self.pid, self.prefix = url, books, pid, prefix
+        self.sync_s, self.ttl_s, self.float_micros = sync_s, ttl_s, float_micros
+        self.client = aioredis.from_url(url, socket_timeout=timeout_s,
+                                        socket_connect_timeout=timeout_s)
+        self._sync = self.client.register_script(_SYNC)
+        self._update = self.client.register_script(_UPDATE)
+        self.world_budget = campaigns.budget_micros.astype(np.int64).copy()
+        self.world_active = campaigns.active.copy()
+        n = len(campaigns)
+        self.lease = np.zeros(n, np.int64)
+        self.reported = books.spent_micros.copy()  # spend Redis has (assumed until a sync)
+        self.global_budget = self.world_budget.copy()
+        self.global_spent = np.zeros(n, np.int64)
+        self.global_leased = np.zeros(n, np.int64)
+        self._rate = np.zeros(n)
+        self._last_committed = (books.spent_micros + books.reserved_micros).astype(np.float64)
+        self._last_change = np.full(n, time.monotonic())
+        self._last_t = time.monotonic()
+        self.valid_until = 0.0  # monotonic time until which the leases may be used
+        self.available = False
+        self.syncs = self.failures = 0
+        self.last_error = ""
+        # Nothing may be committed beyond what is already, until the first sync grants.
+        books.budget_micros[:] = books.spent_micros + books.reserved_micros
+        books.shared = self
+
+    def extend(self, campaigns: CampaignTable) -> None:
+        """A reloaded world added campaigns (the books grew already)."""
+        extra = len(campaigns) - len(self.lease)
+        if extra <= 0:
+            return
+        grow = lambda a, tail: np.concatenate([a, np.asarray(tail, a.dtype)])  # noqa: E731
+        self.world_budget = grow(self.world_budget, campaigns.budget_micros[-extra:])
+        self.world_active = grow(self.world_active, campaigns.active[-extra:])
+        for name in ("lease", "reported", "global_spent", "global_leased"):
+            setattr(self, name, grow(getattr(self, name), np.zeros(extra)))
+        self.global_budget = grow(self.global_budget, campaigns.budget_micros[-extra:])
+        self._rate = grow(self._rate, np.zeros(extra))
+        self._last_committed = grow(self._last_committed, np.zeros(extra))
+        self._last_change = grow(self._last_change, np.full(extra, time.monotonic()))
+        b = self.books
+        b.budget_micros[-extra:] = b.spent_micros[-extra:] + b.reserved_micros[-extra:]
+
+    # -- the lease rule ---------------------------------------------------------------
+
+    def wanted(self, now: float, drain: bool = False) -> np.ndarray:
+        """Per campaign: the open reservations here plus the float (see the module)."""
+        b = self.books
+        committed = (b.spent_micros + b.reserved_micros).astype(np.float64)
+        dt = max(now - self._last_t, 1e-3)
+        grew = committed > self._last_committed
+        self._last_change[grew] = now
+        alpha = 1.0 - np.exp(-dt / self.RATE_TC_S)
+        self._rate += alpha * (np.maximum(committed - self._last_committed, 0) / dt - self._rate)
+        self._last_committed, self._last_t = committed, now
+        float_ = np.clip(self._rate * self.HORIZON_S, self.float_micros,
+                         np.maximum(self.global_budget // 10, self.float_micros))
+        idle = (now - self._last_change) > self.IDLE_S
+        float_[idle | (b.active == 0)] = 0
+        if drain:
+            float_[:] = 0
+        return b.reserved_micros + float_.astype(np.int64)
+
+    # -- syncing ----------------------------------------------------------------------
+
+    async def sync(self, drain: bool = False) -> bool:
+        """One round trip: report spend, set leases, read the global books."""
+        b = self.books
+        now = time.monotonic()
+        want = self.wanted(now, drain)
+        total = b.spent_micros.copy()
+        committed = total + b.reserved_micros
+        # Smaller leases take effect here first; larger ones once Redis grants them.
+        np.minimum(b.budget_micros, total + want, out=b.budget_micros)
+        args: list = [self.prefix, self.pid, int(self.ttl_s * 1000), len(total)]
+        ids = b.campaign_ids
+        for i in range(len(total)):
+            args += [ids[i], int(total[i]), int(committed[i]), int(want[i]),
+                     int(self.world_budget[i]), int(self.world_active[i])]
+        try:
+            out = await self._sync(args=args)
+        except (TimeoutError, RedisError, OSError) as exc:
+            self._failed(exc, now)
+            return False
+        r = np.asarray(out, dtype=np.int64).reshape(-1, 6)
+        grant = r[:, 0]
+        self.lease[:] = grant
+        self.reported[:] = total
+        b.budget_micros[:] = total + grant
+        self.global_budget[:], self.global_spent[:] = r[:, 1], r[:, 2]
+        self.global_leased[:] = r[:, 3]
+        b.active[:] = r[:, 4]
+        self.valid_until = now + self.ttl_s - 2.0
+        if not self.available:
+            log.info("shared budgets: %s answers; bidding on leases (%s)", redacted(self.url),
+                     self.pid)
+        self.available = True
+        self.syncs += 1
+        return True
+
+    def _failed(self, exc: BaseException, now: float) -> None:
+        self.failures += 1
+        self.last_error = f"{type(exc).__name__}: {exc}"
+        if self.available:
+            log.warning("shared budgets: %s does not answer (%s); bidding within the leases "
+                        "held for %.0f s more", redacted(self.url), self.last_error,
+                        max(self.valid_until - now, 0))
+        self.available = False
+        if now >= self.valid_until:
+            b = self.books
+            np.minimum(b.budget_micros, b.spent_micros + b.reserved_micros, out=b.budget_micros)
+
+    async def run(self) -> None:
+        """Sync every sync_s until cancelled."""
+        while True:
+            await asyncio.sleep(self.sync_s)
+            await self.sync()
+
+    async def close(self) -> None:
+        """Give the floats back (the leases keep this process's open reservations)."""
+        if await self.sync(drain=True):
+            log.info("shared budgets: leases given back to %s", redacted(self.url))
+        await self.client.aclose()
+
+    # -- what the rest of the server reads and changes --------------------------------
+
+    def reasons(self, reason: np.ndarray) -> None:
+        """While Redis is away a budget refusal means the budget could not be reached."""
+        if not self.available:
+            reason[reason == pb.NO_BID_REASON_BUDGET_EXHAUSTED] = \
+                pb.NO_BID_REASON_BUDGET_UNAVAILABLE
+
+    def pacing_view(self) -> tuple[np.ndarray, np.ndarray]:
+        """(budget, committed) for pacing: the global books plus this process's spend
+        not yet reported and its open reservations."""
+        b = self.books
+        committed = self.global_spent + (b.spent_micros - self.reported) + b.reserved_micros
+        return self.global_budget.copy(), committed
+
+    async def update(self, row: int, budget_micros: int | None, active: bool | None) -> None:
+        """A budget change or pause, for every replica (each sees it at its next sync)."""
+        out = await self._update(args=[
+            self.prefix, self.books.campaign_ids[row],
+            "" if budget_micros is None else int(budget_micros),
+            "" if active is None else int(active)])
+        budget, is_active = int(out[0]), int(out[1])
+        if budget >= 0:
+            self.global_budget[row] = budget
+        self.books.active[row] = is_active
+        if not is_active:
+            b = self.books
+            b.budget_micros[row] = min(int(b.budget_micros[row]),
+                                       int(b.spent_micros[row] + b.reserved_micros[row]))
