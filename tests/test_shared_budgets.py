@@ -3,7 +3,13 @@
 from __future__ import annotations
 
 import random
+import re
+import signal
+import subprocess
+import sys
+import threading
 import time
+from pathlib import Path
 
 import grpc
 import numpy as np
@@ -16,6 +22,7 @@ from adbid.world.demo_traffic import make_events
 from tests.redisproc import RedisProc
 
 BUDGET = 400_000  # micros per campaign: a few hundred impressions
+BIN = Path(sys.executable).parent / "adbid"
 
 
 @pytest.fixture
@@ -175,3 +182,145 @@ def test_a_budget_change_or_pause_on_one_replica_reaches_the_others(
     s = status(servers[1])
     assert s.shared_available and s.shared_store == redis_server.url and s.shared_syncs > 0
     assert s.shared_process != status(servers[0]).shared_process
+
+
+@pytest.mark.parametrize("fault", ["kill", "pause"])
+def test_redis_away_keeps_serving_within_leases_then_recovers_by_itself(
+        redis_server, server_factory, tiny_world, fault):
+    """Redis killed (then restarted from its append-only file) or paused (SIGSTOP, then
+    SIGCONT): every call is still answered, bids stay within the leases held (nothing
+    overspent), refusals say BUDGET_UNAVAILABLE, and bidding resumes on its own."""
+    ids = tiny_world.campaigns.ids
+    seed_budgets(redis_server, ids, BUDGET)
+    servers = replicas(server_factory, redis_server.url, 2)
+    ex = Exchange(servers, seed=11)
+    try:
+        for k in range(60):
+            ex.round(k % 2)
+        redis_server.kill() if fault == "kill" else redis_server.pause()
+        ex.reasons.clear()
+        until = time.monotonic() + 2.5
+        for k in range(3_000):  # answered throughout, leases used up, then refusals
+            ex.round(k % 2)
+            if k % 10 == 0:
+                assert (books(servers)[1] <= BUDGET).all()
+            if time.monotonic() > until:
+                break
+        assert ex.reasons.get(pb.NO_BID_REASON_BUDGET_UNAVAILABLE, 0) > 0, ex.reasons
+        assert not status(servers[0]).shared_available
+        with grpc.insecure_channel(servers[0].target) as ch:
+            from grpc_health.v1 import health_pb2, health_pb2_grpc
+            h = health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(), timeout=5)
+            assert h.status == health_pb2.HealthCheckResponse.SERVING
+        redis_server.start() if fault == "kill" else redis_server.resume()
+        deadline = time.monotonic() + 15
+        while not all(status(s).shared_available for s in servers):
+            assert time.monotonic() < deadline, "the replicas did not reconnect"
+            time.sleep(0.1)
+        ex.reasons.clear()
+        won = sum(ex.round(k % 2) for k in range(40))
+        assert won > 0 and ex.reasons.get(pb.NO_BID_REASON_BUDGET_UNAVAILABLE, 0) == 0
+        time.sleep(0.5)
+        spent, committed = books(servers)
+    finally:
+        ex.close()
+    assert (committed <= BUDGET).all()
+    r = redis_server.client()  # the books reconciled with the ledgers after the outage
+    for i, c in enumerate(ids):
+        assert int(r.hget(f"adbid:c:{{{c}}}", "spent") or 0) == spent[i]
+
+
+def start_replica(world, ledger, url: str, log) -> tuple[subprocess.Popen, int, int]:
+    """`adbid serve --redis` as its own process; returns it, its gRPC and Admin ports."""
+    with log.open("w") as f:
+        proc = subprocess.Popen(
+            [BIN, "serve", "--world", str(world), "--ledger", str(ledger), "--port", "0",
+             "--metrics-port", "0", "--admin-port", "0", "--redis", url,
+             "--redis-sync-ms", "100", "--redis-float-micros", "5000"],
+            stderr=f, stdout=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        m = re.search(r"on 127\.0\.0\.1:(\d+) \(plaintext\), admin on 127\.0\.0\.1:(\d+)",
+                      log.read_text())
+        if m:
+            return proc, int(m.group(1)), int(m.group(2))
+        assert proc.poll() is None, log.read_text()
+        time.sleep(0.05)
+    proc.kill()
+    raise AssertionError(f"replica did not start:\n{log.read_text()}")
+
+
+def test_sigkill_of_a_replica_under_load_loses_and_doubles_nothing_in_the_global_books(
+        redis_server, server_factory, tiny_world, tiny_world_dir, tmp_path):
+    """A replica killed with SIGKILL five times under load and restarted on its ledger:
+    afterwards Redis's spend per campaign is exactly the replicas' ledgers' spend, and no
+    budget was overspent."""
+    ids = tiny_world.campaigns.ids
+    seed_budgets(redis_server, ids, 2_000_000)
+    stable = replicas(server_factory, redis_server.url, 1)[0]
+    ledger = tmp_path / "killed"
+    rng = random.Random(9)
+    pending: list[pb.Outcome] = []  # win notices for the killed replica, until acknowledged
+    cut = [0]
+
+    def load(port: int, stop: threading.Event, cycle: int) -> None:
+        ex = Exchange([stable], seed=100 + cycle)
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as ch:
+            stub = bidder_pb2_grpc.BidderStub(ch)
+            for b in range(400):
+                if stop.is_set():
+                    break
+                ex.round(0)
+                events = make_events(16, ex.rng, n_users=2_000, id_prefix=f"k{cycle}-{b}-")
+                try:
+                    resp = stub.Bid(pb.BidRequest(events=events), timeout=5)
+                    pending.extend(pb.Outcome(request_id=d.request_id,
+                                              type=pb.OUTCOME_TYPE_WIN,
+                                              clearing_price_cpm_micros=d.price_cpm_micros)
+                                   for d in resp.decisions if d.bid)
+                    deliver(stub)
+                except grpc.RpcError:
+                    cut[0] += 1
+                    break
+        ex.close()
+
+    def deliver(stub) -> None:
+        while pending:
+            chunk = pending[:20]
+            stub.ReportOutcomes(pb.ReportOutcomesRequest(outcomes=chunk), timeout=5)
+            del pending[:len(chunk)]  # acknowledged (a duplicate after a kill is refused)
+
+    for cycle in range(5):
+        proc, port, _ = start_replica(tiny_world_dir, ledger, redis_server.url,
+                                      tmp_path / f"r{cycle}.log")
+        stop = threading.Event()
+        t = threading.Thread(target=load, args=(port, stop, cycle))
+        t.start()
+        time.sleep(rng.uniform(0.5, 1.5))
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+        stop.set()
+        t.join(60)
+    proc, port, admin_port = start_replica(tiny_world_dir, ledger, redis_server.url,
+                                           tmp_path / "final.log")
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as ch:
+            deliver(bidder_pb2_grpc.BidderStub(ch))
+        time.sleep(0.5)
+        with grpc.insecure_channel(f"127.0.0.1:{admin_port}") as ch:
+            killed = {c.campaign_id: c.spent_micros for c in admin_pb2_grpc.AdminStub(ch)
+                      .Status(admin_pb2.StatusRequest(), timeout=10).campaigns}
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0
+    assert cut[0] > 0, "the kills never landed under load"
+    spent, _ = books([stable])
+    time.sleep(0.3)
+    r = redis_server.client()
+    total = 0
+    for i, c in enumerate(ids):
+        in_redis = int(r.hget(f"adbid:c:{{{c}}}", "spent") or 0)
+        assert in_redis == spent[i] + killed[c], c
+        assert in_redis <= 2_000_000
+        total += in_redis
+    assert total > 0 and sum(killed.values()) > 0

@@ -5,7 +5,8 @@ leased out, with `spent + leased <= budget` kept by the scripts below (every
 read-modify-write runs inside Redis, in Lua). A process (a replica, or one `--workers`
 worker) names itself from its host, port and ledger, so several can share one machine.
 
-Each sync (every `sync_s`, one script call for all campaigns) a process tells Redis, per
+Each sync (every `sync_s`, sooner when a lease is three-quarters used and its budget has
+room; one script call for all campaigns) a process tells Redis, per
 campaign, its settled spend as a running total from its own ledger (absolute, so a retried
 or repeated sync counts nothing twice, and a restarted process continues where its ledger
 is) and the lease it wants; Redis books the new spend (spent += the difference, and the
@@ -15,11 +16,12 @@ left, and answers with the global books. Locally the decision core's budget beco
 exactly as against a whole budget, and never commits past it.
 
 The lease rule: a lease covers the campaign's open reservations here plus a float of
-`horizon_s` seconds of this process's recent committed-spend rate, at least `float_micros`
-and at most a tenth of the budget; a campaign with nothing committed here for `idle_s`
-gets no float (its lease shrinks to its open reservations and goes back to the pool). A
-smaller lease is applied here before Redis hears of it, a larger one after Redis grants
-it, so this process is never above its lease.
+`HORIZON_S` (2) seconds of this process's committed-spend rate (over at least a second; a
+rise taken at once, a fall smoothed over 5 s), at least `float_micros` and at most a tenth
+of the budget; a campaign with nothing committed here for `IDLE_S` (30 s) gets no float
+(its lease shrinks to its open reservations and goes back to the pool). A smaller lease is
+applied here before Redis hears of it, a larger one after Redis grants it, so this process
+is never above its lease.
 
 Faults. A sync that fails (Redis killed, paused or slow: `timeout_s`) changes nothing;
 the process bids within the leases it holds until `ttl_s - 2 s` after its last
@@ -37,6 +39,7 @@ import hashlib
 import logging
 import socket
 import time
+from pathlib import Path
 
 import numpy as np
 import redis.asyncio as aioredis
@@ -128,10 +131,13 @@ return {tonumber(redis.call('HGET', ck, 'budget') or '-1'),
 """
 
 
-def process_id(host: str, port: int, ledger: object) -> str:
-    """A name unique to this process and stable across its restarts: host, port, ledger."""
-    digest = hashlib.sha1(f"{socket.gethostname()}|{host}:{port}|{ledger}".encode())
-    return f"{socket.gethostname()}:{port}:{digest.hexdigest()[:10]}"
+def process_id(host: str, port: int, ledger: Path | None) -> str:
+    """A name unique to this process and stable across its restarts: the machine and the
+    ledger (whose spend it reports, so a restart continues from the same running total,
+    whatever port it listens on); without a ledger, the machine and the address."""
+    where = str(ledger.resolve()) if ledger is not None else f"{host}:{port}"
+    digest = hashlib.sha1(f"{socket.gethostname()}|{where}".encode()).hexdigest()[:10]
+    return f"{socket.gethostname()}:{port if ledger is None else 'ledger'}:{digest}"
 
 
 def redacted(url: str) -> str:
@@ -164,6 +170,7 @@ class SharedBudgets:
         self.world_active = campaigns.active.copy()
         n = len(campaigns)
         self.lease = np.zeros(n, np.int64)
+        self.floats = np.zeros(n, np.int64)  # what the last grant gave beyond reservations
         self.reported = books.spent_micros.copy()  # spend Redis has (assumed until a sync)
         self.global_budget = self.world_budget.copy()
         self.global_spent = np.zeros(n, np.int64)
@@ -173,6 +180,7 @@ class SharedBudgets:
         self._last_change = np.full(n, time.monotonic())
         self._last_t = time.monotonic()
         self.valid_until = 0.0  # monotonic time until which the leases may be used
+        self.last_ok = 0.0  # monotonic time the last successful sync was sent
         self.available = False
         self.syncs = self.failures = 0
         self.last_error = ""
@@ -188,7 +196,7 @@ class SharedBudgets:
         grow = lambda a, tail: np.concatenate([a, np.asarray(tail, a.dtype)])  # noqa: E731
         self.world_budget = grow(self.world_budget, campaigns.budget_micros[-extra:])
         self.world_active = grow(self.world_active, campaigns.active[-extra:])
-        for name in ("lease", "reported", "global_spent", "global_leased"):
+        for name in ("lease", "floats", "reported", "global_spent", "global_leased"):
             setattr(self, name, grow(getattr(self, name), np.zeros(extra)))
         self.global_budget = grow(self.global_budget, campaigns.budget_micros[-extra:])
         self._rate = grow(self._rate, np.zeros(extra))
@@ -207,10 +215,15 @@ class SharedBudgets:
         grew = committed > self._last_committed
         self._last_change[grew] = now
         alpha = 1.0 - np.exp(-dt / self.RATE_TC_S)
-        self._rate += alpha * (np.maximum(committed - self._last_committed, 0) / dt - self._rate)
+        # Over at least a second: a bid or two in a short interval is no rate.
+        rate_now = np.maximum(committed - self._last_committed, 0) / max(dt, 1.0)
+        self._rate += alpha * (rate_now - self._rate)
+        # A rise counts at once (a float used up before its next sync at least doubles
+        # then; one running low syncs early), a fall slowly: the float follows demand up
+        # quickly and hands money back over seconds.
+        np.maximum(self._rate, rate_now, out=self._rate)
         self._last_committed, self._last_t = committed, now
-        float_ = np.clip(self._rate * self.HORIZON_S, self.float_micros,
-                         np.maximum(self.global_budget // 10, self.float_micros))
+        float_ = np.clip(self._rate * self.HORIZON_S, self.float_micros, self._cap())
         idle = (now - self._last_change) > self.IDLE_S
         float_[idle | (b.active == 0)] = 0
         if drain:
@@ -241,12 +254,14 @@ class SharedBudgets:
         r = np.asarray(out, dtype=np.int64).reshape(-1, 6)
         grant = r[:, 0]
         self.lease[:] = grant
+        self.floats[:] = np.maximum(grant - (committed - total), 0)
         self.reported[:] = total
         b.budget_micros[:] = total + grant
         self.global_budget[:], self.global_spent[:] = r[:, 1], r[:, 2]
         self.global_leased[:] = r[:, 3]
         b.active[:] = r[:, 4]
         self.valid_until = now + self.ttl_s - 2.0
+        self.last_ok = now
         if not self.available:
             log.info("shared budgets: %s answers; bidding on leases (%s)", redacted(self.url),
                      self.pid)
@@ -266,11 +281,29 @@ class SharedBudgets:
             b = self.books
             np.minimum(b.budget_micros, b.spent_micros + b.reserved_micros, out=b.budget_micros)
 
+    def running_low(self) -> bool:
+        """A float is three-quarters used while its campaign's budget has room left and a
+        larger float could be granted: top up now rather than at the next sync."""
+        b = self.books
+        headroom = b.budget_micros - b.spent_micros - b.reserved_micros
+        room = self.global_budget - self.global_spent - self.global_leased
+        below_cap = self.floats < self._cap()  # a top-up can still grow these
+        return bool(((headroom * 4 < self.floats) & (room > 0) & below_cap).any())
+
+    def _cap(self) -> np.ndarray:
+        return np.maximum(self.global_budget // 10, self.float_micros)
+
     async def run(self) -> None:
-        """Sync every sync_s until cancelled."""
+        """Sync every sync_s, or sooner (checked every 50 ms) when a lease runs low, until
+        cancelled."""
+        tick = min(self.sync_s, 0.05)
+        last = time.monotonic()
         while True:
-            await asyncio.sleep(self.sync_s)
-            await self.sync()
+            await asyncio.sleep(tick)
+            now = time.monotonic()
+            if now - last >= self.sync_s or (self.available and self.running_low()):
+                last = now
+                await self.sync()
 
     async def close(self) -> None:
         """Give the floats back (the leases keep this process's open reservations)."""
@@ -280,9 +313,14 @@ class SharedBudgets:
 
     # -- what the rest of the server reads and changes --------------------------------
 
+    def reachable(self) -> bool:
+        """The last sync succeeded and the one after it is not overdue (a paused Redis
+        shows here before the call in flight times out)."""
+        return self.available and time.monotonic() - self.last_ok < 3 * self.sync_s + 0.05
+
     def reasons(self, reason: np.ndarray) -> None:
         """While Redis is away a budget refusal means the budget could not be reached."""
-        if not self.available:
+        if not self.reachable():
             reason[reason == pb.NO_BID_REASON_BUDGET_EXHAUSTED] = \
                 pb.NO_BID_REASON_BUDGET_UNAVAILABLE
 
