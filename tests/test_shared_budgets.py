@@ -324,3 +324,31 @@ def test_sigkill_of_a_replica_under_load_loses_and_doubles_nothing_in_the_global
         assert in_redis <= 2_000_000
         total += in_redis
     assert total > 0 and sum(killed.values()) > 0
+
+
+def test_a_frequency_cap_holds_across_replicas_within_the_stated_bound(
+        redis_server, server_factory, tiny_world):
+    """One user's impressions, one at a time, alternating between two replicas (each win
+    reported): per capped campaign at most cap + (N - 1), where without shared counts each
+    replica would allow the whole cap (2 x cap)."""
+    servers = replicas(server_factory, redis_server.url, 2)
+    caps = dict(zip(tiny_world.campaigns.ids, tiny_world.campaigns.freq_cap.tolist()))
+    rng = np.random.default_rng(4)
+    stubs = [bidder_pb2_grpc.BidderStub(grpc.insecure_channel(s.target)) for s in servers]
+    shown: dict[str, int] = {}
+    for k in range(120):
+        stub = stubs[k % 2]
+        (e,) = make_events(1, rng, n_users=2_000, id_prefix=f"f{k}-")
+        e.user_id = "u0000042"
+        d = stub.Bid(pb.BidRequest(events=[e]), timeout=10).decisions[0]
+        if d.bid:
+            shown[d.campaign_id] = shown.get(d.campaign_id, 0) + 1
+            stub.ReportOutcomes(pb.ReportOutcomesRequest(outcomes=[pb.Outcome(
+                request_id=d.request_id, type=pb.OUTCOME_TYPE_WIN,
+                clearing_price_cpm_micros=d.price_cpm_micros)]), timeout=10)
+        time.sleep(0.12)  # past a sync (100 ms)
+    capped = {c: n for c, n in shown.items() if caps[c] > 0}
+    assert capped, f"no capped campaign bid for the user: {shown}"
+    over = {c: (n, caps[c]) for c, n in capped.items() if n > caps[c] + 1}
+    assert not over, f"shown, cap: {over}"
+    assert any(n >= caps[c] for c, n in capped.items())  # the caps were reached

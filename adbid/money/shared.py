@@ -131,6 +131,20 @@ return {tonumber(redis.call('HGET', ck, 'budget') or '-1'),
 """
 
 
+# Frequency counts: ARGV prefix, then per (campaign, user) key: campaign id, user key,
+# delta, window ms. A key lives one window from its first count. Answers the counts.
+_FREQ = """
+local out = {}
+for i = 2, #ARGV, 4 do
+  local k = ARGV[1] .. 'f:{' .. ARGV[i] .. '}:' .. ARGV[i + 1]
+  local v = redis.call('INCRBY', k, ARGV[i + 2])
+  if redis.call('PTTL', k) < 0 then redis.call('PEXPIRE', k, ARGV[i + 3]) end
+  table.insert(out, v)
+end
+return out
+"""
+
+
 def process_id(host: str, port: int, ledger: Path | None) -> str:
     """A name unique to this process and stable across its restarts: the machine and the
     ledger (whose spend it reports, so a restart continues from the same running total,
@@ -166,6 +180,10 @@ class SharedBudgets:
                                         socket_connect_timeout=timeout_s)
         self._sync = self.client.register_script(_SYNC)
         self._update = self.client.register_script(_UPDATE)
+        self._freq = self.client.register_script(_FREQ)
+        self.counted: list[tuple[np.ndarray, np.ndarray, int]] = []  # the core appends
+        self.frequency = None
+        self.freq_window_s = np.zeros(0, np.int64)
         self.world_budget = campaigns.budget_micros.astype(np.int64).copy()
         self.world_active = campaigns.active.copy()
         n = len(campaigns)
@@ -204,6 +222,50 @@ class SharedBudgets:
         self._last_change = grow(self._last_change, np.full(extra, time.monotonic()))
         b = self.books
         b.budget_micros[-extra:] = b.spent_micros[-extra:] + b.reserved_micros[-extra:]
+
+    def bind_frequency(self, table, campaigns: CampaignTable) -> None:
+        """The decision core's frequency table, and the campaigns' windows."""
+        self.frequency = table
+        self.freq_window_s = campaigns.freq_window_s.astype(np.int64)
+
+    async def sync_frequency(self) -> None:
+        """Push the counts added and given back here since the last push; take each key's
+        count across replicas (plus what was counted here meanwhile) into the core's table.
+        A user seen here for the first time is capped on this process's counts until then:
+        across N replicas a user can exceed a cap by what N - 1 replicas show them between
+        their first impression there and the next sync."""
+        if not self.counted or self.frequency is None:
+            return
+        pushed = self._aggregate(self.counted)
+        del self.counted[:]
+        args: list = [self.prefix]
+        ids = self.books.campaign_ids
+        for (user, row), delta in pushed.items():
+            args += [ids[row], user, delta, int(self.freq_window_s[row]) * 1000]
+        try:
+            counts = await self._freq(args=args)
+        except (TimeoutError, RedisError, OSError) as exc:  # pushed again next time (a lost
+            # reply means counted twice: caps bind early, never late)
+            self.counted[0:0] = [(np.array([u], np.uint64), np.array([r], np.int32), d)
+                                 for (u, r), d in pushed.items()]
+            self._failed(exc, time.monotonic())
+            return
+        since = self._aggregate(self.counted)
+        now = int(time.time())
+        for ((user, row), _), total in zip(pushed.items(), counts):
+            window = int(self.freq_window_s[row])
+            target = max(int(total) + since.get((user, row), 0), 0)
+            have = self.frequency.count(user, row, now, window)
+            if target != have:
+                self.frequency.add(user, row, now, window, target - have)
+
+    @staticmethod
+    def _aggregate(entries) -> dict[tuple[int, int], int]:
+        out: dict[tuple[int, int], int] = {}
+        for users, rows, delta in entries:
+            for u, r in zip(users.tolist(), rows.tolist()):
+                out[u, r] = out.get((u, r), 0) + delta
+        return out
 
     # -- the lease rule ---------------------------------------------------------------
 
@@ -267,6 +329,7 @@ class SharedBudgets:
                      self.pid)
         self.available = True
         self.syncs += 1
+        await self.sync_frequency()
         return True
 
     def _failed(self, exc: BaseException, now: float) -> None:

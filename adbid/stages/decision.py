@@ -63,6 +63,9 @@ class DecisionCore:
         self.frequency = frequency or _decision.FrequencyTable(frequency_slots)
         # Written by the pacing controller; 1.0 = no throttling.
         self.pacing = np.ones(len(campaigns), dtype=np.float64)
+        # With shared budgets: frequency counts this process adds or gives back, as
+        # (user keys, campaign rows, delta), for adbid.money.shared to push to Redis.
+        self.counted: list[tuple[np.ndarray, np.ndarray, int]] | None = None
 
     def decide(self, batch: EventBatch, cand_ad: np.ndarray, score: np.ndarray,
                blocked: np.ndarray | None = None, now_s: int = 0) -> Decisions:
@@ -107,6 +110,12 @@ class DecisionCore:
         out.bid, out.ad_row, out.campaign_row = bid, ad_row, campaign_row
         # (A NaN score is worth 0: never a bid, never the best rejected candidate.)
         out.score = chosen_score.astype(np.float32)
+        if self.counted is not None:  # what the core counted: live bids of capped campaigns
+            c = bid & (batch.is_test == 0) & (self.campaigns.freq_cap[np.maximum(campaign_row,
+                                                                               0)] > 0)
+            if c.any():
+                assert batch.user_key is not None
+                self.counted.append((batch.user_key[c].copy(), campaign_row[c], 1))
         return out
 
     def release_frequency(self, res: Reservation, now_s: int) -> None:
@@ -115,3 +124,6 @@ class DecisionCore:
         if self.campaigns.freq_cap[row] > 0:
             self.frequency.add(res.user_key & 0xFFFF_FFFF_FFFF_FFFF, row, now_s,
                                int(self.campaigns.freq_window_s[row]), -1)
+            if self.counted is not None:
+                self.counted.append((np.array([res.user_key & 0xFFFF_FFFF_FFFF_FFFF],
+                                              np.uint64), np.array([row], np.int32), -1))
