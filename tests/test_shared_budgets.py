@@ -352,3 +352,18 @@ def test_a_frequency_cap_holds_across_replicas_within_the_stated_bound(
     over = {c: (n, caps[c]) for c, n in capped.items() if n > caps[c] + 1}
     assert not over, f"shown, cap: {over}"
     assert any(n >= caps[c] for c, n in capped.items())  # the caps were reached
+
+
+def test_the_sync_script_books_spend_beyond_a_lease_and_large_budgets_exactly(redis_server):
+    """Spend reported with no lease left (a late win after the lease went back) and budgets
+    past 1e14 micros: Lua must hand Redis exact integers ("-0", "1e+14" are refused)."""
+    from adbid.money.redis_scripts import SYNC
+
+    sync = redis_server.client().register_script(SYNC)
+    big = 250_000_000_000_000  # $250M in micros
+    grant = sync(args=["adbid:", "p1", 30_000, 1, "c1", 0, 0, 0, big, 1])
+    assert grant[:2] == [0, big]
+    out = sync(args=["adbid:", "p1", 30_000, 1, "c1", 7_000, 7_000, 5 * 10**14, big, 1])
+    assert out[0] == big - 7_000 and out[2] == 7_000 and out[3] == big - 7_000
+    repeat = sync(args=["adbid:", "p1", 30_000, 1, "c1", 7_000, 7_000, 0, big, 1])
+    assert repeat[2] == 7_000 and repeat[3] == 0  # the same total again counts nothing
