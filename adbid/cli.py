@@ -283,7 +283,13 @@ def status(
     from adbid.v1 import admin_pb2
 
     s = _admin(target, token, "Status", admin_pb2.StatusRequest(), tls=(tls_ca, tls_cert, tls_key))
-    if s.workers > 1:
+    if s.shared_store:
+        console.print(f"shared budgets in {s.shared_store} as {s.shared_process}: "
+                      f"{'reachable' if s.shared_available else '[bold]NOT REACHABLE[/bold]'}"
+                      f" ({s.shared_syncs:,} syncs, {s.shared_failures:,} failed); budgets "
+                      "and global spend below are every replica's, spent and reserved this "
+                      "process's")
+    elif s.workers > 1:
         console.print(f"worker {s.worker + 1} of {s.workers}: budgets below are this worker's "
                       f"1/{s.workers} slices")
     console.print(f"adbid {s.version}, up {s.uptime_s:.0f} s; world [bold]{s.world_version}[/bold]"
@@ -306,13 +312,17 @@ def status(
     console.print(t)
     if campaigns:
         t = Table(title=f"top {campaigns} campaigns by spend (currency units)")
-        for col in ("campaign", "active", "budget", "spent", "reserved", "pacing"):
+        shared = ("global spent", "leased", "lease here") if s.shared_store else ()
+        for col in ("campaign", "active", "budget", "spent", "reserved", *shared, "pacing"):
             t.add_column(col)
-        by_spend = sorted(s.campaigns, key=lambda c: -(c.spent_micros + c.reserved_micros))
+        by_spend = sorted(s.campaigns, key=lambda c: -(c.spent_micros + c.reserved_micros
+                                                        + c.global_spent_micros))
         for c in by_spend[:campaigns]:
+            books = (c.global_spent_micros, c.global_leased_micros, c.lease_micros) \
+                if shared else ()
             t.add_row(c.campaign_id, "yes" if c.active else "no", f"{c.budget_micros / 1e6:.2f}",
                       f"{c.spent_micros / 1e6:.4f}", f"{c.reserved_micros / 1e6:.4f}",
-                      f"{c.pacing_multiplier:.2f}")
+                      *(f"{m / 1e6:.4f}" for m in books), f"{c.pacing_multiplier:.2f}")
         console.print(t)
 
 

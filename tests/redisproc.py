@@ -8,6 +8,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -40,7 +41,8 @@ class RedisProc:
         self.proc = subprocess.Popen(
             ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1",
              "--dir", str(self.dir), "--appendonly", "yes", "--appendfsync", "always",
-             "--save", "", "--daemonize", "no", "--protected-mode", "yes"],
+             "--save", "", "--daemonize", "no", "--protected-mode", "yes",
+             "--enable-debug-command", "local"],
             stdout=(self.dir / "redis.log").open("a"), stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
@@ -63,6 +65,14 @@ class RedisProc:
     def resume(self) -> None:
         assert self.proc is not None
         self.proc.send_signal(signal.SIGCONT)
+
+    def slow(self, seconds: float) -> threading.Thread:
+        """Redis busy for `seconds` (DEBUG SLEEP): every call meanwhile waits or times out."""
+        t = threading.Thread(target=lambda: redis.Redis(port=self.port, socket_timeout=seconds
+                                                        + 10).execute_command(
+            "DEBUG", "SLEEP", str(seconds)))
+        t.start()
+        return t
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:

@@ -94,26 +94,22 @@ def replicas(server_factory, url: str, n: int, **kw):
     return [server_factory(redis=url, **kw) for _ in range(n)]
 
 
-def test_three_replicas_with_skewed_traffic_spend_one_budget_and_never_overspend(
-        redis_server, server_factory, tiny_world):
-    """90% of the traffic to one replica: together they spend each budget that binds
-    (>= 99%, or to within the cost of one impression) and at no poll have they committed
-    more than it."""
-    ids = tiny_world.campaigns.ids
-    seed_budgets(redis_server, ids, BUDGET)
-    servers = replicas(server_factory, redis_server.url, 3)
+def skewed(servers, ids, rounds: int = 4_000, seed: int = 3, snapshot_at: int = 300):
+    """90% of the rounds to replica 0, every bid won and reported; until 200 rounds in a
+    row win nothing. Returns the exchange, the most committed past a budget at any poll,
+    and the final spend per campaign."""
     ex = Exchange(servers)
-    pick = random.Random(3)
-    over = 0
-    quiet = 0
+    pick = random.Random(seed)
+    over = quiet = 0
     deadline = time.monotonic() + 90
     try:
-        for k in range(4_000):
+        for k in range(rounds):
             i = 0 if pick.random() < 0.9 else pick.choice((1, 2))
             won = ex.round(i)
             if k % 10 == 0:
-                spent, committed = books(servers)
-                over = max(over, int((committed - BUDGET).max()))
+                over = max(over, int((books(servers)[1] - BUDGET).max()))
+            if k + 1 == snapshot_at:
+                early = books(servers)[0]
             quiet = quiet + 1 if won == 0 else 0
             if quiet > 200 or time.monotonic() > deadline:
                 break
@@ -121,8 +117,20 @@ def test_three_replicas_with_skewed_traffic_spend_one_budget_and_never_overspend
         spent, committed = books(servers)
     finally:
         ex.close()
+    over = max(over, int((committed - BUDGET).max()))
+    return ex, over, spent, early
+
+
+def test_three_replicas_with_skewed_traffic_spend_one_budget_and_never_overspend(
+        redis_server, server_factory, tiny_world):
+    """90% of the traffic to one replica: together they spend each budget that binds
+    (>= 99%, or to within the cost of one impression) and at no poll have they committed
+    more than it; fixed 1/3 slices on the same traffic leave money in the quiet ones."""
+    ids = tiny_world.campaigns.ids
+    seed_budgets(redis_server, ids, BUDGET)
+    servers = replicas(server_factory, redis_server.url, 3)
+    ex, over, spent, early = skewed(servers, ids)
     assert over <= 0, f"committed {over} micros past a budget"
-    assert (committed <= BUDGET).all()
     left = BUDGET - spent
     allowed = np.array([max(BUDGET // 100, ex.max_cost.get(c, 0)) for c in ids])
     # Budgets that bound: traffic took them past 80% (the rest ran out of demand: their
@@ -139,6 +147,23 @@ def test_three_replicas_with_skewed_traffic_spend_one_budget_and_never_overspend
     r = redis_server.client()
     for i, c in enumerate(ids):
         assert int(r.hget(f"adbid:c:{{{c}}}", "spent") or 0) == spent[i]
+    # The same first 300 rounds on fixed slices (--workers 3 without Redis, the budgets set
+    # to BUDGET): replica 0 runs out of its third while the others keep theirs.
+    sliced = [server_factory(workers=3, worker_index=i, openrtb_port=0) for i in range(3)]
+    for srv in sliced:
+        srv.call(_set_budgets(srv, BUDGET))
+    _, over_sliced, _, early_sliced = skewed(sliced, ids, rounds=300)
+    assert over_sliced <= 0
+    shared_total = sum(int(early[ids.index(c)]) for c in exhausted)
+    sliced_total = sum(int(early_sliced[ids.index(c)]) for c in exhausted)
+    assert sliced_total < 0.85 * shared_total, (sliced_total, shared_total)  # 79% seen
+
+
+async def _set_budgets(srv, budget: int) -> None:
+    led = srv.server.ledger
+    for cid in led.campaign_ids:
+        led.update_campaign(cid, budget, None, "test")
+    await led.flush()
 
 
 def test_one_replica_cannot_outspend_a_budget_another_also_draws_on(
@@ -184,12 +209,13 @@ def test_a_budget_change_or_pause_on_one_replica_reaches_the_others(
     assert s.shared_process != status(servers[0]).shared_process
 
 
-@pytest.mark.parametrize("fault", ["kill", "pause"])
+@pytest.mark.parametrize("fault", ["kill", "pause", "slow"])
 def test_redis_away_keeps_serving_within_leases_then_recovers_by_itself(
         redis_server, server_factory, tiny_world, fault):
-    """Redis killed (then restarted from its append-only file) or paused (SIGSTOP, then
-    SIGCONT): every call is still answered, bids stay within the leases held (nothing
-    overspent), refusals say BUDGET_UNAVAILABLE, and bidding resumes on its own."""
+    """Redis killed (then restarted from its append-only file), paused (SIGSTOP, then
+    SIGCONT) or slow (busy for 4 s, past the client's 1 s timeout): every call is still
+    answered, bids stay within the leases held (nothing overspent), refusals say
+    BUDGET_UNAVAILABLE, and bidding resumes on its own."""
     ids = tiny_world.campaigns.ids
     seed_budgets(redis_server, ids, BUDGET)
     servers = replicas(server_factory, redis_server.url, 2)
@@ -197,7 +223,13 @@ def test_redis_away_keeps_serving_within_leases_then_recovers_by_itself(
     try:
         for k in range(60):
             ex.round(k % 2)
-        redis_server.kill() if fault == "kill" else redis_server.pause()
+        busy = None
+        if fault == "kill":
+            redis_server.kill()
+        elif fault == "pause":
+            redis_server.pause()
+        else:
+            busy = redis_server.slow(4.0)
         ex.reasons.clear()
         until = time.monotonic() + 2.5
         for k in range(3_000):  # answered throughout, leases used up, then refusals
@@ -212,7 +244,12 @@ def test_redis_away_keeps_serving_within_leases_then_recovers_by_itself(
             from grpc_health.v1 import health_pb2, health_pb2_grpc
             h = health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(), timeout=5)
             assert h.status == health_pb2.HealthCheckResponse.SERVING
-        redis_server.start() if fault == "kill" else redis_server.resume()
+        if fault == "kill":
+            redis_server.start()
+        elif fault == "pause":
+            redis_server.resume()
+        else:
+            busy.join(10)
         deadline = time.monotonic() + 15
         while not all(status(s).shared_available for s in servers):
             assert time.monotonic() < deadline, "the replicas did not reconnect"
@@ -230,13 +267,14 @@ def test_redis_away_keeps_serving_within_leases_then_recovers_by_itself(
         assert int(r.hget(f"adbid:c:{{{c}}}", "spent") or 0) == spent[i]
 
 
-def start_replica(world, ledger, url: str, log) -> tuple[subprocess.Popen, int, int]:
+def start_replica(world, ledger, url: str, log, *extra: str
+                  ) -> tuple[subprocess.Popen, int, int]:
     """`adbid serve --redis` as its own process; returns it, its gRPC and Admin ports."""
     with log.open("w") as f:
         proc = subprocess.Popen(
             [BIN, "serve", "--world", str(world), "--ledger", str(ledger), "--port", "0",
              "--metrics-port", "0", "--admin-port", "0", "--redis", url,
-             "--redis-sync-ms", "100", "--redis-float-micros", "5000"],
+             "--redis-sync-ms", "100", "--redis-float-micros", "5000", *extra],
             stderr=f, stdout=subprocess.DEVNULL)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
@@ -367,3 +405,74 @@ def test_the_sync_script_books_spend_beyond_a_lease_and_large_budgets_exactly(re
     assert out[0] == big - 7_000 and out[2] == 7_000 and out[3] == big - 7_000
     repeat = sync(args=["adbid:", "p1", 30_000, 1, "c1", 7_000, 7_000, 0, big, 1])
     assert repeat[2] == 7_000 and repeat[3] == 0  # the same total again counts nothing
+
+
+def test_a_killed_replicas_lease_returns_after_its_ttl_and_a_quiet_ones_float_sooner(
+        redis_server, server_factory, tiny_world, tiny_world_dir, tmp_path):
+    """SIGKILL: after --redis-lease-ttl-s its lease goes back to the pool but for what
+    covered its open reservations. A replica with no traffic hands its floats back once
+    its campaigns are idle (IDLE_S, shortened here)."""
+    ids = tiny_world.campaigns.ids
+    seed_budgets(redis_server, ids, BUDGET)
+    live, quiet = replicas(server_factory, redis_server.url, 2)
+    proc, port, admin_port = start_replica(tiny_world_dir, tmp_path / "k", redis_server.url,
+                                           tmp_path / "k.log", "--redis-lease-ttl-s", "5")
+    with grpc.insecure_channel(f"127.0.0.1:{admin_port}") as ch:
+        pid = admin_pb2_grpc.AdminStub(ch).Status(admin_pb2.StatusRequest(),
+                                                  timeout=10).shared_process
+    r = redis_server.client()
+
+    def lease_of(who: str) -> int:
+        return sum(int(r.hget(f"adbid:c:{{{c}}}", f"lease:{who}") or 0) for c in ids)
+
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as ch:  # it bids (reservations open)
+        stub = bidder_pb2_grpc.BidderStub(ch)
+        rng = np.random.default_rng(8)
+        for b in range(20):
+            stub.Bid(pb.BidRequest(events=make_events(16, rng, n_users=2_000,
+                                                      id_prefix=f"q{b}-")), timeout=10)
+    time.sleep(0.3)
+    before = lease_of(pid)
+    held = sum(int(r.hget(f"adbid:c:{{{c}}}", f"held:{pid}") or 0) for c in ids)
+    assert before > held > 0
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(10)
+    assert quiet.server.ledger.shared.lease.sum() > 0  # floats, though it saw no traffic
+    quiet.server.ledger.shared.IDLE_S = 1.0  # counted from its start: idle already
+    deadline = time.monotonic() + 20
+    while lease_of(pid) != held:  # reaped by the live replicas' syncs after 5 s
+        assert time.monotonic() < deadline, (lease_of(pid), held)
+        time.sleep(0.2)
+    # The quiet replica's floats went back; it keeps no lease without reservations.
+    shared = quiet.server.ledger.shared
+    assert (shared.lease[quiet.server.ledger.reserved_micros == 0] == 0).all()
+    leased = sum(int(r.hget(f"adbid:c:{{{c}}}", "leased") or 0) for c in ids)
+    assert leased == sum(lease_of(p) for p in (pid, live.server.ledger.shared.pid,
+                                                shared.pid))
+
+
+def test_pacing_follows_the_global_spend_on_a_replica_without_traffic(
+        redis_server, server_factory, tiny_world):
+    """Spend far ahead of the even plan, all on replica 0: replica 1, which saw no traffic,
+    throttles the same "even" campaigns, since it paces on the global books."""
+    ids = tiny_world.campaigns.ids
+    even = [i for i, m in enumerate(tiny_world.campaigns.pacing_mode) if m == "even"]
+    assert even
+    seed_budgets(redis_server, ids, BUDGET)
+    busy, idle = replicas(server_factory, redis_server.url, 2)
+    time.sleep(1.5)  # a pacing step first: the day's plan starts from what is spent then
+    ex = Exchange([busy], seed=21)
+    try:
+        for _ in range(150):
+            ex.round(0)
+    finally:
+        ex.close()
+    spent_even = [i for i in even if busy.server.ledger.spent_micros[i] > 0]
+    assert spent_even
+    assert idle.server.ledger.spent_micros.sum() == 0
+    deadline = time.monotonic() + 15
+    while not (idle.server.pipeline.core.pacing[spent_even] < 0.9).all():
+        pc = idle.server.pipeline.pacing
+        assert time.monotonic() < deadline, (pc._rate[spent_even].tolist(),
+                                             pc.planned_micros[spent_even].tolist())
+        time.sleep(0.2)
