@@ -289,6 +289,11 @@ def status(
                       f" ({s.shared_syncs:,} syncs, {s.shared_failures:,} failed); budgets "
                       "and global spend below are every replica's, spent and reserved this "
                       "process's")
+        for sp in s.shared_processes:
+            console.print(f"  {sp.process}: leased {sp.leased_micros / 1e6:.4f}, reported spend "
+                          f"{sp.reported_spent_micros / 1e6:.4f}, "
+                          + (f"lease expires in {sp.expires_in_s:.0f} s" if sp.expires_in_s >= 0
+                             else "gone"))
     elif s.workers > 1:
         console.print(f"worker {s.worker + 1} of {s.workers}: budgets below are this worker's "
                       f"1/{s.workers} slices")

@@ -207,15 +207,21 @@ def test_a_budget_change_or_pause_on_one_replica_reaches_the_others(
     s = status(servers[1])
     assert s.shared_available and s.shared_store == redis_server.url and s.shared_syncs > 0
     assert s.shared_process != status(servers[0]).shared_process
+    # Every process, as Redis has it: both, with their leases (the floats) and ttl.
+    procs = {p.process: p for p in s.shared_processes}
+    assert set(procs) == {s.shared_process, status(servers[0]).shared_process}
+    assert all(p.leased_micros > 0 and 0 < p.expires_in_s <= 30 for p in procs.values())
 
 
-@pytest.mark.parametrize("fault", ["kill", "pause", "slow"])
+@pytest.mark.parametrize("fault", ["kill", "pause", "slow", "wiped"])
 def test_redis_away_keeps_serving_within_leases_then_recovers_by_itself(
         redis_server, server_factory, tiny_world, fault):
     """Redis killed (then restarted from its append-only file), paused (SIGSTOP, then
-    SIGCONT) or slow (busy for 4 s, past the client's 1 s timeout): every call is still
+    SIGCONT), slow (busy for 4 s, past the client's 1 s timeout) or killed and restarted
+    empty (its files lost; the operator sets the budgets again): every call is still
     answered, bids stay within the leases held (nothing overspent), refusals say
-    BUDGET_UNAVAILABLE, and bidding resumes on its own."""
+    BUDGET_UNAVAILABLE, bidding resumes on its own, and Redis's spend is again exactly the
+    replicas' ledgers' (each reports its running total)."""
     ids = tiny_world.campaigns.ids
     seed_budgets(redis_server, ids, BUDGET)
     servers = replicas(server_factory, redis_server.url, 2)
@@ -224,7 +230,7 @@ def test_redis_away_keeps_serving_within_leases_then_recovers_by_itself(
         for k in range(60):
             ex.round(k % 2)
         busy = None
-        if fault == "kill":
+        if fault in ("kill", "wiped"):
             redis_server.kill()
         elif fault == "pause":
             redis_server.pause()
@@ -246,6 +252,12 @@ def test_redis_away_keeps_serving_within_leases_then_recovers_by_itself(
             assert h.status == health_pb2.HealthCheckResponse.SERVING
         if fault == "kill":
             redis_server.start()
+        elif fault == "wiped":
+            for f in redis_server.dir.rglob("*"):
+                if f.is_file() and f.name != "redis.log":
+                    f.unlink()
+            redis_server.start()
+            seed_budgets(redis_server, ids, BUDGET)
         elif fault == "pause":
             redis_server.resume()
         else:

@@ -8,6 +8,8 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 
+from redis.exceptions import RedisError
+
 import adbid
 from adbid.config import ServerConfig
 from adbid.edge.bidder import Tally
@@ -123,6 +125,13 @@ class AdminService(admin_pb2_grpc.AdminServicer):
             resp.shared_process = led.shared.pid
             resp.shared_available = led.shared.available
             resp.shared_syncs, resp.shared_failures = led.shared.syncs, led.shared.failures
+            try:
+                for pid, leased, reported, expires in await led.shared.processes():
+                    resp.shared_processes.add(process=pid, leased_micros=leased,
+                                              reported_spent_micros=reported,
+                                              expires_in_s=expires)
+            except (TimeoutError, RedisError, OSError) as exc:  # Status answers regardless
+                log.warning("Status: the shared books could not be read: %s", exc)
         resp.campaigns.extend(self._campaign_status(p, i) for i in range(len(p.campaign_ids)))
         for stage, s in self.timers.summary().items():
             resp.stages.add(stage=stage, count=s["count"], mean_us=s["mean_us"],

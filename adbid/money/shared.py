@@ -58,7 +58,7 @@ def process_id(host: str, port: int, ledger: Path | None) -> str:
     whatever port it listens on); without a ledger, the machine and the address."""
     where = str(ledger.resolve()) if ledger is not None else f"{host}:{port}"
     digest = hashlib.sha1(f"{socket.gethostname()}|{where}".encode()).hexdigest()[:10]
-    return f"{socket.gethostname()}:{port if ledger is None else 'ledger'}:{digest}"
+    return f"{socket.gethostname()}/{digest}"
 
 
 def redacted(url: str) -> str:
@@ -282,6 +282,27 @@ class SharedBudgets:
         await self.client.aclose()
 
     # -- what the rest of the server reads and changes --------------------------------
+
+    async def processes(self) -> list[tuple[str, int, int, float]]:
+        """(process, leased, reported spend, seconds to expiry) for every process Redis
+        knows, read from Redis (for Status; one pipelined read per campaign)."""
+        ids = self.books.campaign_ids
+        async with self.client.pipeline(transaction=False) as pipe:
+            for cid in ids:
+                pipe.hgetall(f"{self.prefix}c:{{{cid}}}")
+            pipe.zrange(f"{self.prefix}procs", 0, -1, withscores=True)
+            pipe.time()
+            *hashes, procs, (sec, usec) = await pipe.execute()
+        now_ms = int(sec) * 1000 + int(usec) // 1000
+        totals: dict[str, list[int]] = {}
+        for h in hashes:
+            for field, value in h.items():
+                kind, _, pid = field.decode().partition(":")
+                if kind in ("lease", "reported") and pid:
+                    t = totals.setdefault(pid, [0, 0])
+                    t[0 if kind == "lease" else 1] += int(value)
+        expiry = {p.decode(): (score - now_ms) / 1000 for p, score in procs}
+        return [(pid, t[0], t[1], expiry.get(pid, -1.0)) for pid, t in sorted(totals.items())]
 
     def reachable(self) -> bool:
         """The last sync succeeded and the one after it is not overdue (a paused Redis
