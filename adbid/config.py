@@ -122,6 +122,10 @@ class ServerConfig:
         minimum=5.0)
     redis_float_micros: int = setting(100_000, "With --redis: the least float a lease holds "
                                       "beyond open reservations, micros.", minimum=0)
+    redis_frequency: bool = setting(
+        True, "With --redis: share frequency counts too (pushed each sync; a cap holds to "
+        "within what other replicas show a user before their next sync). Off: each process "
+        "caps alone, up to N x the cap across N.", flag="--redis-frequency")
     grace_s: float = setting(5.0, "Drain time on SIGTERM.", minimum=0.0)
     max_stream_inflight: int = setting(8, "Batches in flight per BidStream.", minimum=1)
     max_inflight_batches: int = setting(

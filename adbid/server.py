@@ -132,8 +132,9 @@ class BidServer:
                 cfg.redis, self.ledger, world.campaigns,
                 process_id(cfg.host, self.port, cfg.ledger), sync_s=cfg.redis_sync_ms / 1000,
                 ttl_s=cfg.redis_lease_ttl_s, float_micros=cfg.redis_float_micros)
-            books.bind_frequency(self.pipeline.core.frequency, world.campaigns)
-            self.pipeline.core.counted = books.counted
+            if cfg.redis_frequency:
+                books.bind_frequency(self.pipeline.core.frequency, world.campaigns)
+                self.pipeline.core.counted = books.counted
             if not await books.sync():  # serving anyway: no-bids until Redis answers
                 log.warning("shared budgets: %s does not answer yet (%s); no bids until it "
                             "does", redacted(cfg.redis), books.last_error)

@@ -2,7 +2,8 @@
 
 One redis-server on a free loopback port (its own temporary directory, append-only file,
 fsync every second as production would run it). Then, alternating in one run, `adbid
-serve` without and with `--redis`, closed loop over gRPC (batch 256, 4 callers), live
+serve` without `--redis`, with it, and with it but frequency counts kept per process
+(`--no-redis-frequency`), closed loop over gRPC (batch 256, 4 callers), live
 traffic (reservations and their leases), each run `--duration-s` from the world's budgets
 (Redis flushed before each): goodput, bids, p99, and with Redis the script calls the
 server made (Redis's own command statistics) per batch answered.
@@ -59,10 +60,12 @@ def main() -> None:
         except redis.ConnectionError:
             time.sleep(0.05)
     url = f"redis://127.0.0.1:{port}/0"
-    rows: dict[str, list[dict]] = {"own budgets": [], "--redis": []}
+    settings = (("own budgets", ()), ("--redis", ("--redis", url)),
+                ("--redis --no-redis-frequency", ("--redis", url, "--no-redis-frequency")))
+    rows: dict[str, list[dict]] = {name: [] for name, _ in settings}
     try:
         for k in range(a.runs):
-            for name, args in (("own budgets", ()), ("--redis", ("--redis", url))):
+            for name, args in settings:
                 r.flushall()  # each run starts from the world's budgets, as the other does
                 with Server(*args) as srv:
                     before = script_calls(r)
@@ -87,16 +90,19 @@ def main() -> None:
         proc.terminate()
         proc.wait(10)
         shutil.rmtree(tmp, ignore_errors=True)
-    ratios = [w["goodput_events_per_s"] / o["goodput_events_per_s"]
-              for o, w in zip(rows["own budgets"], rows["--redis"])]
+    ratios = {name: [w["goodput_events_per_s"] / o["goodput_events_per_s"]
+                     for o, w in zip(rows["own budgets"], rows[name])]
+              for name, _ in settings[1:]}
     summary = {name: {"goodput_median": statistics.median(x["goodput_events_per_s"] for x in v),
                       "goodput_range": [min(x["goodput_events_per_s"] for x in v),
                                         max(x["goodput_events_per_s"] for x in v)]}
                for name, v in rows.items()}
-    cpb = [x["calls_per_batch"] for x in rows["--redis"]]
-    print(f"--redis / own budgets, paired runs: median {statistics.median(ratios):.3f} "
-          f"(range {min(ratios):.3f}-{max(ratios):.3f}); Redis calls a batch: median "
-          f"{statistics.median(cpb):.3f} ({min(cpb):.3f}-{max(cpb):.3f})")
+    for name, _ in settings[1:]:
+        cpb = [x["calls_per_batch"] for x in rows[name]]
+        r = ratios[name]
+        print(f"{name} / own budgets, paired runs: median {statistics.median(r):.3f} "
+              f"(range {min(r):.3f}-{max(r):.3f}); Redis calls a batch: median "
+              f"{statistics.median(cpb):.3f} ({min(cpb):.3f}-{max(cpb):.3f})")
     out = {"machine": machine(), "runs": rows, "ratios": ratios, "summary": summary}
     print(f"-> {write('shared_budgets', out)}")
 

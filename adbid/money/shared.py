@@ -143,36 +143,44 @@ class SharedBudgets:
         their first impression there and the next sync."""
         if not self.counted or self.frequency is None:
             return
-        pushed = self._aggregate(self.counted)
+        users, rows, deltas = self._aggregate(self.counted)
         del self.counted[:]
+        ids = np.asarray(self.books.campaign_ids, dtype=object)[rows].tolist()
+        window_ms = (self.freq_window_s[rows] * 1000).tolist()
         args: list = [self.prefix]
-        ids = self.books.campaign_ids
-        for (user, row), delta in pushed.items():
-            args += [ids[row], user, delta, int(self.freq_window_s[row]) * 1000]
+        for entry in zip(ids, users.tolist(), deltas.tolist(), window_ms):
+            args += entry
         try:
             counts = await self._freq(args=args)
         except (TimeoutError, RedisError, OSError) as exc:  # pushed again next time (a lost
             # reply means counted twice: caps bind early, never late)
-            self.counted[0:0] = [(np.array([u], np.uint64), np.array([r], np.int32), d)
-                                 for (u, r), d in pushed.items()]
+            self.counted[0:0] = [(users[deltas == d], rows[deltas == d], int(d))
+                                 for d in np.unique(deltas)]
             self._failed(exc, time.monotonic())
             return
-        since = self._aggregate(self.counted)
+        since: dict[tuple[int, int], int] = {}
+        if self.counted:  # counted here while the push was on its way
+            su, sr, sd = self._aggregate(self.counted)
+            since = dict(zip(zip(su.tolist(), sr.tolist()), sd.tolist()))
         now = int(time.time())
-        for ((user, row), _), total in zip(pushed.items(), counts):
+        count, add = self.frequency.count, self.frequency.add
+        for user, row, total in zip(users.tolist(), rows.tolist(), counts):
             window = int(self.freq_window_s[row])
             target = max(int(total) + since.get((user, row), 0), 0)
-            have = self.frequency.count(user, row, now, window)
+            have = count(user, row, now, window)
             if target != have:
-                self.frequency.add(user, row, now, window, target - have)
+                add(user, row, now, window, target - have)
 
     @staticmethod
-    def _aggregate(entries) -> dict[tuple[int, int], int]:
-        out: dict[tuple[int, int], int] = {}
-        for users, rows, delta in entries:
-            for u, r in zip(users.tolist(), rows.tolist()):
-                out[u, r] = out.get((u, r), 0) + delta
-        return out
+    def _aggregate(entries) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(user keys, campaign rows, summed deltas), one per distinct key."""
+        keys = np.empty(sum(len(e[0]) for e in entries), [("u", np.uint64), ("r", np.int64)])
+        keys["u"] = np.concatenate([e[0] for e in entries])
+        keys["r"] = np.concatenate([e[1] for e in entries])
+        deltas = np.concatenate([np.full(len(e[0]), e[2], np.int64) for e in entries])
+        uniq, inverse = np.unique(keys, return_inverse=True)
+        sums = np.bincount(inverse, weights=deltas, minlength=len(uniq)).astype(np.int64)
+        return uniq["u"], uniq["r"], sums
 
     # -- the lease rule ---------------------------------------------------------------
 

@@ -109,7 +109,7 @@ class Pipeline:
         self.core: DecisionCore = DecisionCore(
             world.campaigns, world.ad_campaign, ledger, cfg.shading, cfg.frequency_slots,
             frequency=previous.core.frequency if previous else None)
-        if ledger.shared is not None:  # frequency counts shared across replicas
+        if ledger.shared is not None and cfg.redis_frequency:  # counts across replicas
             ledger.shared.bind_frequency(self.core.frequency, world.campaigns)
             self.core.counted = ledger.shared.counted
         self.pacing = PacingController(world.campaigns, ledger, self.core.pacing,
