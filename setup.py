@@ -87,6 +87,8 @@ extensions = [
     ),
     Extension("adbid._wire", ["ext/wire.pyx"], define_macros=macros, extra_compile_args=cflags),
     Extension("adbid._fpmode", ["ext/fpmode.pyx"], extra_compile_args=cflags),
+    Extension("adbid._idtable", ["ext/idtable.pyx"], define_macros=macros,
+              extra_compile_args=cflags),
 ]
 
 setup(

@@ -29,7 +29,8 @@ RANKS = {
 # The compiled kernels and the only modules that call them (money.units: the impression-cost
 # rule, defined once in the decision loop).
 FACADES = {"adbid._decision": ("adbid.stages", "adbid.money.units"),
-           "adbid._fpmode": ("adbid.stages",), "adbid._wire": ("adbid.edge",)}
+           "adbid._fpmode": ("adbid.stages",), "adbid._wire": ("adbid.edge",),
+           "adbid._idtable": ("adbid.stages",)}
 MAX_LINES = 400
 
 

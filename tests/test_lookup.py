@@ -64,3 +64,41 @@ def test_block_lists_resolve_per_event_from_flat_columns(tiny_world):
         assert int(batch.blocked_category_mask[i]) == targeting.category_mask(tier1)
         ids = batch.blocked_adv_ids[batch.blocked_adv_ptr[i]:batch.blocked_adv_ptr[i + 1]]
         assert ids.tolist() == [known[d] for d in e.blocked_advertiser_domains if d in known]
+
+
+def test_the_compiled_id_table_finds_exactly_the_ids_it_holds():
+    """Rows by id like a dict over the array: prefixes, longer ids, non-ASCII ids and the
+    ids that mean "no user" are not confused; repeats are counted, the first row kept."""
+    import numpy as np
+
+    from adbid._idtable import IdTable
+
+    ids = np.array(["u1", "u12", "ü-ñ", "0000-0000", "", "0", "u12", "abc"])
+    t = IdTable(ids)
+    want = {"u1": 0, "u12": 1, "ü-ñ": 2, "abc": 7}
+    assert {u: t.get(u) for u in want} == want and len(t) == 4 and t.duplicates == 1
+    for missing in ("u", "u123", "u2", "", "0", "0000-0000", "abcd", "ü"):
+        assert t.get(missing) is None and missing not in t
+    rows = t.rows_of(["abc", "nope", "u1"], 99)
+    assert rows.tolist() == [7, 99, 0] and rows.dtype == np.int64
+    rng = np.random.default_rng(3)
+    big = np.array([f"id{x}" for x in rng.permutation(50_000)])
+    table = IdTable(big)
+    probe = [str(x) for x in big[rng.integers(0, len(big), 1_000)]]
+    rows = table.rows_of(probe, -1)
+    assert (big[rows] == np.array(probe)).all()
+    assert rows[:20].tolist() == [int(np.flatnonzero(big == p)[0]) for p in probe[:20]]
+
+
+def test_a_world_whose_user_ids_repeat_is_refused():
+    from types import SimpleNamespace
+
+    import numpy as np
+    import pytest
+
+    from adbid.world.artifacts import WorldError
+
+    world = SimpleNamespace(path="w", user_ids=np.array(["a", "b", "a"]),
+                            user_embeddings=np.zeros((3, 4), np.float32))
+    with pytest.raises(WorldError, match="1 duplicates"):
+        UserLookup(world)

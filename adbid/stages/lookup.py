@@ -7,15 +7,15 @@ users are never merged into one key; they simply have no embedding.
 
 from __future__ import annotations
 
-import operator
 import re
-from itertools import compress, repeat
+from itertools import repeat
 from typing import TYPE_CHECKING
 
 import numpy as np
 
+from adbid._idtable import IdTable
 from adbid.world import targeting
-from adbid.world.artifacts import World
+from adbid.world.artifacts import World, WorldError
 from adbid.world.campaigns import CampaignTable
 
 if TYPE_CHECKING:  # no protobuf at run time: the Triton peer's venv has another protobuf
@@ -62,15 +62,14 @@ def resolve(batch: EventBatch, campaigns: CampaignTable) -> None:
 
 
 class UserLookup:
-    """User id -> row; embeddings with one extra zero row that unknown users point at."""
+    """User id -> row (a compiled hash table over the world's id array, no Python object
+    per user); embeddings, where unknown users get zeros."""
 
     def __init__(self, world: World) -> None:
         n, d = world.user_embeddings.shape
-        # The world's table as it is, unless it holds ids that mean "no user" (C-level scan).
-        unusable = list(compress(world.user_row, map(operator.not_, map(
-            str.strip, world.user_row, repeat("0-")))))
-        self._row = world.user_row if not unusable else {
-            u: r for u, r in world.user_row.items() if usable_user_id(u)}
+        self._ids = IdTable(world.user_ids)  # leaves out ids that mean "no user"
+        if self._ids.duplicates:
+            raise WorldError(f"{world.path}: user_ids has {self._ids.duplicates} duplicates")
         self._unknown = n
         # The world's array itself, not a copy with a zero row appended (a 100k x 64 store
         # took 41 ms to copy, on every load and reload): unknown rows are zeroed per batch.
@@ -78,8 +77,7 @@ class UserLookup:
 
     def rows(self, user_ids: list[str]) -> np.ndarray:
         """int64[B] embedding rows; unknown users get the zero row."""
-        return np.fromiter(map(self._row.get, user_ids, repeat(self._unknown)), dtype=np.int64,
-                           count=len(user_ids))
+        return self._ids.rows_of(user_ids, self._unknown)
 
     def known(self, rows: np.ndarray) -> np.ndarray:
         """bool[B]: which rows are real users."""

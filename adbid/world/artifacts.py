@@ -82,7 +82,6 @@ class World:
     path: Path
     manifest: dict[str, Any]
     user_ids: np.ndarray  # <U[U]
-    user_row: dict[str, int]  # user id -> row of user_embeddings
     user_embeddings: np.ndarray  # float32[U, D]
     ad_index: faiss.Index  # ntotal = A, dimension D
     ad_campaign: np.ndarray  # int32[A]
@@ -162,12 +161,9 @@ class World:
         except (CurrencyError, ValueError) as exc:
             raise WorldError(f"{path}: {exc}") from None
         if previous is not None and "users" in same:
-            user_ids, user_row, user_embeddings = (previous.user_ids, previous.user_row,
-                                                   previous.user_embeddings)
+            user_ids, user_embeddings = previous.user_ids, previous.user_embeddings
         else:
-            user_ids = arrays["user_ids"]
-            ids = user_ids.tolist()  # str already: one C-level pass builds the table
-            user_row = dict(zip(ids, range(len(ids))))
+            user_ids = arrays["user_ids"]  # the id -> row table: adbid.stages.lookup
             user_embeddings = np.ascontiguousarray(arrays["user_embeddings"], dtype=np.float32)
         if previous is not None and "contexts" in same:
             topics, words = previous.topic_embeddings, previous.context_words
@@ -178,7 +174,6 @@ class World:
             path=path,
             manifest=manifest,
             user_ids=user_ids,
-            user_row=user_row,
             user_embeddings=user_embeddings,
             ad_index=index,
             ad_campaign=np.ascontiguousarray(arrays["ad_campaign"], dtype=np.int32),
@@ -203,8 +198,6 @@ class World:
         problems = []
         if self.user_embeddings.ndim != 2 or len(self.user_ids) != len(self.user_embeddings):
             problems.append("user_ids and user_embeddings differ in length")
-        if len(self.user_row) != len(self.user_ids):
-            problems.append("user_ids has duplicates")
         if self.ad_index.d != d:
             problems.append(f"index dimension {self.ad_index.d} != user embedding dimension {d}")
         if self.topic_embeddings.shape[1:] != (d,):
