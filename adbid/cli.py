@@ -220,11 +220,16 @@ def demo_world(
     users: int = typer.Option(100_000, help="Users in the embedding store."),
     campaigns: int = typer.Option(300, help="Campaigns."),
     ads_per_campaign: int = typer.Option(10, help="Ads (creatives) per campaign."),
+    ads: int = typer.Option(0, help="Ads in the catalogue, spread evenly over the campaigns "
+                            "(overrides --ads-per-campaign; 0: campaigns x ads per campaign). "
+                            "Above 10,000 the index is HNSW, else exact."),
     impressions: int = typer.Option(200_000, help="Logged impressions to train on (80%) and test."),
     dim: int = typer.Option(64, help="Embedding dimension."),
 ) -> None:
     """Build the synthetic demo world: users, ads, campaigns and a trained ONNX intent model."""
     _logging(False)
+    if ads:
+        ads_per_campaign = max(1, round(ads / campaigns))
     _build_demo(out, seed, {"users": users, "campaigns": campaigns,
                             "ads_per_campaign": ads_per_campaign, "impressions": impressions,
                             "dim": dim})

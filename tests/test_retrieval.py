@@ -58,3 +58,23 @@ def test_search_within_returns_the_best_of_the_allowed_ads_only(tiny_world):
     assert set(got.tolist()) == set(want.tolist())
     few = r.search_within(q, np.array([7, 8]))  # fewer than K: padded with -1
     assert sorted(few.tolist()) == [-1, -1, 7, 8]
+
+
+def test_an_inverted_list_index_is_searched_in_a_32nd_of_its_lists():
+    """Above 10^4 ads the demo world builds IVF; the retriever probes nlist / 32 lists,
+    which finds an ad's own vector as its best match nearly always."""
+    import faiss
+
+    rng = np.random.default_rng(0)
+    centres = rng.standard_normal((40, 32)).astype(np.float32)
+    ads = centres[rng.integers(0, 40, 12_000)] + 0.3 * rng.standard_normal((12_000, 32))
+    ads = (ads / np.linalg.norm(ads, axis=1, keepdims=True)).astype(np.float32)
+    index = faiss.IndexIVFFlat(faiss.IndexFlatIP(32), 32, int(4 * np.sqrt(len(ads))),
+                               faiss.METRIC_INNER_PRODUCT)
+    index.train(ads)
+    index.add(ads)
+    r = Retriever(index, top_k=8, threads=1)
+    assert index.nprobe == index.nlist // 32 == 13
+    probe = rng.integers(0, len(ads), 500)
+    found = r.search(ads[probe])
+    assert (found[:, 0] == probe).mean() > 0.95

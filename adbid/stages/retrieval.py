@@ -24,6 +24,8 @@ class Retriever:
         faiss.omp_set_num_threads(threads)
         if isinstance(index, faiss.IndexHNSW):
             index.hnsw.efSearch = max(64, 2 * self.top_k)
+        if isinstance(index, faiss.IndexIVF):  # a 32nd of the lists (benchmarks/scale.py)
+            index.nprobe = max(1, index.nlist // 32)
 
     def search(self, query: np.ndarray) -> np.ndarray:
         """query float32[B, D] -> ad rows int64[B, K], best first; -1 where fewer than K exist."""
