@@ -68,7 +68,11 @@ class ServerConfig:
     tls_key: Path | None = setting(None, "PEM key of --tls-cert.")
     tls_client_ca: Path | None = setting(None, "PEM CA: require client certificates "
                                          "(mutual TLS).")
-    top_k: int = setting(16, "Candidates retrieved per event.", minimum=1)
+    top_k: int = setting(16, "Candidates scored per event.", minimum=1)
+    overfetch: int = setting(
+        8, "An event none of whose top-k candidates its targeting admits (campaign active, "
+        "country, device, slot size) is searched again top-k x this deep, and the first "
+        "top-k admitted are scored (1: never).", minimum=1)
     faiss_threads: int = setting(1, "OpenMP threads for FAISS search.", minimum=1)
     onnx_threads: int = setting(1, "onnxruntime intra-op threads.", minimum=1)
     onnx_spinning: bool = setting(False, "Let onnxruntime threads spin between runs.")

@@ -9,8 +9,11 @@ oracle), and reports per K: the share of events bid, the value of the bids (sum 
 value_cpm_micros) against the oracle's, and the pipeline time per batch.
 
     python benchmarks/targeting_gap.py [--events 4096] [--batch 256] [--ks 16,64,256,0]
+                                       [--overfetch 4,8,16]
 
-K 0 stands for every ad.
+K 0 stands for every ad. Then K 16 with retrieval over-fetching (`--overfetch`: 16 x
+4, 8, 16 fetched, the top 16 that campaign state and country/device/size targeting admit
+scored), as `adbid serve --overfetch` does.
 """
 
 from __future__ import annotations
@@ -37,8 +40,9 @@ from adbid.world.artifacts import World
 from adbid.world.demo_traffic import make_events
 
 
-async def one_k(world: World, k: int, batches: list[list[pb.AdEvent]]) -> dict:
-    cfg = replace(ServerConfig(world=world.path, ledger=None), top_k=k)
+async def one_k(world: World, k: int, batches: list[list[pb.AdEvent]],
+                overfetch: int = 1) -> dict:
+    cfg = replace(ServerConfig(world=world.path, ledger=None), top_k=k, overfetch=overfetch)
     pipeline = Pipeline(WorldStages(world, cfg), cfg, SpendLedger(world.campaigns, None))
     keeper = Timekeeper(cfg.default_deadline_ms, cfg.send_margin_ms)
     bids = events = 0
@@ -54,7 +58,8 @@ async def one_k(world: World, k: int, batches: list[list[pb.AdEvent]]) -> dict:
         reasons += np.bincount(dec.reason, minlength=16)[:16]
     seconds = time.perf_counter() - t0
     pipeline.close()
-    return {"k": k, "events": events, "bid_share": bids / events, "value_micros": value,
+    return {"k": k, "overfetch": overfetch, "events": events, "bid_share": bids / events,
+            "value_micros": value,
             "ms_per_batch": seconds / len(batches) * 1e3,
             "no_bid_reasons": {pb.NoBidReason.Name(r)[14:]: int(c)
                                for r, c in enumerate(reasons.tolist()) if c and r}}
@@ -66,6 +71,9 @@ async def main() -> None:
     ap.add_argument("--events", type=int, default=4096)
     ap.add_argument("--batch", type=int, default=256)
     ap.add_argument("--ks", default="16,64,256,0")
+    ap.add_argument("--overfetch", default="4,8,16",
+                    help="K 16 again with retrieval fetching 16 x each and the targeting "
+                         "pre-filter keeping 16")
     ap.add_argument("--world", type=Path, default=default_world_dir())
     a = ap.parse_args()
     world = World.load(a.world)
@@ -74,12 +82,15 @@ async def main() -> None:
                for i in range(max(1, a.events // a.batch))]
     rows = []
     for k in (int(x) for x in a.ks.split(",")):
-        row = await one_k(world, k or world.ad_index.ntotal, batches)
-        rows.append(row)
+        rows.append(await one_k(world, k or world.ad_index.ntotal, batches))
+    for f in (int(x) for x in a.overfetch.split(",") if x):
+        rows.append(await one_k(world, 16, batches, overfetch=f))
     oracle = max(rows, key=lambda r: r["k"])
     for r in rows:
         r["value_vs_oracle"] = r["value_micros"] / oracle["value_micros"]
-        print(f"K {r['k']:5d}: {r['bid_share']:.1%} of events bid, value "
+        r["bid_vs_oracle"] = r["bid_share"] / oracle["bid_share"]
+        print(f"K {r['k']:5d} (fetched {r['k'] * r['overfetch']:5d}): {r['bid_share']:.1%} "
+              f"of events bid ({r['bid_vs_oracle']:.1%} of the oracle's), value "
               f"{r['value_vs_oracle']:.1%} of the exhaustive oracle's, "
               f"{r['ms_per_batch']:.1f} ms a batch; no-bids {r['no_bid_reasons']}")
     out = {"machine": machine(), "world": world.version, "rows": rows}

@@ -114,7 +114,7 @@ class AdminService(admin_pb2_grpc.AdminServicer):
             uptime_s=time.monotonic() - self.started_at,
             events_total=self.tally.events, bids_total=self.tally.bids,
             faiss_threads=p.retriever.threads, onnx_intra_op_threads=p.scorer.intra_op_threads,
-            top_k=p.retriever.top_k, version=adbid.__version__, late_wins=led.late_wins,
+            top_k=p.top_k, version=adbid.__version__, late_wins=led.late_wins,
             expired_reservations=led.expired, in_doubt_reservations=len(led.doubt),
             ledger_path=str(led.store.path) if led.store else "(in memory only)",
             worker=self.cfg.worker_index, workers=self.cfg.workers,

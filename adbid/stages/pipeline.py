@@ -26,7 +26,7 @@ from adbid.stages import DECISION, LEDGER, LOOKUP, QUEUE, RESUME, RETRIEVAL, SCO
 from adbid.stages.batch import EventBatch
 from adbid.stages.decision import ANSWERED_BEFORE, DecisionCore, Decisions
 from adbid.stages.lookup import ContextEncoder, UserLookup, resolve
-from adbid.stages.retrieval import Retriever
+from adbid.stages.retrieval import Retriever, admissible, admissible_first, site_allow_keys
 from adbid.stages.scoring import Scorer
 from adbid.v1 import bidder_pb2 as pb
 from adbid.world.artifacts import World
@@ -104,6 +104,8 @@ class Pipeline:
         self.stages = stages
         self.users, self.contexts = stages.users, stages.contexts
         self.retriever, self.scorer = stages.retriever, stages.scorer
+        self.top_k, self.overfetch = cfg.top_k, cfg.overfetch
+        self._site_keys = site_allow_keys(world.campaigns)
         ledger.extend(world.campaigns)
         self.ledger = ledger
         self.core: DecisionCore = DecisionCore(
@@ -140,11 +142,14 @@ class Pipeline:
             self.executor.shutdown(wait=True)
 
     def _native(self, query: np.ndarray, user: np.ndarray, context: np.ndarray,
-                device: np.ndarray, clock: Clock, submitted: float,
+                batch: EventBatch, clock: Clock, submitted: float,
                 within: list[tuple[int, np.ndarray]]
                 ) -> tuple[np.ndarray, np.ndarray, float, float, float, float]:
         """Retrieval then scoring, on an executor thread; raises OutOfTime. `within`:
-        events searched among given ads only (position, ad rows)."""
+        events searched among given ads only (position, ad rows). An event whose targeting
+        admits under a quarter of its top K is searched again, K x `overfetch` deep, and
+        the first K admitted are scored (targeting inside retrieval, paid by those events
+        alone)."""
         n = len(query)
         t0 = time.perf_counter()
         queued = t0 - submitted
@@ -152,11 +157,31 @@ class Pipeline:
         cand_ad = self.retriever.search(query)
         for i, ads in within:
             cand_ad[i] = self.retriever.search_within(query[i], ads)
+        if self.overfetch > 1:
+            cand_ad = self._refetch_starved(cand_ad, query, batch, within)
+        device = batch.device_type
         t1 = time.perf_counter()
         clock.check(SCORING, n, SCORING, *TAIL)
         score = self.scorer.score(user, context, device, cand_ad)
         t2 = time.perf_counter()
         return cand_ad, score, queued, t1 - t0, t2 - t1, t2
+
+    def _refetch_starved(self, cand_ad: np.ndarray, query: np.ndarray, batch: EventBatch,
+                         within: list[tuple[int, np.ndarray]]) -> np.ndarray:
+        world, active = self.world, self.ledger.active
+        # Few admitted (under a quarter of K): the ones left often fail the blocks or caps
+        # that this test does not cover.
+        starved = admissible(cand_ad, world.ad_campaign, active, world.campaigns, batch,
+                             allowed=self._site_keys).sum(axis=1) < max(1, cand_ad.shape[1] // 4)
+        starved[[i for i, _ in within]] = False  # private auctions: their deals' ads only
+        if not starved.any():
+            return cand_ad
+        rows = np.flatnonzero(starved)
+        wide = self.retriever.search(query[rows], k=self.top_k * self.overfetch)
+        ok = admissible(wide, world.ad_campaign, active, world.campaigns, batch, rows,
+                        self._site_keys)
+        cand_ad[rows] = admissible_first(wide, ok, cand_ad.shape[1])
+        return cand_ad
 
     def _searched_within(self, batch: EventBatch) -> list[tuple[int, np.ndarray]]:
         """Events limited to a few campaigns (private auctions) are retrieved among those
@@ -233,7 +258,7 @@ class Pipeline:
         try:
             clock.check(RETRIEVAL, n, RETRIEVAL, SCORING, *TAIL)
             cand_ad, score, queued, t_retrieval, t_scoring, t_done = await loop.run_in_executor(
-                self.executor, self._native, query, user, context, batch.device_type, clock,
+                self.executor, self._native, query, user, context, batch, clock,
                 time.perf_counter(), self._searched_within(batch))
             clock.record(RESUME, time.perf_counter() - t_done, n)
             clock.record(QUEUE, queued, n, learn=False)

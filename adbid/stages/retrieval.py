@@ -2,8 +2,15 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import faiss
 import numpy as np
+
+from adbid.world.campaigns import CampaignTable
+
+if TYPE_CHECKING:
+    from adbid.stages.batch import EventBatch
 
 
 class Retriever:
@@ -27,15 +34,17 @@ class Retriever:
         if isinstance(index, faiss.IndexIVF):  # a 32nd of the lists (benchmarks/scale.py)
             index.nprobe = max(1, index.nlist // 32)
 
-    def search(self, query: np.ndarray) -> np.ndarray:
-        """query float32[B, D] -> ad rows int64[B, K], best first; -1 where fewer than K exist."""
+    def search(self, query: np.ndarray, k: int = 0) -> np.ndarray:
+        """query float32[B, D] -> ad rows int64[B, K], best first; -1 where fewer than K exist.
+        `k`: other than the retriever's K (an over-fetch)."""
+        k = min(k, self.index.ntotal) if k and self.index.ntotal else (k or self.top_k)
         query = np.ascontiguousarray(query, dtype=np.float32)
         if query.ndim != 2 or query.shape[1] != self.index.d:
             raise ValueError(f"query shape {query.shape}, index dimension {self.index.d}")
         if len(query) == 0:
-            return np.empty((0, self.top_k), dtype=np.int64)
+            return np.empty((0, k), dtype=np.int64)
         faiss.omp_set_num_threads(self.threads)
-        _, ads = self.index.search(query, self.top_k)
+        _, ads = self.index.search(query, k)
         return ads
 
     def search_within(self, query: np.ndarray, allowed: np.ndarray) -> np.ndarray:
@@ -48,3 +57,47 @@ class Retriever:
         _, ads = self.index.search(query, self.top_k,
                                    params=faiss.SearchParameters(sel=selector))
         return ads[0]
+
+
+def site_allow_keys(campaigns: CampaignTable) -> np.ndarray:
+    """The (campaign, site) pairs of the campaigns' site allow lists, one sorted int64 key
+    each (campaign << 32 | site), for `admissible`."""
+    ptr, ids = campaigns.site_allow_ptr, campaigns.site_allow_ids
+    owner = np.repeat(np.arange(len(ptr) - 1, dtype=np.int64), np.diff(ptr))
+    return np.sort(owner << 32 | ids.astype(np.int64))
+
+
+def admissible(cand: np.ndarray, ad_campaign: np.ndarray, active: np.ndarray,
+               campaigns: CampaignTable, batch: EventBatch, rows: np.ndarray | None = None,
+               allowed: np.ndarray | None = None) -> np.ndarray:
+    """bool[B, K]: the candidate's campaign is active, its country, device and slot-size
+    targeting admit the event (the decision loop's test: the event's bit in 0..63 set in
+    the campaign's mask) and its site allow list, if it has one, holds the event's site.
+    `rows`: the batch's events that `cand` holds (all, in order, when None); `allowed`:
+    site_allow_keys(campaigns), when the caller keeps it."""
+    pick = (lambda a: a) if rows is None else (lambda a: a[rows])
+    c = ad_campaign[np.maximum(cand, 0)]
+    ok = (cand >= 0) & (active[c] != 0)
+    for mask, bit in ((campaigns.country_mask, batch.country_bit),
+                      (campaigns.device_mask, batch.device_bit),
+                      (campaigns.size_mask, batch.size_bit)):
+        b = pick(bit)[:, None]
+        inside = (b >= 0) & (b < 64)
+        ok &= inside & ((mask[c] >> np.where(inside, b, 0).astype(np.uint64)) & 1).astype(bool)
+    ptr = campaigns.site_allow_ptr
+    listed = ptr[c + 1] > ptr[c]
+    if listed.any():
+        if allowed is None:
+            allowed = site_allow_keys(campaigns)
+        assert batch.site_id is not None  # resolved before retrieval
+        key = c.astype(np.int64) << 32 | pick(batch.site_id).astype(np.int64)[:, None]
+        at = np.minimum(np.searchsorted(allowed, key), len(allowed) - 1)
+        ok &= ~listed | (allowed[at] == key)
+    return ok
+
+
+def admissible_first(cand: np.ndarray, ok: np.ndarray, k: int) -> np.ndarray:
+    """The k to score of a top list: the admissible ones in retrieval order, then the
+    others (so an event with too few keeps the reason it is refused for)."""
+    order = np.argsort(~ok, axis=1, kind="stable")[:, :k]
+    return np.take_along_axis(cand, order, axis=1)
