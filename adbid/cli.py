@@ -225,13 +225,20 @@ def demo_world(
                             "Above 10,000 the index is HNSW, else exact."),
     impressions: int = typer.Option(200_000, help="Logged impressions to train on (80%) and test."),
     dim: int = typer.Option(64, help="Embedding dimension."),
+    user_dtype: str = typer.Option("float32", help="Stored user embeddings: float32, or "
+                                   "float16 for half the memory (the model is trained on "
+                                   "float32; benchmarks/embedding_precision.py measures the "
+                                   "difference)."),
 ) -> None:
     """Build the synthetic demo world: users, ads, campaigns and a trained ONNX intent model."""
     _logging(False)
+    if user_dtype not in ("float32", "float16"):
+        raise typer.BadParameter("float32 or float16", param_hint="--user-dtype")
     if ads:
         ads_per_campaign = max(1, round(ads / campaigns))
     _build_demo(out, seed, {"users": users, "campaigns": campaigns,
                             "ads_per_campaign": ads_per_campaign, "impressions": impressions,
+                            "user_dtype": user_dtype,
                             "dim": dim})
 
 

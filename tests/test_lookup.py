@@ -102,3 +102,23 @@ def test_a_world_whose_user_ids_repeat_is_refused():
                             user_embeddings=np.zeros((3, 4), np.float32))
     with pytest.raises(WorldError, match="1 duplicates"):
         UserLookup(world)
+
+
+def test_a_float16_user_store_is_served_as_float32_at_half_the_memory(tmp_path, tiny_world):
+    """The same world stored as float16: half the bytes, the lookup hands out float32 within
+    float16's rounding of the float32 world's vectors."""
+    import numpy as np
+
+    from adbid.world.artifacts import World
+    from adbid.world.demo_world import DemoWorldSpec, build
+
+    build(tmp_path / "w16", DemoWorldSpec(**{**DemoWorldSpec.tiny().__dict__,
+                                              "user_dtype": "float16"}), progress=False)
+    w16 = World.load(tmp_path / "w16")
+    assert w16.user_embeddings.dtype == np.float16
+    assert w16.user_embeddings.nbytes * 2 == tiny_world.user_embeddings.nbytes
+    ids = [str(u) for u in tiny_world.user_ids[:50]] + ["nobody"]
+    got, want = UserLookup(w16), UserLookup(tiny_world)
+    e16, e32 = got.embeddings(got.rows(ids)), want.embeddings(want.rows(ids))
+    assert e16.dtype == np.float32 and not e16[-1].any()
+    np.testing.assert_allclose(e16, e32, atol=1e-3)

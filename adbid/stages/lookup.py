@@ -84,11 +84,11 @@ class UserLookup:
         return rows != self._unknown
 
     def embeddings(self, rows: np.ndarray) -> np.ndarray:
-        """float32[B, D]; zeros for unknown users."""
+        """float32[B, D] (from a float32 or float16 store); zeros for unknown users."""
         unknown = rows == self._unknown
         if not unknown.any():
-            return self._table[rows]
-        out = self._table.take(np.where(unknown, 0, rows), axis=0)
+            return self._table[rows].astype(np.float32, copy=False)
+        out = self._table.take(np.where(unknown, 0, rows), axis=0).astype(np.float32, copy=False)
         out[unknown] = 0.0
         return out
 

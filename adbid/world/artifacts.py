@@ -8,7 +8,7 @@ Layout (all arrays are .npy, loaded with allow_pickle=False; nothing is pickled)
     ad_campaign.npy        int32[A]   campaign row of each ad
     ad_creative_ids.npy    <U[A]      creative id of each ad
     user_ids.npy           <U[U]      user ids, row = embedding row
-    user_embeddings.npy    float32[U, D]
+    user_embeddings.npy    float32[U, D] (or float16: half the memory; served as float32)
     topic_embeddings.npy   float32[T, D] context topics
     context_words.json     {word: topic row}
     campaigns.json         campaign records (see adbid.world.campaigns)
@@ -82,7 +82,7 @@ class World:
     path: Path
     manifest: dict[str, Any]
     user_ids: np.ndarray  # <U[U]
-    user_embeddings: np.ndarray  # float32[U, D]
+    user_embeddings: np.ndarray  # float32 or float16 [U, D]
     ad_index: faiss.Index  # ntotal = A, dimension D
     ad_campaign: np.ndarray  # int32[A]
     ad_creative_ids: np.ndarray  # <U[A]
@@ -164,7 +164,9 @@ class World:
             user_ids, user_embeddings = previous.user_ids, previous.user_embeddings
         else:
             user_ids = arrays["user_ids"]  # the id -> row table: adbid.stages.lookup
-            user_embeddings = np.ascontiguousarray(arrays["user_embeddings"], dtype=np.float32)
+            stored = arrays["user_embeddings"]
+            user_embeddings = np.ascontiguousarray(
+                stored, dtype=np.float16 if stored.dtype == np.float16 else np.float32)
         if previous is not None and "contexts" in same:
             topics, words = previous.topic_embeddings, previous.context_words
         else:

@@ -66,6 +66,7 @@ class DemoWorldSpec:
     dim: int = 64
     hidden: int = 32
     train_epochs: int = 12
+    user_dtype: str = "float32"  # or "float16": the store at half the memory
 
     @classmethod
     def tiny(cls, seed: int = 7) -> DemoWorldSpec:
@@ -236,7 +237,7 @@ def build(out: Path, spec: DemoWorldSpec | None = None,
     np.save(tmp / "ad_campaign.npy", ad_campaign)
     np.save(tmp / "ad_creative_ids.npy", creative_ids)
     np.save(tmp / "user_ids.npy", user_ids(spec.users))
-    np.save(tmp / "user_embeddings.npy", users)
+    np.save(tmp / "user_embeddings.npy", users.astype(spec.user_dtype))
     np.save(tmp / "topic_embeddings.npy", topics)
     words = {w: t for t, ws in enumerate(TOPIC_WORDS) for w in ws}
     (tmp / "context_words.json").write_text(json.dumps(words, indent=1) + "\n")
