@@ -3,10 +3,10 @@
 One redis-server on a free loopback port (its own temporary directory, append-only file,
 fsync every second as production would run it). Then, alternating in one run, `adbid
 serve` without `--redis`, with it, and with it but frequency counts kept per process
-(`--no-redis-frequency`), closed loop over gRPC (batch 256, 4 callers), live
-traffic (reservations and their leases), each run `--duration-s` from the world's budgets
-(Redis flushed before each): goodput, bids, p99, and with Redis the script calls the
-server made (Redis's own command statistics) per batch answered.
+(`--no-redis-frequency`), closed loop over gRPC (batch 256, 4 callers), live traffic
+(reservations and their leases), each run `--duration-s` from the world's budgets (Redis
+flushed before each): goodput, bids, p99, and with Redis the script calls the server made
+per batch answered and the share of the run Redis spent in them (its command statistics).
 
     python benchmarks/shared_budgets.py [--runs 3] [--duration-s 5] [--concurrency 4]
 """
@@ -32,10 +32,11 @@ from serverproc import Server, free_port
 from adbid.bench.loadgen import LoadSpec, run
 
 
-def script_calls(r: redis.Redis) -> int:
+def script_stats(r: redis.Redis) -> tuple[int, int]:
+    """Script calls so far and the microseconds Redis spent in them."""
     stats = r.info("commandstats")
-    return sum(int(stats.get(f"cmdstat_{c}", {}).get("calls", 0))
-               for c in ("evalsha", "eval", "evalsha_ro"))
+    rows = [stats.get(f"cmdstat_{c}", {}) for c in ("evalsha", "eval", "evalsha_ro")]
+    return sum(int(x.get("calls", 0)) for x in rows), sum(int(x.get("usec", 0)) for x in rows)
 
 
 def main() -> None:
@@ -68,24 +69,26 @@ def main() -> None:
             for name, args in settings:
                 r.flushall()  # each run starts from the world's budgets, as the other does
                 with Server(*args) as srv:
-                    before = script_calls(r)
+                    before, usec_before = script_stats(r)
                     res = asyncio.run(run(LoadSpec(
                         target=srv.target, concurrency=a.concurrency, batch=a.batch,
                         deadline_ms=100, duration_s=a.duration_s, seed=k,
                         connections=a.concurrency)))
-                    calls = script_calls(r) - before
+                    after, usec_after = script_stats(r)
+                    calls, usec = after - before, usec_after - usec_before
                 d = res.as_dict()
                 row = {"goodput_events_per_s": d["goodput_events_per_s"],
                        "p99_ms": res.latency_us.get("p99", 0) / 1000,
                        "batches": res.answered, "bids": res.bids, "errors": res.errors,
-                       "script_calls": calls,
+                       "script_calls": calls, "redis_cpu_share": usec / 1e6 / a.duration_s,
                        "calls_per_batch": calls / max(res.answered, 1)}
                 rows[name].append(row)
                 print(f"run {k + 1} {name}: {row['goodput_events_per_s']:,.0f} events/s, p99 "
                       f"{row['p99_ms']:.1f} ms, {res.answered} batches, {res.bids} bids, "
                       f"{calls} Redis script "
                       f"calls (start-up and stop included), "
-                      f"{row['calls_per_batch']:.3f} a batch", flush=True)
+                      f"{row['calls_per_batch']:.3f} a batch, Redis busy in them "
+                      f"{row['redis_cpu_share']:.2%} of the run", flush=True)
     finally:
         proc.terminate()
         proc.wait(10)

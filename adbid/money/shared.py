@@ -75,6 +75,7 @@ class SharedBudgets:
     limits the decision core reads) while attached."""
 
     HORIZON_S = 2.0
+    FULL_EVERY = 10  # a sync in this many carries every campaign
     IDLE_S = 30.0
     RATE_TC_S = 5.0  # time constant of the committed-spend rate
 
@@ -108,6 +109,8 @@ class SharedBudgets:
         self.last_ok = 0.0  # monotonic time the last successful sync was sent
         self.available = False
         self.syncs = self.failures = 0
+        self.campaigns_synced = 0  # campaign entries sent, all syncs together
+        self._sent = np.zeros((0, 3), np.int64)  # per campaign: total, committed, want sent
         self.last_error = ""
         # Nothing may be committed beyond what is already, until the first sync grants.
         books.budget_micros[:] = books.spent_micros + books.reserved_micros
@@ -210,17 +213,26 @@ class SharedBudgets:
     # -- syncing ----------------------------------------------------------------------
 
     async def sync(self, drain: bool = False) -> bool:
-        """One round trip: report spend, set leases, read the global books."""
+        """One round trip: report spend, set leases, read the global books. Only campaigns
+        whose spend, reservations or wanted lease changed here since the last sync go;
+        every FULL_EVERY-th sync (and a drain) carries them all, which is when this process
+        sees others' spend and Admin's changes on the rest."""
         b = self.books
         now = time.monotonic()
         want = self.wanted(now, drain)
         total = b.spent_micros.copy()
         committed = total + b.reserved_micros
+        if drain or not self.available or self.syncs % self.FULL_EVERY == 0 \
+                or len(self._sent) != len(total):
+            rows = np.arange(len(total))
+        else:
+            rows = np.flatnonzero((self._sent[:, 0] != total) | (self._sent[:, 1] != committed)
+                                  | (self._sent[:, 2] != want))
         # Smaller leases take effect here first; larger ones once Redis grants them.
-        np.minimum(b.budget_micros, total + want, out=b.budget_micros)
-        args: list = [self.prefix, self.pid, int(self.ttl_s * 1000), len(total)]
+        b.budget_micros[rows] = np.minimum(b.budget_micros[rows], total[rows] + want[rows])
+        args: list = [self.prefix, self.pid, int(self.ttl_s * 1000), len(rows)]
         ids = b.campaign_ids
-        for i in range(len(total)):
+        for i in rows.tolist():
             args += [ids[i], int(total[i]), int(committed[i]), int(want[i]),
                      int(self.world_budget[i]), int(self.world_active[i])]
         try:
@@ -230,13 +242,17 @@ class SharedBudgets:
             return False
         r = np.asarray(out, dtype=np.int64).reshape(-1, 6)
         grant = r[:, 0]
-        self.lease[:] = grant
-        self.floats[:] = np.maximum(grant - (committed - total), 0)
-        self.reported[:] = total
-        b.budget_micros[:] = total + grant
-        self.global_budget[:], self.global_spent[:] = r[:, 1], r[:, 2]
-        self.global_leased[:] = r[:, 3]
-        b.active[:] = r[:, 4]
+        self.lease[rows] = grant
+        self.floats[rows] = np.maximum(grant - (committed[rows] - total[rows]), 0)
+        self.reported[rows] = total[rows]
+        b.budget_micros[rows] = total[rows] + grant
+        self.global_budget[rows], self.global_spent[rows] = r[:, 1], r[:, 2]
+        self.global_leased[rows] = r[:, 3]
+        b.active[rows] = r[:, 4]
+        if len(self._sent) != len(total):
+            self._sent = np.zeros((len(total), 3), np.int64)
+        self._sent[rows] = np.stack([total[rows], committed[rows], want[rows]], axis=1)
+        self.campaigns_synced += len(rows)
         self.valid_until = now + self.ttl_s - 2.0
         self.last_ok = now
         if not self.available:
