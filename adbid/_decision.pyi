@@ -16,6 +16,14 @@ class FrequencyTable:
     def count(self, user_key: int, campaign: int, now_s: int, window_s: int) -> int: ...
     def add(self, user_key: int, campaign: int, now_s: int, window_s: int,
             delta: int = ...) -> None: ...
+    def set_counts(
+        self,
+        user_key: npt.NDArray[np.uint64],  # const uint64_t[N]
+        campaign: npt.NDArray[np.int32],  # const int32_t[N]
+        window_s: npt.NDArray[np.int64],  # const int64_t[N]
+        count: npt.NDArray[np.int64],  # const int64_t[N]
+        now_s: int,
+    ) -> int: ...
 
 # ceil(price / 1000): what one impression at a CPM price costs (int64_t -> int64_t)
 def impression_cost_micros(price_cpm_micros: int) -> int: ...

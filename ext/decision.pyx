@@ -178,6 +178,23 @@ cdef class FrequencyTable:
         """Count (delta > 0) or give back (delta < 0, e.g. a lost auction) impressions."""
         self.add_one(user_key, campaign, now_s, window_s, delta)
 
+    def set_counts(self, const uint64_t[::1] user_key, const int32_t[::1] campaign,
+                   const int64_t[::1] window_s, const int64_t[::1] count, int64_t now_s):
+        """Set each (user, campaign)'s count in its current window (counts across
+        replicas, adbid.money.shared); returns how many changed."""
+        cdef Py_ssize_t i, n = user_key.shape[0]
+        cdef int64_t have, changed = 0
+        if campaign.shape[0] != n or window_s.shape[0] != n or count.shape[0] != n:
+            raise ValueError("set_counts: arrays of different lengths")
+        with nogil:
+            for i in range(n):
+                have = self.current(user_key[i], campaign[i], now_s, window_s[i])
+                if count[i] != have:
+                    self.add_one(user_key[i], campaign[i], now_s, window_s[i],
+                                 <int32_t>(count[i] - have))
+                    changed += 1
+        return changed
+
 
 def decide_batch(
     const int64_t[:, ::1] cand_ad,

@@ -488,3 +488,19 @@ def test_pacing_follows_the_global_spend_on_a_replica_without_traffic(
         assert time.monotonic() < deadline, (pc._rate[spent_even].tolist(),
                                              pc.planned_micros[spent_even].tolist())
         time.sleep(0.2)
+
+
+def test_frequency_counts_are_set_in_the_compiled_table():
+    """set_counts writes each key's count in its current window, reports what changed,
+    and leaves other keys alone."""
+    from adbid._decision import FrequencyTable
+
+    t = FrequencyTable(1 << 10)
+    t.add(7, 1, 1_000, 3_600, 2)
+    users = np.array([7, 8, 9], np.uint64)
+    rows = np.array([1, 1, 2], np.int32)
+    windows = np.full(3, 3_600, np.int64)
+    assert t.set_counts(users, rows, windows, np.array([5, 2, 0], np.int64), 1_010) == 2
+    assert [t.count(u, r, 1_010, 3_600) for u, r in ((7, 1), (8, 1), (9, 2), (7, 2))] == \
+        [5, 2, 0, 0]
+    assert t.set_counts(users, rows, windows, np.array([5, 2, 0], np.int64), 1_020) == 0

@@ -161,18 +161,15 @@ class SharedBudgets:
                                  for d in np.unique(deltas)]
             self._failed(exc, time.monotonic())
             return
-        since: dict[tuple[int, int], int] = {}
-        if self.counted:  # counted here while the push was on its way
+        target = np.asarray(counts, dtype=np.int64)
+        if self.counted:  # counted here while the push was on its way: on top
             su, sr, sd = self._aggregate(self.counted)
             since = dict(zip(zip(su.tolist(), sr.tolist()), sd.tolist()))
-        now = int(time.time())
-        count, add = self.frequency.count, self.frequency.add
-        for user, row, total in zip(users.tolist(), rows.tolist(), counts):
-            window = int(self.freq_window_s[row])
-            target = max(int(total) + since.get((user, row), 0), 0)
-            have = count(user, row, now, window)
-            if target != have:
-                add(user, row, now, window, target - have)
+            target += np.fromiter((since.get(k, 0) for k in zip(users.tolist(),
+                                                                rows.tolist())),
+                                  np.int64, count=len(users))
+        self.frequency.set_counts(users, rows.astype(np.int32), self.freq_window_s[rows],
+                                  np.maximum(target, 0), int(time.time()))
 
     @staticmethod
     def _aggregate(entries) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -183,7 +180,7 @@ class SharedBudgets:
         deltas = np.concatenate([np.full(len(e[0]), e[2], np.int64) for e in entries])
         uniq, inverse = np.unique(keys, return_inverse=True)
         sums = np.bincount(inverse, weights=deltas, minlength=len(uniq)).astype(np.int64)
-        return uniq["u"], uniq["r"], sums
+        return np.ascontiguousarray(uniq["u"]), np.ascontiguousarray(uniq["r"]), sums
 
     # -- the lease rule ---------------------------------------------------------------
 
