@@ -22,27 +22,31 @@ def free_port() -> int:
 
 
 class RedisProc:
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, password: str = "") -> None:
         if shutil.which("redis-server") is None:
             raise FileNotFoundError("redis-server is not installed (.ci/run installs it)")
         self.dir = directory
         self.dir.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
+        self.password = password
         self.proc: subprocess.Popen | None = None
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        auth = f":{self.password}@" if self.password else ""
+        return f"redis://{auth}127.0.0.1:{self.port}/0"
 
     def client(self) -> redis.Redis:
-        return redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=5)
+        return redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=5,
+                           password=self.password or None)
 
     def start(self) -> RedisProc:
         self.proc = subprocess.Popen(
             ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1",
              "--dir", str(self.dir), "--appendonly", "yes", "--appendfsync", "always",
              "--save", "", "--daemonize", "no", "--protected-mode", "yes",
-             "--enable-debug-command", "local"],
+             "--enable-debug-command", "local",
+             *(("--requirepass", self.password) if self.password else ())],
             stdout=(self.dir / "redis.log").open("a"), stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
@@ -68,9 +72,9 @@ class RedisProc:
 
     def slow(self, seconds: float) -> threading.Thread:
         """Redis busy for `seconds` (DEBUG SLEEP): every call meanwhile waits or times out."""
-        t = threading.Thread(target=lambda: redis.Redis(port=self.port, socket_timeout=seconds
-                                                        + 10).execute_command(
-            "DEBUG", "SLEEP", str(seconds)))
+        t = threading.Thread(target=lambda: redis.Redis(
+            port=self.port, socket_timeout=seconds + 10, password=self.password or None
+        ).execute_command("DEBUG", "SLEEP", str(seconds)))
         t.start()
         return t
 

@@ -504,3 +504,21 @@ def test_frequency_counts_are_set_in_the_compiled_table():
     assert [t.count(u, r, 1_010, 3_600) for u, r in ((7, 1), (8, 1), (9, 2), (7, 2))] == \
         [5, 2, 0, 0]
     assert t.set_counts(users, rows, windows, np.array([5, 2, 0], np.int64), 1_020) == 0
+
+
+def test_a_redis_with_a_password_is_reached_and_the_password_never_shown(
+        server_factory, tmp_path):
+    """redis://:PASSWORD@host: the replica syncs; Status shows the store without it."""
+    try:
+        r = RedisProc(tmp_path / "redis-auth", password="s3cret-pw").start()
+    except FileNotFoundError as exc:
+        pytest.skip(str(exc))
+    try:
+        (server,) = replicas(server_factory, r.url, 1)
+        s = status(server)
+        assert s.shared_available and s.shared_syncs > 0
+        assert "s3cret-pw" not in s.shared_store and s.shared_store.startswith("redis://***@")
+        assert "s3cret-pw" not in str(list(s.shared_processes))
+    finally:
+        server.stop()
+        r.stop()
