@@ -123,4 +123,5 @@ def decide_batch(
     now_s: int,  # int64_t; Unix seconds, for frequency windows
     shading: float,  # double; first-price bid = value x shading, at least the floor
     out: _Outputs,
+    event_shading: npt.NDArray[np.float64] | None = ...,  # const double[B]; per event
 ) -> int: ...  # 0 or an ErrorCode from ext/decision_types.pxd

@@ -208,8 +208,10 @@ def decide_batch(
     int64_t now_s,
     double shading,
     out,
+    event_shading=None,
 ):
     """Decide a batch in place; returns 0 or an ErrorCode. See adbid/_decision.pyi.
+    `event_shading`: a first-price factor per event (double[B]) instead of `shading`.
 
     The arrays come in groups, read by attribute once here, with the GIL: `events` (an
     adbid.stages.batch.EventBatch, resolved), `campaigns` (adbid.world.campaigns.
@@ -257,6 +259,12 @@ def decide_batch(
     cdef const double[::1] camp_pacing = pacing
     cdef FrequencyTable freq = frequency
     cdef Py_ssize_t n_events = cand_ad.shape[0]
+    cdef const double[::1] per_event
+    cdef bint shade_per_event = event_shading is not None
+    if shade_per_event:
+        per_event = event_shading
+        if per_event.shape[0] != n_events:
+            raise ValueError("event_shading must have one factor per event")
     cdef Py_ssize_t k_cands = cand_ad.shape[1]
     cdef Py_ssize_t n_ads = ad_campaign.shape[0]
     cdef Py_ssize_t n_camps = camp_active.shape[0]
@@ -317,7 +325,8 @@ def decide_batch(
                     reason = REASON_UNSPECIFIED
                     price = value
                     if first_price[i]:
-                        price = <int64_t>(<double>value * shading)
+                        price = <int64_t>(<double>value * (per_event[i] if shade_per_event
+                                                           else shading))
                         if price < floor:
                             price = floor
                     if price <= 0:

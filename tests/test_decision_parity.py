@@ -151,6 +151,25 @@ def test_core_matches_reference_on_thousands_of_random_batches():
     assert bids > 1000  # the cases do exercise bidding, not only no-bids
 
 
+def test_core_matches_reference_with_a_shading_factor_per_event():
+    """A shading policy's factors, one per event, instead of the constant."""
+    rng = np.random.default_rng(777)
+    shaded = 0
+    for _ in range(500):
+        case = random_case(rng, int(rng.integers(1, 24)), int(rng.integers(1, 9)))
+        case["event_shading"] = rng.uniform(0.3, 1.0, len(case["cand_ad"]))
+        core, reference = run_both(case)
+        assert_same(core, reference)
+        check_invariants(case, core)
+        bid = (core[1] >= 0) & (case["first_price"] == 1)
+        shaded += int((core[2][bid] < core[3][bid]).sum())
+    assert shaded > 100
+    case = random_case(np.random.default_rng(1), 8, 4)
+    case["event_shading"] = np.ones(3)
+    with pytest.raises(ValueError, match="one factor per event"):
+        run_both(case)
+
+
 @pytest.mark.parametrize("n_events,k", [(0, 4), (1, 1), (1, 16), (256, 16)])
 def test_core_matches_reference_on_batch_shapes(n_events, k):
     case = random_case(np.random.default_rng(n_events * 31 + k), n_events, k,

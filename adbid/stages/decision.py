@@ -68,13 +68,15 @@ class DecisionCore:
         self.counted: list[tuple[np.ndarray, np.ndarray, int]] | None = None
 
     def decide(self, batch: EventBatch, cand_ad: np.ndarray, score: np.ndarray,
-               blocked: np.ndarray | None = None, now_s: int = 0) -> Decisions:
+               blocked: np.ndarray | None = None, now_s: int = 0,
+               shading: np.ndarray | None = None) -> Decisions:
         """cand_ad int64[B, K] ad rows (-1 = none), score float32[B, K] P(intent).
 
         The batch must have been resolved (adbid.stages.lookup.resolve). `blocked`
         bool[B]: events that must not bid (invalid ones); they get no candidates
         and hence no reservation, and the caller sets their reason. `now_s`:
-        Unix seconds, for frequency windows.
+        Unix seconds, for frequency windows. `shading`: float64[B], each event's
+        first-price factor (a shading policy's), instead of the one constant.
         """
         n = len(batch)
         cand_ad = np.ascontiguousarray(cand_ad, dtype=np.int64)
@@ -93,7 +95,9 @@ class DecisionCore:
                         reason=np.empty(n, np.int32))
         err = _decision.decide_batch(cand_ad, score, batch, self.campaigns, self.ad_campaign,
                                      self.pacing, self.ledger, self.frequency, now_s,
-                                     self.shading, out)
+                                     self.shading, out,
+                                     None if shading is None else
+                                     np.ascontiguousarray(shading, dtype=np.float64))
         if err:
             raise RuntimeError(f"decision core: {_ERRORS.get(err, f'error {err}')}")
         bid = out.candidate >= 0

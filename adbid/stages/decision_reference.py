@@ -80,7 +80,7 @@ def _bit_set(mask: int, bit: int) -> bool:
 
 
 def reference_decide_batch(cand_ad, score, events, campaigns, ad_campaign, pacing, books,
-                           frequency, now_s, shading, out) -> int:
+                           frequency, now_s, shading, out, event_shading=None) -> int:
     """See adbid/_decision.pyi for the groups, shapes and dtypes."""
     e, c_, b_ = events, campaigns, books
     floor_micros, first_price, country_id, device_id, size_id, site_id = (
@@ -145,7 +145,8 @@ def reference_decide_batch(cand_ad, score, events, campaigns, ad_campaign, pacin
                 reason = REASON_NONE
                 price = value
                 if first_price[i]:
-                    price = max(int(float(value) * float(shading)), floor)
+                    factor = shading if event_shading is None else event_shading[i]
+                    price = max(int(float(value) * float(factor)), floor)
                 if price <= 0:
                     reason = REASON_BELOW_FLOOR
                 else:
@@ -198,7 +199,8 @@ def grouped(flat: dict) -> dict:
         pacing=flat["camp_pacing"],
         books=SimpleNamespace(**{attr: flat[k] for k, attr in BOOK_COLUMNS.items()}),
         now_s=flat["now_s"], shading=flat["shading"],
-        out=grouped_outputs(n))
+        out=grouped_outputs(n), **({"event_shading": flat["event_shading"]}
+                                   if flat.get("event_shading") is not None else {}))
 
 
 def grouped_outputs(n_events: int) -> SimpleNamespace:
