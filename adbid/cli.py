@@ -15,6 +15,7 @@ from rich.console import Console
 from rich.table import Table
 
 from adbid.bench.command import AdminTargetOpt, TargetOpt, bench
+from adbid.bench.simulate_command import simulate_command
 from adbid.config import ServerConfig, default_world_dir, settings
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=(
@@ -392,6 +393,7 @@ def campaign(
 
 
 app.command()(bench)
+app.command("simulate")(simulate_command)
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Protocol
 
@@ -105,6 +105,10 @@ class Pipeline:
         self.users, self.contexts = stages.users, stages.contexts
         self.retriever, self.scorer = stages.retriever, stages.scorer
         self.top_k, self.overfetch = cfg.top_k, cfg.overfetch
+        # (batch, cand_ad, score) -> first-price factor per event (adbid.stages.shading);
+        # None: the constant --shading.
+        self.shading_policy: Callable[[EventBatch, np.ndarray, np.ndarray],
+                                      np.ndarray] | None = None
         self._site_keys = site_allow_keys(world.campaigns)
         ledger.extend(world.campaigns)
         self.ledger = ledger
@@ -275,7 +279,10 @@ class Pipeline:
         if self.unspecified_first_price and batch.unspecified_auction is not None:
             batch.first_price = batch.first_price | batch.unspecified_auction
         cand_ad = self._showable(batch, cand_ad)
-        dec = self.core.decide(batch, cand_ad, score, blocked, now_s=int(time.time()))
+        shading = None if self.shading_policy is None else \
+            self.shading_policy(batch, cand_ad, score)
+        dec = self.core.decide(batch, cand_ad, score, blocked, now_s=int(time.time()),
+                               shading=shading)
         if self.ledger.shared is not None:
             self.ledger.shared.reasons(dec.reason)
         live = dec.bid & (batch.is_test == 0)

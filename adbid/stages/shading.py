@@ -1,0 +1,135 @@
+"""First-price bid shading policies: the factor on value each event is bid at.
+
+A market per segment (the publisher's site and the slot size): the highest competing bid
+m is taken as log-normal, ln m ~ N(mu, sigma). For a value v the bid that maximises the
+expected surplus (v - b) * P(m <= b) = (v - b) * Phi((ln b - mu) / sigma) over [floor, v]
+is found by golden-section search on ln b (the surplus is unimodal there), for a whole
+batch at once. The decision core then bids value x factor, factor = b* / v, per event
+(DecisionCore.decide's `shading`): its hot loop is unchanged.
+
+`LearnedShading` estimates each segment's (mu, sigma) online from what the exchange says
+after first-price auctions (the minimum bid to win: the highest other bid, won or lost);
+until a segment has `min_samples`, it bids the fixed factor. `KnownMarket` is handed the
+true parameters (the simulator's oracle). The value each event is shaded for is its best
+candidate's, as the core values it (P(intent) x value per action x pacing).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from scipy.special import ndtr  # the normal CDF (scipy comes with scikit-learn)
+
+_PHI = (math.sqrt(5) - 1) / 2
+
+
+def optimal_bids(value: np.ndarray, floor: np.ndarray, mu: np.ndarray, sigma: np.ndarray,
+                 iterations: int = 40) -> np.ndarray:
+    """argmax over b in [max(floor, 1), value] of (value - b) * Phi((ln b - mu) / sigma);
+    float64 arrays of one length. Where value <= floor, the floor."""
+    lo = np.log(np.maximum(floor, 1.0))
+    hi = np.log(np.maximum(value, np.exp(lo)))
+
+    def surplus(x: np.ndarray) -> np.ndarray:
+        return (value - np.exp(x)) * ndtr((x - mu) / sigma)
+
+    a, b = lo.copy(), hi.copy()
+    c, d = b - _PHI * (b - a), a + _PHI * (b - a)
+    fc, fd = surplus(c), surplus(d)
+    for _ in range(iterations):
+        left = fc >= fd
+        b = np.where(left, d, b)
+        a = np.where(left, a, c)
+        c, d = b - _PHI * (b - a), a + _PHI * (b - a)
+        fc, fd = surplus(c), surplus(d)
+    return np.exp((a + b) / 2)
+
+
+def best_values(cand_ad: np.ndarray, score: np.ndarray, ad_campaign: np.ndarray,
+                value_per_action: np.ndarray, pacing: np.ndarray) -> np.ndarray:
+    """float64[B]: the highest candidate value per event, CPM micros, as the core values
+    it (1000 x P(intent) x value per action x pacing); 0 with no candidate."""
+    c = ad_campaign[np.maximum(cand_ad, 0)]
+    v = 1000.0 * score.astype(np.float64) * value_per_action[c] * pacing[c]
+    v[cand_ad < 0] = 0.0
+    return np.nan_to_num(v, nan=0.0).max(axis=1, initial=0.0)
+
+
+class SegmentMarkets:
+    """Per segment (site, size) the log-normal parameters of the highest competing bid."""
+
+    def __init__(self, fixed: float) -> None:
+        self.fixed = fixed
+        self.index: dict[tuple[str, int], int] = {}
+        self.mu = np.zeros(0)
+        self.sigma = np.ones(0)
+        self.known = np.zeros(0, bool)
+
+    def segment(self, site: str, size: int) -> int:
+        i = self.index.get((site, size))
+        if i is None:
+            i = self.index[site, size] = len(self.index)
+            self.mu, self.sigma = np.append(self.mu, 0.0), np.append(self.sigma, 1.0)
+            self.known = np.append(self.known, False)
+        return i
+
+    def segments(self, sites: list[str], sizes: np.ndarray) -> np.ndarray:
+        return np.fromiter((self.segment(s, int(z)) for s, z in zip(sites, sizes)), np.int64,
+                           count=len(sites))
+
+    def factors(self, segs: np.ndarray, value: np.ndarray, floor: np.ndarray) -> np.ndarray:
+        """float64[B] first-price factors: b* / value where the segment is known and the
+        value positive, else the fixed factor."""
+        out = np.full(len(segs), self.fixed)
+        use = self.known[segs] & (value > 0)
+        if use.any():
+            b = optimal_bids(value[use], floor[use].astype(np.float64), self.mu[segs[use]],
+                             self.sigma[segs[use]])
+            out[use] = np.clip(b / value[use], 0.0, 1.0)
+        return out
+
+
+class KnownMarket(SegmentMarkets):
+    """The true parameters, handed in (the oracle)."""
+
+    def set(self, site: str, size: int, mu: float, sigma: float) -> None:
+        i = self.segment(site, size)
+        self.mu[i], self.sigma[i], self.known[i] = mu, sigma, True
+
+
+class LearnedShading(SegmentMarkets):
+    """(mu, sigma) of ln(minimum bid to win) fitted online (Welford) per segment, and per
+    site and over all: a segment with fewer than `min_samples` of its own borrows its
+    site's fit, then the overall one, then bids the fixed factor."""
+
+    def __init__(self, fixed: float, min_samples: int = 30) -> None:
+        super().__init__(fixed)
+        self.min_samples = min_samples
+        self.stats: dict[tuple[str, int], list[float]] = {}  # key -> [n, mean, m2]
+        self.keys: list[tuple[str, int]] = []  # segment index -> its (site, size)
+
+    def segment(self, site: str, size: int) -> int:
+        i = super().segment(site, size)
+        if i == len(self.keys):
+            self.keys.append((site, size))
+        return i
+
+    def observe(self, segs: np.ndarray, min_to_win: np.ndarray) -> None:
+        """First-price auctions' minimum bids to win (CPM micros, > 0)."""
+        for i, m in zip(segs.tolist(), np.log(np.maximum(min_to_win, 1.0)).tolist()):
+            site, size = self.keys[i]
+            for key in ((site, size), (site, -1), ("", -1)):
+                st = self.stats.setdefault(key, [0.0, 0.0, 0.0])
+                st[0] += 1
+                d = m - st[1]
+                st[1] += d / st[0]
+                st[2] += d * (m - st[1])
+        for i, (site, size) in enumerate(self.keys):
+            for key in ((site, size), (site, -1), ("", -1)):
+                fit = self.stats.get(key)
+                if fit is not None and fit[0] >= self.min_samples:
+                    self.mu[i] = fit[1]
+                    self.sigma[i] = max(math.sqrt(fit[2] / (fit[0] - 1)), 0.05)
+                    self.known[i] = True
+                    break
