@@ -99,9 +99,10 @@ class KnownMarket(SegmentMarkets):
 
 
 class LearnedShading(SegmentMarkets):
-    """(mu, sigma) of ln(minimum bid to win) fitted online (Welford) per segment, and per
-    site and over all: a segment with fewer than `min_samples` of its own borrows its
-    site's fit, then the overall one, then bids the fixed factor."""
+    """(mu, sigma) of ln(minimum bid to win) fitted online (Welford) per segment, per site
+    and over all; a segment's fit is shrunk toward its site's (when that has
+    `min_samples`), which is shrunk toward the overall one; before the overall fit has
+    `min_samples`, the fixed factor."""
 
     def __init__(self, fixed: float, min_samples: int = 30) -> None:
         super().__init__(fixed)
@@ -126,10 +127,27 @@ class LearnedShading(SegmentMarkets):
                 st[1] += d / st[0]
                 st[2] += d * (m - st[1])
         for i, (site, size) in enumerate(self.keys):
-            for key in ((site, size), (site, -1), ("", -1)):
+            # Shrunk toward the coarser fit: a segment's own samples count n, the prior
+            # (its site's fit, or the overall one) PRIOR_WEIGHT.
+            prior = None
+            for key in (("", -1), (site, -1)):
                 fit = self.stats.get(key)
                 if fit is not None and fit[0] >= self.min_samples:
-                    self.mu[i] = fit[1]
-                    self.sigma[i] = max(math.sqrt(fit[2] / (fit[0] - 1)), 0.05)
-                    self.known[i] = True
-                    break
+                    prior = self._blend(fit, prior)
+            if prior is None:
+                continue
+            own = self.stats.get((site, size))
+            mu, var = self._blend(own, prior) if own is not None else prior
+            self.mu[i], self.sigma[i], self.known[i] = mu, max(math.sqrt(var), 0.05), True
+
+    PRIOR_WEIGHT = 1.0
+
+    def _blend(self, fit: list[float], prior: tuple[float, float] | None
+               ) -> tuple[float, float]:
+        """(mean, variance) of a fit [n, mean, m2], shrunk toward `prior` (mean, variance)."""
+        n, mean, m2 = fit
+        var = m2 / (n - 1) if n > 1 else 0.0
+        if prior is None:
+            return mean, var
+        w = n / (n + self.PRIOR_WEIGHT)
+        return w * mean + (1 - w) * prior[0], w * var + (1 - w) * prior[1]
