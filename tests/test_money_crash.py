@@ -3,13 +3,9 @@
 from __future__ import annotations
 
 import random
-import re
 import signal
-import subprocess
-import sys
 import threading
 import time
-from pathlib import Path
 
 import grpc
 import numpy as np
@@ -22,25 +18,9 @@ from adbid.v1 import bidder_pb2 as pb
 from adbid.v1 import bidder_pb2_grpc
 from adbid.world.artifacts import World
 from adbid.world.demo_traffic import make_events
+from tests.serveproc import start_server
 
-BIN = Path(sys.executable).parent / "adbid"
 KILLS = 10
-
-
-def start(world: Path, ledger: Path, log: Path) -> tuple[subprocess.Popen, int]:
-    with log.open("w") as f:
-        proc = subprocess.Popen([BIN, "serve", "--world", str(world), "--ledger", str(ledger),
-                                 "--port", "0", "--metrics-port", "0", "--admin-port", "0"],
-                                stderr=f,
-                                stdout=subprocess.DEVNULL)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if m := re.search(r"on 127\.0\.0\.1:(\d+)", log.read_text()):
-            return proc, int(m.group(1))
-        assert proc.poll() is None, log.read_text()
-        time.sleep(0.05)
-    proc.kill()
-    raise AssertionError(f"server did not start:\n{log.read_text()}")
 
 
 def test_sigkill_under_load_loses_and_doubles_nothing(tiny_world_dir, tmp_path):
@@ -102,7 +82,7 @@ def test_sigkill_under_load_loses_and_doubles_nothing(tiny_world_dir, tmp_path):
         return True
 
     for cycle in range(KILLS):
-        proc, port = start(tiny_world_dir, ledger, tmp_path / f"serve{cycle}.log")
+        proc, port, _ = start_server(tiny_world_dir, ledger, tmp_path / f"serve{cycle}.log")
         stop = threading.Event()
         t = threading.Thread(target=load, args=(port, stop, cycle))
         t.start()
@@ -113,7 +93,7 @@ def test_sigkill_under_load_loses_and_doubles_nothing(tiny_world_dir, tmp_path):
         t.join(30)
 
     # Restart once more and deliver every notice that was never acknowledged.
-    proc, port = start(tiny_world_dir, ledger, tmp_path / "final.log")
+    proc, port, _ = start_server(tiny_world_dir, ledger, tmp_path / "final.log")
     try:
         with grpc.insecure_channel(f"127.0.0.1:{port}") as ch:
             assert deliver(bidder_pb2_grpc.BidderStub(ch))

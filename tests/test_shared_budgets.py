@@ -3,13 +3,10 @@
 from __future__ import annotations
 
 import random
-import re
 import signal
 import subprocess
-import sys
 import threading
 import time
-from pathlib import Path
 
 import grpc
 import numpy as np
@@ -20,9 +17,9 @@ from adbid.v1 import admin_pb2, admin_pb2_grpc, bidder_pb2_grpc
 from adbid.v1 import bidder_pb2 as pb
 from adbid.world.demo_traffic import make_events
 from tests.redisproc import RedisProc
+from tests.serveproc import start_server
 
 BUDGET = 400_000  # micros per campaign: a few hundred impressions
-BIN = Path(sys.executable).parent / "adbid"
 
 
 @pytest.fixture
@@ -282,22 +279,8 @@ def test_redis_away_keeps_serving_within_leases_then_recovers_by_itself(
 def start_replica(world, ledger, url: str, log, *extra: str
                   ) -> tuple[subprocess.Popen, int, int]:
     """`adbid serve --redis` as its own process; returns it, its gRPC and Admin ports."""
-    with log.open("w") as f:
-        proc = subprocess.Popen(
-            [BIN, "serve", "--world", str(world), "--ledger", str(ledger), "--port", "0",
-             "--metrics-port", "0", "--admin-port", "0", "--redis", url,
-             "--redis-sync-ms", "100", "--redis-float-micros", "5000", *extra],
-            stderr=f, stdout=subprocess.DEVNULL)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        m = re.search(r"on 127\.0\.0\.1:(\d+) \(plaintext\), admin on 127\.0\.0\.1:(\d+)",
-                      log.read_text())
-        if m:
-            return proc, int(m.group(1)), int(m.group(2))
-        assert proc.poll() is None, log.read_text()
-        time.sleep(0.05)
-    proc.kill()
-    raise AssertionError(f"replica did not start:\n{log.read_text()}")
+    return start_server(world, ledger, log, "--redis", url, "--redis-sync-ms", "100",
+                        "--redis-float-micros", "5000", *extra)
 
 
 def test_sigkill_of_a_replica_under_load_loses_and_doubles_nothing_in_the_global_books(
