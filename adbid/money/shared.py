@@ -77,6 +77,7 @@ class SharedBudgets:
     HORIZON_S = 2.0
     FULL_EVERY = 10  # a sync in this many carries every campaign
     IDLE_S = 30.0
+    STALL_S = 0.3  # a sync call waiting this long on Redis: refusals say UNAVAILABLE
     RATE_TC_S = 5.0  # time constant of the committed-spend rate
 
     def __init__(self, url: str, books: CampaignBooks, campaigns: CampaignTable, pid: str, *,
@@ -107,6 +108,7 @@ class SharedBudgets:
         self._last_t = time.monotonic()
         self.valid_until = 0.0  # monotonic time until which the leases may be used
         self.last_ok = 0.0  # monotonic time the last successful sync was sent
+        self._sending_since: float | None = None  # a sync call in flight since then
         self.available = False
         self.syncs = self.failures = 0
         self.campaigns_synced = 0  # campaign entries sent, all syncs together
@@ -232,11 +234,14 @@ class SharedBudgets:
         for i in rows.tolist():
             args += [ids[i], int(total[i]), int(committed[i]), int(want[i]),
                      int(self.world_budget[i]), int(self.world_active[i])]
+        self._sending_since = now
         try:
             out = await self._sync(args=args)
         except (TimeoutError, RedisError, OSError) as exc:
             self._failed(exc, now)
             return False
+        finally:
+            self._sending_since = None
         r = np.asarray(out, dtype=np.int64).reshape(-1, 6)
         grant = r[:, 0]
         self.lease[rows] = grant
@@ -326,9 +331,11 @@ class SharedBudgets:
         return [(pid, t[0], t[1], expiry.get(pid, -1.0)) for pid, t in sorted(totals.items())]
 
     def reachable(self) -> bool:
-        """The last sync succeeded and the one after it is not overdue (a paused Redis
-        shows here before the call in flight times out)."""
-        return self.available and time.monotonic() - self.last_ok < 3 * self.sync_s + 0.05
+        """The last sync succeeded and no sync call has waited on Redis for longer than
+        STALL_S (a paused Redis shows here before the call in flight times out). A busy
+        event loop that merely starts its next sync late is no sign of Redis away."""
+        since = self._sending_since
+        return self.available and (since is None or time.monotonic() - since < self.STALL_S)
 
     def reasons(self, reason: np.ndarray) -> None:
         """While Redis is away a budget refusal means the budget could not be reached."""
