@@ -76,6 +76,9 @@ class ServerConfig:
     faiss_threads: int = setting(1, "OpenMP threads for FAISS search.", minimum=1)
     onnx_threads: int = setting(1, "onnxruntime intra-op threads.", minimum=1)
     onnx_spinning: bool = setting(False, "Let onnxruntime threads spin between runs.")
+    event_loop: str = setting("uvloop", "The event loop gRPC, HTTP and the pipeline run on: "
+                              "'uvloop' (libuv; faster per request) or 'asyncio' (the "
+                              "standard library's).", choices=("uvloop", "asyncio"))
     native_threads: int = setting(2, "Threads running retrieval + scoring, overlapping "
                                   "batches.", minimum=1)
     use_gpu: bool = setting(True, "Use the CUDA provider when onnxruntime offers it.",

@@ -178,7 +178,7 @@ class BidServer:
             log.info("OpenRTB 2.6 on http://%s:%d/openrtb2/bid (notices to %s)",
                      cfg.openrtb_host, self.openrtb_port, self.openrtb.app.base)
         log.info("%sserving world %s on %s:%d (%s), admin on %s:%d%s (%s), metrics %s, "
-                 "provider %s",
+                 "provider %s, event loop %s",
                  f"worker {cfg.worker_index + 1}/{cfg.workers}: " if cfg.workers > 1 else "",
                  world.version, cfg.host, self.port,
                  "mutual TLS" if cfg.tls_client_ca else "TLS" if credentials else "plaintext",
@@ -187,7 +187,7 @@ class BidServer:
                  "TLS" if credentials else "plaintext",
                  f"http://{cfg.metrics_host}:{self.metrics_port}/metrics" if self.metrics_port
                  else "off",
-                 self.pipeline.scorer.provider)
+                 self.pipeline.scorer.provider, type(asyncio.get_running_loop()).__module__)
         return self.port
 
     async def _set_health(self, status) -> None:
@@ -387,5 +387,9 @@ def run(cfg: ServerConfig) -> None:
         log.info("signal received; draining for up to %.1f s", cfg.grace_s)
         await server.stop()
 
-    with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(main())
+    factory = None
+    if cfg.event_loop == "uvloop":
+        import uvloop
+        factory = uvloop.new_event_loop
+    with contextlib.suppress(KeyboardInterrupt), asyncio.Runner(loop_factory=factory) as runner:
+        runner.run(main())

@@ -2,7 +2,7 @@
 
 In one run, on the same cores as the load generator (benchmarks/http_load.py: Poisson
 arrivals, latency from the planned arrival, two client processes):
-  (a) the floor: an HTTP echo server (benchmarks/echo_app.py) on uvicorn + httptools,
+  (a) the floor: an HTTP echo server (benchmarks/echo_app.py) on uvicorn + httptools + uvloop,
       and the same app on granian, the two candidate stacks;
   (b) adbid serve with the dynamic batcher (the default);
   (c) adbid serve --no-batcher (one pipeline call per request).
@@ -48,7 +48,7 @@ class Echo:
     def __init__(self, stack: str) -> None:
         self.port = free_port()
         cmd = {"uvicorn": [sys.executable, "-m", "uvicorn", "--http", "httptools", "--loop",
-                           "asyncio", "--no-access-log", "--log-level", "warning",
+                           "uvloop", "--no-access-log", "--log-level", "warning",
                            "--port", str(self.port), "echo_app:app"],
                "granian": [sys.executable, "-m", "granian", "--interface", "asgi",
                            "--workers", "1", "--log-level", "warning", "--port",

@@ -79,6 +79,9 @@ def test_json_logs_and_a_config_file(tiny_world_dir, tmp_path):
     assert config["world"] == str(tiny_world_dir) and config["port"] == 0
     warm = next(x for x in lines if x["message"].startswith("warm-up"))
     assert warm["request_id"] == "warm-up"
+    # A served process runs on uvloop by default (the in-process test servers on asyncio's).
+    serving = next(x for x in lines if "serving world" in x["message"])
+    assert serving["message"].endswith("event loop uvloop"), serving["message"]
 
 
 def test_a_bad_config_file_is_refused_with_the_key(tmp_path):
