@@ -91,6 +91,10 @@ class ServerConfig:
                                                                              "plain"))
     shading: float = setting(0.85, "First-price bid = value x shading (0..1], at least the "
                              "floor.")
+    pacing_profile: str = setting(
+        "", "Traffic forecast for even-paced daily campaigns: 24 comma-separated hourly "
+        "weights, UTC hour 0 first (e.g. yesterday's requests per hour); each day's spend is "
+        "planned along it. Empty: an even plan over the day.")
     unspecified_auction: str = setting(
         "second", "How an event with AUCTION_TYPE_UNSPECIFIED is bid: 'second' (OpenRTB's "
         "default: the value, unshaded) or 'first' (shaded like a first-price auction).",
@@ -189,6 +193,23 @@ class ServerConfig:
             low = f.metadata.get("min")
             if low is not None and isinstance(value, (int, float)) and value < low:
                 raise ValueError(f"{f.name}: {value} is below the minimum of {low}")
+        self.pacing_weights()  # a malformed forecast is refused here, saying what is wrong
+
+    def pacing_weights(self) -> list[float] | None:
+        """--pacing-profile as 24 hourly weights (UTC hour 0 first); None when empty."""
+        text = self.pacing_profile
+        if not text.strip():
+            return None
+        try:
+            weights = [float(w) for w in text.split(",")]
+        except ValueError:
+            raise ValueError(f"pacing_profile: {text!r} is not 24 comma-separated "
+                             "numbers") from None
+        if len(weights) != 24 or not all(0 <= w < float("inf") for w in weights) \
+                or sum(weights) <= 0:
+            raise ValueError(f"pacing_profile: 24 hourly weights >= 0 (UTC hour 0 first), "
+                             f"not all 0, are needed; got {text!r}")
+        return weights
 
     def as_dict(self) -> dict[str, object]:
         return {k: str(v) if isinstance(v, Path) else v for k, v in asdict(self).items()}

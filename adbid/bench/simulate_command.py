@@ -27,6 +27,9 @@ def simulate_command(
     budget_scale: float = typer.Option(0.0002, help="Every other campaign's budget x this "
                                        "(budgets that bind); the rest keep the world's."),
     world: Path = typer.Option(default_world_dir(), help="World directory (the demo world)."),
+    pacing_forecast: bool = typer.Option(
+        False, help="Even-paced campaigns plan along the day's traffic curve (--pacing-profile; "
+        "the exact curve, as a perfect forecast), instead of evenly over the day."),
 ) -> None:
     """A simulated day of auctions: each shading strategy bids the same auctions through the
     real pipeline; surplus, spend, conversions, wins and pacing per strategy."""
@@ -37,7 +40,8 @@ def simulate_command(
     if not (world / "manifest.json").exists():
         raise typer.BadParameter(f"no world at {world}; build one with `adbid demo-world`",
                                  param_hint="--world")
-    report = simulate(world, names, events, seed, budget_scale, progress=sys.stderr.isatty())
+    report = simulate(world, names, events, seed, budget_scale, progress=sys.stderr.isatty(),
+                      forecast=pacing_forecast)
     t = Table(title=f"a simulated day: {events:,} auctions, seed {seed}")
     for col in ("strategy", "surplus", "spend", "conversions", "wins", "win rate",
                 "budget spent", "worst hour pacing"):

@@ -119,7 +119,7 @@ class Pipeline:
             ledger.shared.bind_frequency(self.core.frequency, world.campaigns)
             self.core.counted = ledger.shared.counted
         self.pacing = PacingController(world.campaigns, ledger, self.core.pacing,
-                                       now_s=time.time())
+                                       now_s=time.time(), profile=cfg.pacing_weights())
         if previous is not None:
             self.pacing.inherit(previous.pacing)
         self.campaign_ids = list(world.campaigns.ids)
