@@ -91,6 +91,11 @@ class ServerConfig:
                                                                              "plain"))
     shading: float = setting(0.85, "First-price bid = value x shading (0..1], at least the "
                              "floor.")
+    shading_policy: str = setting(
+        "fixed", "First-price shading: 'fixed' (value x --shading) or 'learned' (per site and "
+        "slot size, the bid that maximises expected surplus under the minimum bids to win "
+        "that loss notices report; --shading until a segment is known).",
+        choices=("fixed", "learned"))
     pacing_profile: str = setting(
         "", "Traffic forecast for even-paced daily campaigns: 24 comma-separated hourly "
         "weights, UTC hour 0 first (e.g. yesterday's requests per hour); each day's spend is "

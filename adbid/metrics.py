@@ -53,6 +53,10 @@ LOSSES = Counter("adbid_losses", "Lost auctions by OpenRTB loss reason code (0 =
 MIN_TO_WIN_RATIO = Histogram("adbid_min_to_win_ratio", "A lost bid's minimum to win over its "
                              "price (from loss notices that give it)",
                              buckets=(0.5, 0.8, 0.9, 1.0, 1.05, 1.1, 1.25, 1.5, 2, 3, 5, 10))
+SHADING_OBSERVATIONS = Counter("adbid_shading_observations", "Minimum bids to win learned "
+                               "from (--shading-policy learned)")
+SHADING_SEGMENTS = Gauge("adbid_shading_segments_known", "Segments (site, slot size) whose "
+                         "market learned shading knows")
 EXPIRED = Counter("adbid_expired_reservations", "Reservations released for want of a notice")
 PROVIDER = Info("adbid_execution_provider", "onnxruntime execution provider in use")
 WORLD = Info("adbid_world", "World being served")

@@ -297,6 +297,7 @@ class BidServer:
                 if ledger.compact_if_needed():
                     log.info("ledger compaction queued")
                 self.pipeline.update_pacing()
+                self.pipeline.refit_shading()
                 if self.keeper.starved():
                     logs.request_id.set("calibration")
                     p = self.pipeline

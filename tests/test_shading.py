@@ -57,3 +57,61 @@ def test_a_simulated_day_compares_strategies_on_the_same_auctions(tiny_world_dir
     again = simulate(tiny_world_dir, strategies=("fixed",), events=6_000, seed=3,
                      progress=False)
     assert again["strategies"]["fixed"] == s["fixed"]  # the same auctions, the same day
+
+
+def _first_price_round(stub, rng, tag: str, n: int = 200):
+    """n first-price events on one site and slot size; returns the bids (decisions)."""
+    from adbid.v1 import bidder_pb2 as pb
+    from adbid.world.demo_traffic import make_events
+
+    events = make_events(n, rng, unknown_user_rate=0.0, id_prefix=f"{tag}-")
+    for e in events:
+        e.site_domain, e.slot_width_px, e.slot_height_px = "site1.example", 300, 250
+        e.auction_type, e.floor_cpm_micros = pb.AUCTION_TYPE_FIRST_PRICE, 100_000
+        del e.blocked_categories[:], e.blocked_advertiser_domains[:]
+    reply = stub.Bid(pb.BidRequest(events=events), timeout=10)
+    return [d for d in reply.decisions if d.bid]
+
+
+def test_learned_shading_in_serve_learns_from_loss_notices(server_factory):
+    """`--shading-policy learned`: bids start at value x --shading; loss notices that report
+    a minimum bid to win far below the values teach it the segment's market, and the next
+    bids on that segment are shaded deeper (never under the floor). The fixed policy, told
+    the same, keeps its constant."""
+    import time
+
+    import grpc
+
+    from adbid.v1 import bidder_pb2 as pb
+    from adbid.v1 import bidder_pb2_grpc
+
+    rng = np.random.default_rng(5)
+    for policy in ("learned", "fixed"):
+        srv = server_factory(shading_policy=policy, shading=0.85)
+        with grpc.insecure_channel(srv.target) as ch:
+            stub = bidder_pb2_grpc.BidderStub(ch)
+            bids = _first_price_round(stub, rng, f"{policy}-a")
+            assert len(bids) > 50
+            ratios = [d.price_cpm_micros / d.value_cpm_micros for d in bids]
+            assert all(abs(r - 0.85) < 0.01 for r in ratios), ratios[:5]
+            # The market: the winning bid was about a fifth of what adbid values these at.
+            market = 0.2 * float(np.median([d.value_cpm_micros for d in bids]))
+            mins = market * np.exp(0.1 * rng.standard_normal(len(bids)))
+            stub.ReportOutcomes(pb.ReportOutcomesRequest(outcomes=[
+                pb.Outcome(request_id=d.request_id, type=pb.OUTCOME_TYPE_LOSS,
+                           min_to_win_cpm_micros=int(m), loss_reason=102)
+                for d, m in zip(bids, mins)]), timeout=10)
+            deadline = time.monotonic() + 10
+            while True:  # refit once a second
+                later = _first_price_round(stub, rng, f"{policy}-b{time.monotonic()}")
+                ratio = float(np.median([d.price_cpm_micros / d.value_cpm_micros
+                                         for d in later]))
+                if policy == "fixed" or ratio < 0.5 or time.monotonic() > deadline:
+                    break
+                time.sleep(0.3)
+            assert all(d.price_cpm_micros >= 100_000 for d in later)
+            if policy == "learned":
+                assert ratio < 0.5, ratio  # the bid moved toward the market's fifth
+                assert float(np.median([d.price_cpm_micros for d in later])) > market
+            else:
+                assert abs(ratio - 0.85) < 0.01

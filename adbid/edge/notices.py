@@ -17,6 +17,7 @@ from adbid.edge.parse import UndecodableRequest
 from adbid.money.feedback import Observation
 from adbid.money.ledger import NoticeResult
 from adbid.stages.pipeline import Pipeline
+from adbid.stages.shading import ServedShading
 from adbid.v1 import bidder_pb2 as pb
 
 OUTCOME_NAMES = {v: pb.OutcomeType.Name(v) for v in pb.OutcomeType.values() if v}
@@ -63,6 +64,8 @@ def _apply(pipeline: Pipeline, request_id: str, outcome: int, clearing_cpm_micro
         ledger.feedback.record(Observation(
             bid[0], bid[1], won, (clearing_cpm_micros or bid[1]) if won
             else max(min_to_win_cpm_micros, 0), 0 if won else loss_reason, int(time.time() * 1000)))
+        if isinstance(pipeline.shading_policy, ServedShading):  # learned shading's feedback
+            pipeline.shading_policy.observe(request_id, min_to_win_cpm_micros)
     return r
 
 

@@ -18,6 +18,7 @@ from typing import Protocol
 
 import numpy as np
 
+from adbid import metrics
 from adbid._fpmode import flush_denormals
 from adbid.config import ServerConfig
 from adbid.money.ledger import SpendLedger
@@ -28,6 +29,7 @@ from adbid.stages.decision import ANSWERED_BEFORE, DecisionCore, Decisions
 from adbid.stages.lookup import ContextEncoder, UserLookup, resolve
 from adbid.stages.retrieval import Retriever, admissible, admissible_first, site_allow_keys
 from adbid.stages.scoring import Scorer
+from adbid.stages.shading import ServedShading
 from adbid.v1 import bidder_pb2 as pb
 from adbid.world.artifacts import World
 from adbid.world.creatives import BANNER, VIDEO
@@ -122,6 +124,12 @@ class Pipeline:
                                        now_s=time.time(), profile=cfg.pacing_weights())
         if previous is not None:
             self.pacing.inherit(previous.pacing)
+        if cfg.shading_policy == "learned":
+            served = ServedShading(cfg.shading, world.ad_campaign,
+                                   world.campaigns.value_per_action_micros, self.core.pacing)
+            if previous is not None and isinstance(previous.shading_policy, ServedShading):
+                served.inherit(previous.shading_policy)
+            self.shading_policy = served
         self.campaign_ids = list(world.campaigns.ids)
         self.creative_ids = world.ad_creative_ids.tolist()
         # Retrieval and scoring run here, subnormal floats flushed to zero (see _fpmode). A
@@ -224,6 +232,12 @@ class Pipeline:
 
     def update_pacing(self) -> None:
         self.pacing.update(time.time())
+
+    def refit_shading(self) -> None:
+        """Learned shading (--shading-policy learned): fold in what notices said."""
+        if isinstance(self.shading_policy, ServedShading):
+            metrics.SHADING_OBSERVATIONS.inc(self.shading_policy.refit())
+            metrics.SHADING_SEGMENTS.set(self.shading_policy.known_segments())
 
     async def run(self, batch: EventBatch,
                   clock: Clock) -> tuple[Decisions, asyncio.Future | None]:

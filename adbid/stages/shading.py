@@ -16,6 +16,7 @@ candidate's, as the core values it (P(intent) x value per action x pacing).
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import numpy as np
@@ -151,3 +152,65 @@ class LearnedShading(SegmentMarkets):
             return mean, var
         w = n / (n + self.PRIOR_WEIGHT)
         return w * mean + (1 - w) * prior[0], w * var + (1 - w) * prior[1]
+
+
+class ServedShading:
+    """Learned shading for `adbid serve --shading-policy learned`: the pipeline's shading
+    policy, fed by the notices.
+
+    Each live first-price event it shades is remembered by request id with its segment
+    (the most recent `remember` of them, oldest forgotten first: about 50 MB); a notice
+    that reports the
+    minimum bid to win for such a bid (a loss's lurl or ReportOutcomes) queues that
+    observation, and `refit` (once a second, off the hot path) folds the queue into the
+    model. A reload keeps the model (`inherit`)."""
+
+    def __init__(self, fixed: float, ad_campaign: np.ndarray, value_per_action: np.ndarray,
+                 pacing: np.ndarray, remember: int = 1 << 19) -> None:
+        self.model = LearnedShading(fixed)
+        self.ad_campaign, self.pacing = ad_campaign, pacing
+        self.value_per_action = value_per_action.astype(np.float64)
+        self.remember = remember
+        self._segment_of: dict[str, int] = {}  # request id -> segment (insertion order)
+        self._queued: tuple[list[int], list[float]] = ([], [])
+        self.observed = 0
+
+    def inherit(self, old: ServedShading) -> None:
+        self.model, self._segment_of, self._queued = old.model, old._segment_of, old._queued
+        self.observed = old.observed
+
+    def __call__(self, batch, cand_ad: np.ndarray, score: np.ndarray) -> np.ndarray:
+        segs = self.model.segments(batch.site_domain, batch.size_bit)
+        first = np.flatnonzero(batch.first_price & (batch.is_test == 0))
+        if len(first):
+            rids = batch.request_id
+            self._segment_of.update(zip([rids[i] for i in first.tolist()],
+                                        segs[first].tolist()))
+            excess = len(self._segment_of) - self.remember
+            if excess > 0:  # forget the oldest
+                for rid in list(itertools.islice(self._segment_of, excess)):
+                    del self._segment_of[rid]
+        value = best_values(cand_ad, score, self.ad_campaign, self.value_per_action,
+                            self.pacing)
+        return self.model.factors(segs, value, batch.floor_micros)
+
+    def observe(self, request_id: str, min_to_win_cpm_micros: int) -> None:
+        """The market's word on a bid: its minimum to win, when the exchange gave one."""
+        seg = self._segment_of.pop(request_id, None)
+        if seg is not None and min_to_win_cpm_micros > 0:
+            self._queued[0].append(seg)
+            self._queued[1].append(float(min_to_win_cpm_micros))
+
+    def refit(self) -> int:
+        """Fold the queued observations into the model; returns how many."""
+        segs, values = self._queued
+        if not segs:
+            return 0
+        n = len(segs)
+        self.model.observe(np.array(segs, np.int64), np.array(values))
+        self._queued = ([], [])
+        self.observed += n
+        return n
+
+    def known_segments(self) -> int:
+        return int(self.model.known.sum())
