@@ -79,6 +79,10 @@ class ServerConfig:
     event_loop: str = setting("uvloop", "The event loop gRPC, HTTP and the pipeline run on: "
                               "'uvloop' (libuv; faster per request) or 'asyncio' (the "
                               "standard library's).", choices=("uvloop", "asyncio"))
+    inline_events: int = setting(
+        16, "Batches of at most this many events run retrieval and scoring on the event "
+        "loop's own thread: for small batches the hand-off to a native thread and back costs "
+        "more CPU than it overlaps. 0: always hand off.", minimum=0)
     native_threads: int = setting(2, "Threads running retrieval + scoring, overlapping "
                                   "batches.", minimum=1)
     use_gpu: bool = setting(True, "Use the CUDA provider when onnxruntime offers it.",

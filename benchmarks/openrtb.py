@@ -6,9 +6,11 @@ arrivals, latency from the planned arrival, two client processes):
       and the same app on granian, the two candidate stacks;
   (b) adbid serve with the dynamic batcher (the default);
   (c) adbid serve --no-batcher (one pipeline call per request).
-Each is swept from --start-rate (x1.4 a step) to the highest rate whose p99 stays
-within --target-p99-ms with at least 99% of requests answered; then adbid with and
-without the batcher are run at --low-rate for the batcher's cost at low load.
+Each is swept from --start-rate (x1.4 a step, then --refine bisection steps) to the
+highest rate whose p99 stays within --target-p99-ms with at least 99% answered; then adbid with and
+without the batcher are run at --low-rate for the batcher's cost at low load. Each step
+also reports the server's CPU per request (all its processes) and adbid's mean gathered
+batch, which split a request's cost into its own part and its share of a batch.
 
     python benchmarks/openrtb.py [--target-p99-ms 20] [--duration-s 5] [--start-rate 100]
 """
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import time
@@ -71,18 +74,56 @@ class Echo:
         self.proc.wait(10)
 
 
-def sweep(port: int, path: str, a, label: str) -> dict:
-    rate, best, steps = a.start_rate, None, []
+def cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) of a process and of its live descendants."""
+    total, todo = 0.0, [pid]
+    while todo:
+        p = todo.pop()
+        try:
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+            for task in Path(f"/proc/{p}/task").iterdir():
+                todo += [int(c) for c in (task / "children").read_text().split()]
+        except (OSError, ValueError):
+            continue
+    return total
+
+
+def sweep(port: int, path: str, a, label: str, pid: int, server: Server | None = None) -> dict:
+    """x1.4 a step to the first rate that fails, then --refine bisection steps between
+    the last rate that held and that one. Each step also reports the server's CPU per
+    answered request (all its processes) and, for adbid, the dynamic batcher's mean batch
+    (requests a pipeline batch)."""
+    rate, best, steps, failed, refine = a.start_rate, None, [], None, a.refine
     while rate <= a.max_rate:
+        cpu0 = cpu_s(pid)
+        gathered0 = (server.metric("adbid_batcher_batch_events_sum"),
+                     server.metric("adbid_batcher_batch_events_count")) if server else (0, 0)
         r = run("127.0.0.1", port, path, BODIES, rate, a.duration_s)
+        r["server_cpu_us_per_request"] = (cpu_s(pid) - cpu0) / max(r["answered"], 1) * 1e6
+        if server is not None:
+            events = server.metric("adbid_batcher_batch_events_sum") - gathered0[0]
+            batches = server.metric("adbid_batcher_batch_events_count") - gathered0[1]
+            r["batcher_mean_batch"] = events / batches if batches else None
         steps.append(r)
         ok = r["p99"] <= a.target_p99_ms and r["answered"] >= 0.99 * r["sent"]
         print(f"  {label} at {rate:,.0f}/s: answered {r['requests_per_s']:,.0f}/s, p50 "
-              f"{r['p50']:.2f} ms, p99 {r['p99']:.2f} ms, statuses {r['statuses']}", flush=True)
-        if not ok:
+              f"{r['p50']:.2f} ms, p99 {r['p99']:.2f} ms, server CPU "
+              f"{r['server_cpu_us_per_request']:.0f} us a request"
+              + (f", batches of {r['batcher_mean_batch']:.1f}"
+                 if r.get("batcher_mean_batch") else "")
+              + f", statuses {r['statuses']}", flush=True)
+        if ok:
+            best = r
+        else:
+            failed = rate
+        if failed is None:
+            rate *= 1.4
+            continue
+        if refine <= 0 or best is None:
             break
-        best = r
-        rate *= 1.4
+        refine -= 1
+        rate = (best["rate"] + failed) / 2
     return {"best": best, "steps": steps}
 
 
@@ -94,7 +135,10 @@ def main() -> None:
     ap.add_argument("--target-p99-ms", type=float, default=20.0)
     ap.add_argument("--duration-s", type=float, default=5.0)
     ap.add_argument("--start-rate", type=float, default=100.0)
-    ap.add_argument("--max-rate", type=float, default=20_000.0)
+    ap.add_argument("--max-rate", type=float, default=30_000.0)
+    ap.add_argument("--refine", type=int, default=2,
+                    help="bisection steps between the last rate that held and the first that "
+                    "failed")
     ap.add_argument("--low-rate", type=float, default=30.0)
     ap.add_argument("--skip-granian", action="store_true")
     ap.add_argument("--skip-workers", action="store_true",
@@ -104,7 +148,8 @@ def main() -> None:
     for stack in ("uvicorn", *(() if a.skip_granian else ("granian",))):
         echo = Echo(stack)
         try:
-            out["systems"][f"echo ({stack})"] = sweep(echo.port, "/", a, f"echo {stack}")
+            out["systems"][f"echo ({stack})"] = sweep(echo.port, "/", a, f"echo {stack}",
+                                                      echo.proc.pid)
         finally:
             echo.stop()
     variants = [("adbid, batcher", ()), ("adbid, no batcher", ("--no-batcher",))]
@@ -112,8 +157,9 @@ def main() -> None:
         variants.append(("adbid, batcher, 2 workers", ("--workers", "2", "--native-threads", "1")))
     for label, flags in variants:
         port = free_port()
-        with Server("--openrtb-port", str(port), *flags):
-            out["systems"][label] = sweep(port, "/openrtb2/bid", a, label)
+        with Server("--openrtb-port", str(port), *flags) as server:
+            out["systems"][label] = sweep(port, "/openrtb2/bid", a, label, server.proc.pid,
+                                          server)
             low = run("127.0.0.1", port, "/openrtb2/bid", BODIES, a.low_rate, a.duration_s)
             out["systems"][label]["low_load"] = low
             print(f"  {label} at {a.low_rate:g}/s: p50 {low['p50']:.2f} ms, p99 "

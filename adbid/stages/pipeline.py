@@ -19,7 +19,7 @@ from typing import Protocol
 import numpy as np
 
 from adbid import metrics
-from adbid._fpmode import flush_denormals
+from adbid._fpmode import denormals_flushed, flush_denormals
 from adbid.config import ServerConfig
 from adbid.money.ledger import SpendLedger
 from adbid.money.pacing import PacingController
@@ -107,6 +107,7 @@ class Pipeline:
         self.users, self.contexts = stages.users, stages.contexts
         self.retriever, self.scorer = stages.retriever, stages.scorer
         self.top_k, self.overfetch = cfg.top_k, cfg.overfetch
+        self.inline_events = cfg.inline_events
         # (batch, cand_ad, score) -> first-price factor per event (adbid.stages.shading);
         # None: the constant --shading.
         self.shading_policy: Callable[[EventBatch, np.ndarray, np.ndarray],
@@ -177,6 +178,20 @@ class Pipeline:
         score = self.scorer.score(user, context, device, cand_ad)
         t2 = time.perf_counter()
         return cand_ad, score, queued, t1 - t0, t2 - t1, t2
+
+    def _inline(self, query: np.ndarray, user: np.ndarray, context: np.ndarray,
+                batch: EventBatch, clock: Clock, within: list[tuple[int, np.ndarray]]
+                ) -> tuple[np.ndarray, np.ndarray, float, float, float, float]:
+        """_native on this thread (a small batch), subnormals flushed as on the native
+        threads and the thread's mode restored after."""
+        was = denormals_flushed()
+        if not was:
+            flush_denormals(True)
+        try:
+            return self._native(query, user, context, batch, clock, time.perf_counter(), within)
+        finally:
+            if not was:
+                flush_denormals(False)
 
     def _refetch_starved(self, cand_ad: np.ndarray, query: np.ndarray, batch: EventBatch,
                          within: list[tuple[int, np.ndarray]]) -> np.ndarray:
@@ -275,9 +290,14 @@ class Pipeline:
         loop = asyncio.get_running_loop()
         try:
             clock.check(RETRIEVAL, n, RETRIEVAL, SCORING, *TAIL)
-            cand_ad, score, queued, t_retrieval, t_scoring, t_done = await loop.run_in_executor(
-                self.executor, self._native, query, user, context, batch, clock,
-                time.perf_counter(), self._searched_within(batch))
+            if n <= self.inline_events:
+                cand_ad, score, queued, t_retrieval, t_scoring, t_done = self._inline(
+                    query, user, context, batch, clock, self._searched_within(batch))
+            else:
+                cand_ad, score, queued, t_retrieval, t_scoring, t_done = \
+                    await loop.run_in_executor(self.executor, self._native, query, user,
+                                               context, batch, clock, time.perf_counter(),
+                                               self._searched_within(batch))
             clock.record(RESUME, time.perf_counter() - t_done, n)
             clock.record(QUEUE, queued, n, learn=False)
             clock.record(RETRIEVAL, t_retrieval, n)
