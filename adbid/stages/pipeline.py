@@ -2,9 +2,10 @@
 
 Decode and encode belong to the edges; the deadline rule and the cost model to the
 flow wing, which hands each batch a `Clock`. Retrieval and scoring release the GIL
-and run together on a small executor, so batches overlap; lookup and the decision
-core run inline on the event-loop thread, which is the only thread that touches
-budgets.
+and run together on a small executor, so batches overlap (a batch of at most
+`inline_events` runs them on the event-loop thread instead: its hand-off would cost
+more than it overlaps); lookup and the decision core run inline on the event-loop
+thread, which is the only thread that touches budgets.
 """
 
 from __future__ import annotations
