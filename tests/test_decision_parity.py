@@ -387,3 +387,12 @@ def test_a_full_frequency_table_evicts_and_counts_it():
     for user in range(100):
         t.add(user, 0, 1000 + user, 3600)
     assert t.evictions > 0 and t.capacity == 32
+
+
+def test_the_reference_reads_the_same_reasons_from_the_proto_as_from_the_stubs():
+    """Where the stubs cannot load (an older protobuf runtime: the Triton peer's venv), the
+    reference reads NoBidReason from the .proto; both must give the same numbers."""
+    from adbid.stages import decision_reference as ref
+    from adbid.v1 import bidder_pb2 as pb
+
+    assert ref.reasons_from_proto() == dict(pb.NoBidReason.items()) == ref.reason_numbers()

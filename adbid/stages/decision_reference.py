@@ -10,21 +10,42 @@ the groups both take: events, campaigns, books and outputs.
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
 
 from adbid.money.units import impression_cost_micros
-from adbid.v1 import bidder_pb2 as pb
 
-REASON_NONE = pb.NO_BID_REASON_UNSPECIFIED
-REASON_NO_CANDIDATES = pb.NO_BID_REASON_NO_CANDIDATES
-REASON_CAMPAIGN_INACTIVE = pb.NO_BID_REASON_CAMPAIGN_INACTIVE
-REASON_TARGETING = pb.NO_BID_REASON_TARGETING
-REASON_FREQUENCY_CAP = pb.NO_BID_REASON_FREQUENCY_CAP
-REASON_BELOW_FLOOR = pb.NO_BID_REASON_BELOW_FLOOR
-REASON_BUDGET_EXHAUSTED = pb.NO_BID_REASON_BUDGET_EXHAUSTED
-REASON_BLOCKED = pb.NO_BID_REASON_BLOCKED
+PROTO = Path(__file__).resolve().parents[2] / "proto" / "adbid" / "v1" / "bidder.proto"
+
+
+def reason_numbers() -> dict[str, int]:
+    """NoBidReason's values by name: from the generated stubs, or, where the protobuf
+    runtime is older than the stubs (the Triton peer's venv, benchmarks/peers), read
+    from the .proto in the source tree."""
+    try:
+        from adbid.v1 import bidder_pb2 as pb
+        return dict(pb.NoBidReason.items())
+    except Exception:  # protobuf's VersionError, or no stubs at all
+        return reasons_from_proto()
+
+
+def reasons_from_proto() -> dict[str, int]:
+    return {name: int(number) for name, number in
+            re.findall(r"\b(NO_BID_REASON_[A-Z_]+)\s*=\s*(\d+)\s*;", PROTO.read_text())}
+
+
+_R = reason_numbers()
+REASON_NONE = _R["NO_BID_REASON_UNSPECIFIED"]
+REASON_NO_CANDIDATES = _R["NO_BID_REASON_NO_CANDIDATES"]
+REASON_CAMPAIGN_INACTIVE = _R["NO_BID_REASON_CAMPAIGN_INACTIVE"]
+REASON_TARGETING = _R["NO_BID_REASON_TARGETING"]
+REASON_FREQUENCY_CAP = _R["NO_BID_REASON_FREQUENCY_CAP"]
+REASON_BELOW_FLOOR = _R["NO_BID_REASON_BELOW_FLOOR"]
+REASON_BUDGET_EXHAUSTED = _R["NO_BID_REASON_BUDGET_EXHAUSTED"]
+REASON_BLOCKED = _R["NO_BID_REASON_BLOCKED"]
 MAX_VALUE_MICROS = 9.0e18
 _M64 = (1 << 64) - 1
 
