@@ -131,11 +131,14 @@ def test_three_replicas_with_skewed_traffic_spend_one_budget_and_never_overspend
     left = BUDGET - spent
     allowed = np.array([max(BUDGET // 100, ex.max_cost.get(c, 0)) for c in ids])
     # Budgets that bound: traffic took them past 80% (the rest ran out of demand: their
-    # pacing plan, frequency caps). Leases that stranded money would stop these short.
+    # pacing plan, frequency caps). Leases that stranded money would stop these short; the
+    # even-paced ones may stop short anyway: this far ahead of a day's plan, pacing holds
+    # them back by design.
     exhausted = [c for i, c in enumerate(ids) if spent[i] > 0.8 * BUDGET]
     assert len(exhausted) >= 5
+    modes = tiny_world.campaigns.pacing_mode
     stranded = {c: int(left[i]) for i, c in enumerate(ids)
-                if c in exhausted and left[i] > allowed[i]}
+                if c in exhausted and modes[i] != "even" and left[i] > allowed[i]}
     leases = [s.server.ledger.shared.lease.copy() for s in servers]
     assert not stranded, (f"money left unspent in budgets with traffic: {stranded}; leases "
                           f"{[{c: int(lz[ids.index(c)]) for c in stranded} for lz in leases]}"
