@@ -40,7 +40,7 @@ from adbid.flow.deadlines import Timekeeper
 from adbid.money.ledger import SpendLedger
 from adbid.money.units import impression_cost_micros
 from adbid.stages.pipeline import Pipeline, WorldStages
-from adbid.stages.shading import KnownMarket, LearnedShading, SegmentMarkets, best_values
+from adbid.stages.shading import KnownMarket, LearnedShading, SegmentMarkets, ServedShading
 from adbid.v1 import bidder_pb2 as pb
 from adbid.world.artifacts import World
 from adbid.world.demo_traffic import make_events
@@ -103,8 +103,10 @@ async def run_strategy(strategy: str, world: World, stages: WorldStages, cfg: Se
         markets = LearnedShading(cfg.shading)
     elif strategy == "oracle":
         markets = KnownMarket(cfg.shading)
-    if markets is not None:
+    if markets is not None:  # the policy `adbid serve --shading-policy learned` runs
         m = markets
+        served = ServedShading(cfg.shading, world.ad_campaign, camps.value_per_action_micros,
+                               p.core.pacing, model=m)
 
         def policy(batch, cand_ad, score):
             if isinstance(m, KnownMarket):
@@ -112,10 +114,7 @@ async def run_strategy(strategy: str, world: World, stages: WorldStages, cfg: Se
                     if (site, size) not in m.index:
                         mu, sigma, _ = market(site, size, seed)
                         m.set(site, size, mu, sigma)
-            value = best_values(cand_ad, score, world.ad_campaign,
-                                camps.value_per_action_micros.astype(np.float64), p.core.pacing)
-            return m.factors(m.segments(batch.site_domain, batch.size_bit), value,
-                             batch.floor_micros)
+            return served(batch, cand_ad, score)
         p.shading_policy = policy
     ads = p.retriever.index.reconstruct_n(0, p.retriever.index.ntotal)
     day = math.floor(1_700_000_000 / 86_400) * 86_400  # a fixed simulated UTC day

@@ -155,29 +155,28 @@ class LearnedShading(SegmentMarkets):
 
 
 class ServedShading:
-    """Learned shading for `adbid serve --shading-policy learned`: the pipeline's shading
-    policy, fed by the notices.
+    """A pipeline's shading policy over a market model: for `adbid serve --shading-policy
+    learned` a LearnedShading fed by the notices; `adbid simulate` runs its learned and
+    oracle strategies through it too.
 
     Each live first-price event it shades is remembered by request id with its segment
     (the most recent `remember` of them, oldest forgotten first: about 50 MB); a notice
-    that reports the
-    minimum bid to win for such a bid (a loss's lurl or ReportOutcomes) queues that
-    observation, and `refit` (once a second, off the hot path) folds the queue into the
-    model. A reload keeps the model (`inherit`)."""
+    that reports the minimum bid to win for such a bid (a loss's lurl or ReportOutcomes)
+    queues that observation, and `refit` (once a second, off the hot path) folds the
+    queue into the model. A reload keeps the model (`inherit`)."""
 
     def __init__(self, fixed: float, ad_campaign: np.ndarray, value_per_action: np.ndarray,
-                 pacing: np.ndarray, remember: int = 1 << 19) -> None:
-        self.model = LearnedShading(fixed)
+                 pacing: np.ndarray, remember: int = 1 << 19,
+                 model: SegmentMarkets | None = None) -> None:
+        self.model = model if model is not None else LearnedShading(fixed)
         self.ad_campaign, self.pacing = ad_campaign, pacing
         self.value_per_action = value_per_action.astype(np.float64)
         self.remember = remember
         self._segment_of: dict[str, int] = {}  # request id -> segment (insertion order)
         self._queued: tuple[list[int], list[float]] = ([], [])
-        self.observed = 0
 
     def inherit(self, old: ServedShading) -> None:
         self.model, self._segment_of, self._queued = old.model, old._segment_of, old._queued
-        self.observed = old.observed
 
     def __call__(self, batch, cand_ad: np.ndarray, score: np.ndarray) -> np.ndarray:
         segs = self.model.segments(batch.site_domain, batch.size_bit)
@@ -204,13 +203,11 @@ class ServedShading:
     def refit(self) -> int:
         """Fold the queued observations into the model; returns how many."""
         segs, values = self._queued
-        if not segs:
+        if not segs or not isinstance(self.model, LearnedShading):
             return 0
-        n = len(segs)
         self.model.observe(np.array(segs, np.int64), np.array(values))
         self._queued = ([], [])
-        self.observed += n
-        return n
+        return len(segs)
 
     def known_segments(self) -> int:
         return int(self.model.known.sum())
