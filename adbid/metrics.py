@@ -55,6 +55,10 @@ MIN_TO_WIN_RATIO = Histogram("adbid_min_to_win_ratio", "A lost bid's minimum to 
                              buckets=(0.5, 0.8, 0.9, 1.0, 1.05, 1.1, 1.25, 1.5, 2, 3, 5, 10))
 SHADING_OBSERVATIONS = Counter("adbid_shading_observations", "Minimum bids to win learned "
                                "from (--shading-policy learned)")
+SECOND_LOOKS = Counter("adbid_second_looks", "Events refused for their top K candidates "
+                       "and searched deeper (--overfetch)")
+SECOND_LOOK_BIDS = Counter("adbid_second_look_bids", "Bids found by a second look (events "
+                           "refused for their top K candidates, searched deeper)")
 SHADING_SEGMENTS = Gauge("adbid_shading_segments_known", "Segments (site, slot size) whose "
                          "market learned shading knows")
 EXPIRED = Counter("adbid_expired_reservations", "Reservations released for want of a notice")

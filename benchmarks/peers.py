@@ -8,8 +8,11 @@ peer (a) one AdEvent message per call, which is its pattern.
 Peers (b), NVIDIA Triton through nvidia-pytriton (`--triton`), and (c), Ray Serve
 (`--ray`), are installed and run by `make bench-peers` only: Ray in .venv-peers,
 Triton in .venv-triton (it needs numpy < 2) behind a Bidder front in .venv-peers,
-the whole comparison in a loopback-only network namespace. They get one event per
-call, like the naive peer, and batch events across calls themselves.
+the whole comparison in a loopback-only network namespace. They are sent the same
+calls as adbid, --batch events each, as AdEvent messages (adbid: columns), and gather
+the events of concurrent calls with their own batchers; `--batch 1` compares
+single-event calls through adbid's batcher with theirs. The naive peer gets one event
+a call, its pattern.
 
     python benchmarks/peers.py [--batch 256] [--target-p99-ms 10]
 """
@@ -119,26 +122,28 @@ def main() -> None:
         steps, best = best_rate(srv.target, a.batch, a.target_p99_ms, a.start_rate, a.duration_s)
         out["systems"]["adbid"] = {"best": best.as_dict() if best else None,
                                    "steps": [s.as_dict() for s in steps]}
-    peers = [("naive per-event (a)", "naive", 50.0)]
+    peers = [("naive per-event (a)", "naive", 50.0, 1)]  # first rate: events/s
     if a.triton:
-        peers.append(("Triton, PyTriton (b)", "triton", 10.0))
+        peers.append(("Triton, PyTriton (b)", "triton", 10.0, a.batch))
     if a.ray:
-        peers.append(("Ray Serve, @serve.batch (c)", "ray", 10.0))
-    for name, kind, first_rate in peers:
+        peers.append(("Ray Serve, @serve.batch (c)", "ray", 10.0, a.batch))
+    for name, kind, first_rate, batch in peers:
         port = free_port()
         scratch = Path(tempfile.mkdtemp(prefix="adbid-peer-"))
         procs = launch(kind, port, scratch / "pytriton")  # PyTriton makes its workspace
         try:
             time.sleep(1)
-            steps_n, best_n = best_rate(f"127.0.0.1:{port}", 1, a.target_p99_ms, first_rate,
-                                        a.duration_s, wire="events")
+            steps_n, best_n = best_rate(f"127.0.0.1:{port}", batch, a.target_p99_ms,
+                                        max(first_rate / batch, 1.0), a.duration_s,
+                                        wire="events")
             out["systems"][name] = {"best": best_n.as_dict() if best_n else None,
                                     "steps": [s.as_dict() for s in steps_n]}
             naive = out["systems"]["naive per-event (a)"]["best"]
             if kind != "naive" and naive:  # p99 at equal load: the naive peer's best rate
                 rate = naive["goodput_events_per_s"]
-                spec = LoadSpec(target=f"127.0.0.1:{port}", batch=1, rate=rate, wire="events",
-                                duration_s=max(a.duration_s, 300 / rate),
+                spec = LoadSpec(target=f"127.0.0.1:{port}", batch=batch, rate=rate / batch,
+                                wire="events",
+                                duration_s=min(max(a.duration_s, 300 * batch / rate), 60),
                                 deadline_ms=max(a.target_p99_ms * 3, 30))
                 r = asyncio.run(run(spec))
                 out["systems"][name]["equal_load"] = {

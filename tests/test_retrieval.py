@@ -80,13 +80,13 @@ def test_an_inverted_list_index_is_searched_in_a_32nd_of_its_lists():
     assert (found[:, 0] == probe).mean() > 0.95
 
 
-def test_admissible_candidates_come_first_in_retrieval_order():
-    """The targeting pre-filter mirrors the decision loop's test: active campaign, the
+def test_admissible_mirrors_the_decision_loops_targeting():
+    """The targeting test of a second look mirrors the decision loop's test: active campaign, the
     event's country, device and size bits (0..63) set in the campaign's masks, and the
     event's site in the campaign's allow list when it has one."""
     from types import SimpleNamespace
 
-    from adbid.stages.retrieval import admissible, admissible_first
+    from adbid.stages.retrieval import admissible
 
     ad_campaign = np.array([0, 1, 2, 0])
     active = np.array([1, 1, 0], np.uint8)
@@ -107,7 +107,6 @@ def test_admissible_candidates_come_first_in_retrieval_order():
     assert not admissible(cand, ad_campaign, active, camps, events([-1, 5], [3, 64])).any()
     ok = admissible(cand, ad_campaign, active, camps, events([2, 2], [3, 3]))
     assert ok.tolist() == [[False, False, True, True, False], [False, True, False, False, False]]
-    assert admissible_first(cand, ok, 3).tolist() == [[0, 3, 1], [1, 0, 2]]
     # campaign 0 limited to sites 7 and 9: event 0 on site 9 keeps it, on site 5 loses it
     camps.site_allow_ptr = np.array([0, 2, 2, 2], np.int32)
     camps.site_allow_ids = np.array([9, 7], np.int32)
@@ -120,9 +119,10 @@ def test_admissible_candidates_come_first_in_retrieval_order():
                       rows).tolist() == [[False, True, False, False, False]]
 
 
-def test_events_whose_top_k_targeting_refuses_are_searched_deeper(tiny_world):
-    """Same traffic, K 4: with the re-search (overfetch 8) far fewer events are refused
-    for targeting, more are bid, and nothing else changes for the others."""
+def test_events_refused_for_their_top_k_get_a_second_look(tiny_world):
+    """Same traffic, K 4: with a second look (overfetch 8) far fewer events are refused
+    for targeting, more are bid, and every event that bid without it bids the same ad at
+    the same price with it (a second look changes refused events only)."""
     import asyncio
     from dataclasses import replace
 
@@ -138,21 +138,26 @@ def test_events_whose_top_k_targeting_refuses_are_searched_deeper(tiny_world):
     batches = [make_events(64, rng, n_users=2_000, test=True, id_prefix=f"t{i}-")
                for i in range(8)]
 
-    async def run(overfetch: int) -> tuple[int, int]:
+    async def run(overfetch: int) -> tuple[int, int, dict]:
         cfg = replace(ServerConfig(world=tiny_world.path, ledger=None), top_k=4,
                       overfetch=overfetch)
         p = Pipeline(WorldStages(tiny_world, cfg), cfg, SpendLedger(tiny_world.campaigns, None))
         keeper = Timekeeper(cfg.default_deadline_ms, cfg.send_margin_ms)
         bids = refused = 0
+        chosen = {}
         for events in batches:
             dec, _ = await p.run(decode_request(pb.BidRequest(events=events)),
                                  keeper.unbounded(learn=False))
             bids += int(dec.bid.sum())
             refused += int((dec.reason == pb.NO_BID_REASON_TARGETING).sum())
+            chosen.update({events[i].request_id: (int(dec.ad_row[i]),
+                                                  int(dec.price_cpm_micros[i]))
+                           for i in np.flatnonzero(dec.bid).tolist()})
         p.close()
-        return bids, refused
+        return bids, refused, chosen
 
-    bids_1, refused_1 = asyncio.run(run(1))
-    bids_8, refused_8 = asyncio.run(run(8))
-    assert refused_1 > 20 and refused_8 < refused_1 / 2  # 182 -> 66 seen (site lists remain)
+    bids_1, refused_1, chosen_1 = asyncio.run(run(1))
+    bids_8, refused_8, chosen_8 = asyncio.run(run(8))
+    assert refused_1 > 20 and refused_8 < refused_1 / 2
     assert bids_8 > bids_1
+    assert {rid: chosen_8.get(rid) for rid in chosen_1} == chosen_1

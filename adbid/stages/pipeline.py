@@ -13,8 +13,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import fields
 from typing import Protocol
 
 import numpy as np
@@ -27,13 +29,13 @@ from adbid.money.pacing import PacingController
 from adbid.stages import DECISION, LEDGER, LOOKUP, QUEUE, RESUME, RETRIEVAL, SCORING, TAIL
 from adbid.stages.batch import EventBatch
 from adbid.stages.decision import ANSWERED_BEFORE, DecisionCore, Decisions
+from adbid.stages.depth import DeeperSearch
 from adbid.stages.lookup import ContextEncoder, UserLookup, resolve
-from adbid.stages.retrieval import Retriever, admissible, admissible_first, site_allow_keys
+from adbid.stages.retrieval import Retriever, showable
 from adbid.stages.scoring import Scorer
 from adbid.stages.shading import ServedShading
 from adbid.v1 import bidder_pb2 as pb
 from adbid.world.artifacts import World
-from adbid.world.creatives import BANNER, VIDEO
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +94,20 @@ class WorldStages:
                    warm=(cfg.top_k, cfg.max_batch_events))
 
 
+@contextmanager
+def flushed() -> Iterator[None]:
+    """Subnormal floats flushed to zero for the block, as on the native threads; the
+    thread's mode restored after."""
+    was = denormals_flushed()
+    if not was:
+        flush_denormals(True)
+    try:
+        yield
+    finally:
+        if not was:
+            flush_denormals(False)
+
+
 class Pipeline:
     """One world's stages bound to the process's ledger. Built on the event-loop thread.
 
@@ -107,15 +123,15 @@ class Pipeline:
         self.stages = stages
         self.users, self.contexts = stages.users, stages.contexts
         self.retriever, self.scorer = stages.retriever, stages.scorer
-        self.top_k, self.overfetch = cfg.top_k, cfg.overfetch
         self.inline_events = cfg.inline_events
         # (batch, cand_ad, score) -> first-price factor per event (adbid.stages.shading);
         # None: the constant --shading.
         self.shading_policy: Callable[[EventBatch, np.ndarray, np.ndarray],
                                       np.ndarray] | None = None
-        self._site_keys = site_allow_keys(world.campaigns)
         ledger.extend(world.campaigns)
         self.ledger = ledger
+        self.top_k = cfg.top_k
+        self.depth = DeeperSearch(self.retriever, world, ledger, cfg.top_k, cfg.overfetch)
         self.core: DecisionCore = DecisionCore(
             world.campaigns, world.ad_campaign, ledger, cfg.shading, cfg.frequency_slots,
             frequency=previous.core.frequency if previous else None)
@@ -160,10 +176,7 @@ class Pipeline:
                 within: list[tuple[int, np.ndarray]]
                 ) -> tuple[np.ndarray, np.ndarray, float, float, float, float]:
         """Retrieval then scoring, on an executor thread; raises OutOfTime. `within`:
-        events searched among given ads only (position, ad rows). An event whose targeting
-        admits under a quarter of its top K is searched again, K x `overfetch` deep, and
-        the first K admitted are scored (targeting inside retrieval, paid by those events
-        alone)."""
+        events searched among given ads only (position, ad rows)."""
         n = len(query)
         t0 = time.perf_counter()
         queued = t0 - submitted
@@ -171,8 +184,6 @@ class Pipeline:
         cand_ad = self.retriever.search(query)
         for i, ads in within:
             cand_ad[i] = self.retriever.search_within(query[i], ads)
-        if self.overfetch > 1:
-            cand_ad = self._refetch_starved(cand_ad, query, batch, within)
         device = batch.device_type
         t1 = time.perf_counter()
         clock.check(SCORING, n, SCORING, *TAIL)
@@ -185,31 +196,8 @@ class Pipeline:
                 ) -> tuple[np.ndarray, np.ndarray, float, float, float, float]:
         """_native on this thread (a small batch), subnormals flushed as on the native
         threads and the thread's mode restored after."""
-        was = denormals_flushed()
-        if not was:
-            flush_denormals(True)
-        try:
+        with flushed():
             return self._native(query, user, context, batch, clock, time.perf_counter(), within)
-        finally:
-            if not was:
-                flush_denormals(False)
-
-    def _refetch_starved(self, cand_ad: np.ndarray, query: np.ndarray, batch: EventBatch,
-                         within: list[tuple[int, np.ndarray]]) -> np.ndarray:
-        world, active = self.world, self.ledger.active
-        # Few admitted (under a quarter of K): the ones left often fail the blocks or caps
-        # that this test does not cover.
-        starved = admissible(cand_ad, world.ad_campaign, active, world.campaigns, batch,
-                             allowed=self._site_keys).sum(axis=1) < max(1, cand_ad.shape[1] // 4)
-        starved[[i for i, _ in within]] = False  # private auctions: their deals' ads only
-        if not starved.any():
-            return cand_ad
-        rows = np.flatnonzero(starved)
-        wide = self.retriever.search(query[rows], k=self.top_k * self.overfetch)
-        ok = admissible(wide, world.ad_campaign, active, world.campaigns, batch, rows,
-                        self._site_keys)
-        cand_ad[rows] = admissible_first(wide, ok, cand_ad.shape[1])
-        return cand_ad
 
     def _searched_within(self, batch: EventBatch) -> list[tuple[int, np.ndarray]]:
         """Events limited to a few campaigns (private auctions) are retrieved among those
@@ -219,32 +207,6 @@ class Pipeline:
         ad_campaign = self.world.ad_campaign
         return [(i, np.flatnonzero(np.isin(ad_campaign, list(campaigns))))
                 for i, campaigns in enumerate(batch.deal_campaigns) if campaigns]
-
-    def _showable(self, batch: EventBatch, cand_ad: np.ndarray) -> np.ndarray:
-        """Candidates an event cannot show (a video ad for a banner slot, a video that does
-        not fit the placement) become -1, as if retrieval had not found them."""
-        world = self.world
-        if not world.video and batch.deal_campaigns is None and batch.blocked_attrs is None:
-            return cand_ad
-        formats = batch.formats if batch.formats is not None else \
-            np.full(len(batch), BANNER, np.uint8)
-        found = cand_ad >= 0
-        fmt = np.where(found, world.ad_format[np.maximum(cand_ad, 0)], 0)
-        keep = found & ((fmt & formats[:, None]) != 0)
-        if batch.video_ads is not None:
-            for i, allowed in enumerate(batch.video_ads):
-                if allowed is not None:
-                    video = fmt[i] == VIDEO
-                    keep[i, video] &= np.isin(cand_ad[i, video], list(allowed))
-        if batch.blocked_attrs is not None and batch.blocked_attrs.any():
-            attrs = world.ad_attrs[np.maximum(cand_ad, 0)]
-            keep &= (attrs & batch.blocked_attrs[:, None]) == 0
-        if batch.deal_campaigns is not None:
-            rows = world.ad_campaign[np.maximum(cand_ad, 0)]
-            for i, campaigns in enumerate(batch.deal_campaigns):
-                if campaigns is not None:
-                    keep[i] &= np.isin(rows[i], list(campaigns))
-        return np.where(keep, cand_ad, -1)
 
     def update_pacing(self) -> None:
         self.pacing.update(time.time())
@@ -291,14 +253,15 @@ class Pipeline:
         loop = asyncio.get_running_loop()
         try:
             clock.check(RETRIEVAL, n, RETRIEVAL, SCORING, *TAIL)
+            within = self._searched_within(batch)
             if n <= self.inline_events:
                 cand_ad, score, queued, t_retrieval, t_scoring, t_done = self._inline(
-                    query, user, context, batch, clock, self._searched_within(batch))
+                    query, user, context, batch, clock, within)
             else:
                 cand_ad, score, queued, t_retrieval, t_scoring, t_done = \
                     await loop.run_in_executor(self.executor, self._native, query, user,
                                                context, batch, clock, time.perf_counter(),
-                                               self._searched_within(batch))
+                                               within)
             clock.record(RESUME, time.perf_counter() - t_done, n)
             clock.record(QUEUE, queued, n, learn=False)
             clock.record(RETRIEVAL, t_retrieval, n)
@@ -313,11 +276,9 @@ class Pipeline:
             blocked[list(retried)] = True  # answered from the first decision below
         if self.unspecified_first_price and batch.unspecified_auction is not None:
             batch.first_price = batch.first_price | batch.unspecified_auction
-        cand_ad = self._showable(batch, cand_ad)
-        shading = None if self.shading_policy is None else \
-            self.shading_policy(batch, cand_ad, score)
-        dec = self.core.decide(batch, cand_ad, score, blocked, now_s=int(time.time()),
-                               shading=shading)
+        tried, cand_ad = cand_ad, showable(self.world, batch, cand_ad)
+        dec = self._decide(batch, cand_ad, score, blocked)
+        self._second_look(batch, dec, tried, (query, user, context), blocked, within, clock)
         if self.ledger.shared is not None:
             self.ledger.shared.reasons(dec.reason)
         live = dec.bid & (batch.is_test == 0)
@@ -338,6 +299,43 @@ class Pipeline:
         commit = self.ledger.commit()  # written here and now when the ledger's writer is idle
         clock.record(DECISION, time.perf_counter() - t2, n)
         return dec, commit
+
+    def _decide(self, batch: EventBatch, cand_ad: np.ndarray, score: np.ndarray,
+                blocked: np.ndarray) -> Decisions:
+        shading = None if self.shading_policy is None else \
+            self.shading_policy(batch, cand_ad, score)
+        return self.core.decide(batch, cand_ad, score, blocked, now_s=int(time.time()),
+                                shading=shading)
+
+    def _second_look(self, batch: EventBatch, dec: Decisions, tried: np.ndarray,
+                     vectors: tuple[np.ndarray, np.ndarray, np.ndarray], blocked: np.ndarray,
+                     within: list[tuple[int, np.ndarray]], clock: Clock) -> None:
+        """Events refused for their candidates get the next admitted ones of a deeper
+        search, scored and decided, when the deadline leaves time (adbid.stages.depth).
+        In place: a second look that bids replaces the event's refusal."""
+        if not self.depth.enabled:
+            return
+        rows = self.depth.retry_rows(dec, blocked, within)
+        if not len(rows):
+            return
+        try:
+            clock.check(DECISION, len(batch), RETRIEVAL, SCORING, DECISION, *TAIL)
+        except OutOfTime:
+            return
+        query, user, context = vectors
+        with flushed():
+            cand = showable(self.world, batch,
+                            self.depth.next_candidates(query, batch, rows, tried))
+            score = np.zeros(cand.shape, np.float32)
+            score[rows] = self.scorer.score(user[rows], context[rows],
+                                            batch.device_type[rows], cand[rows])
+        others = np.ones(len(batch), bool)
+        others[rows] = False
+        again = self._decide(batch, cand, score, others)
+        won = rows[again.bid[rows]]
+        metrics.SECOND_LOOK_BIDS.inc(len(won))
+        for f in fields(Decisions):
+            getattr(dec, f.name)[won] = getattr(again, f.name)[won]
 
     def _retried(self, batch: EventBatch) -> dict[int, tuple]:
         """Events whose request id bid before: a retry of an open bid with the same content

@@ -8,9 +8,11 @@ import faiss
 import numpy as np
 
 from adbid.world.campaigns import CampaignTable
+from adbid.world.creatives import BANNER, VIDEO
 
 if TYPE_CHECKING:
     from adbid.stages.batch import EventBatch
+    from adbid.world.artifacts import World
 
 
 class Retriever:
@@ -100,8 +102,27 @@ def admissible(cand: np.ndarray, ad_campaign: np.ndarray, active: np.ndarray,
     return ok
 
 
-def admissible_first(cand: np.ndarray, ok: np.ndarray, k: int) -> np.ndarray:
-    """The k to score of a top list: the admissible ones in retrieval order, then the
-    others (so an event with too few keeps the reason it is refused for)."""
-    order = np.argsort(~ok, axis=1, kind="stable")[:, :k]
-    return np.take_along_axis(cand, order, axis=1)
+def showable(world: World, batch: EventBatch, cand_ad: np.ndarray) -> np.ndarray:
+    """Candidates an event cannot show (a video ad for a banner slot, a video that does
+    not fit the placement) become -1, as if retrieval had not found them."""
+    if not world.video and batch.deal_campaigns is None and batch.blocked_attrs is None:
+        return cand_ad
+    formats = batch.formats if batch.formats is not None else \
+        np.full(len(batch), BANNER, np.uint8)
+    found = cand_ad >= 0
+    fmt = np.where(found, world.ad_format[np.maximum(cand_ad, 0)], 0)
+    keep = found & ((fmt & formats[:, None]) != 0)
+    if batch.video_ads is not None:
+        for i, allowed in enumerate(batch.video_ads):
+            if allowed is not None:
+                video = fmt[i] == VIDEO
+                keep[i, video] &= np.isin(cand_ad[i, video], list(allowed))
+    if batch.blocked_attrs is not None and batch.blocked_attrs.any():
+        attrs = world.ad_attrs[np.maximum(cand_ad, 0)]
+        keep &= (attrs & batch.blocked_attrs[:, None]) == 0
+    if batch.deal_campaigns is not None:
+        rows = world.ad_campaign[np.maximum(cand_ad, 0)]
+        for i, campaigns in enumerate(batch.deal_campaigns):
+            if campaigns is not None:
+                keep[i] &= np.isin(rows[i], list(campaigns))
+    return np.where(keep, cand_ad, -1)

@@ -1,9 +1,10 @@
 """Peer (c): Ray Serve with @serve.batch, on the same world, index, model and proto.
 
-What a team would build on Ray Serve: a deployment that takes one event per gRPC
-call (Ray Serve's gRPC proxy serves adbid's own Bidder service, so the same load
-generator drives it), gathers concurrent calls with @serve.batch, runs one FAISS
-query and one onnxruntime run per gathered batch, and decides in plain Python
+What a team would build on Ray Serve: a deployment that takes a call's events
+(Ray Serve's gRPC proxy serves adbid's own Bidder service, so the same load
+generator drives it), hands them all at once to a @serve.batch method, which gathers
+the events of concurrent calls, runs one FAISS query and one onnxruntime run per
+gathered batch, and decides in plain Python
 (adbid's reference rules, as the naive peer does). One replica, like adbid's one
 process.
 
@@ -17,6 +18,7 @@ does (`unshare --net`, then `ip link set lo up`). It refuses to start otherwise.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import os
 import signal
 import socket
@@ -70,8 +72,9 @@ def main() -> None:
 
         async def Bid(self, request: pb.BidRequest) -> pb.BidResponse:
             resp = pb.BidResponse(batch_id=request.batch_id, world_version=self.version)
-            for event in request.events:  # the load generator sends one event per call
-                resp.decisions.append(await self.decide(event))
+            # Every event of the call at once: @serve.batch gathers them (and those of
+            # other calls) into batches of up to --max-batch.
+            resp.decisions.extend(await asyncio.gather(*map(self.decide, request.events)))
             return resp
 
     ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR",
