@@ -223,7 +223,7 @@ def demo_world(
     ads_per_campaign: int = typer.Option(10, help="Ads (creatives) per campaign."),
     ads: int = typer.Option(0, help="Ads in the catalogue, spread evenly over the campaigns "
                             "(overrides --ads-per-campaign; 0: campaigns x ads per campaign). "
-                            "Above 10,000 the index is HNSW, else exact."),
+                            "Above 10,000 the index is inverted lists (IVF), else exact."),
     impressions: int = typer.Option(200_000, help="Logged impressions to train on (80%) and test."),
     dim: int = typer.Option(64, help="Embedding dimension."),
     user_dtype: str = typer.Option("float32", help="Stored user embeddings: float32, or "

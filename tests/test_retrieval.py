@@ -161,3 +161,59 @@ def test_events_refused_for_their_top_k_get_a_second_look(tiny_world):
     assert refused_1 > 20 and refused_8 < refused_1 / 2
     assert bids_8 > bids_1
     assert {rid: chosen_8.get(rid) for rid in chosen_1} == chosen_1
+
+
+def test_list_by_list_search_finds_what_faiss_ivf_finds():
+    """The list-by-list search of a batch (ext/listscan.pyx) scans the lists FAISS's IVF
+    search would, so it returns FAISS's top K: same ads, same scores, ties aside; -1 past
+    what the probed lists hold."""
+    import faiss
+
+    from adbid.stages.retrieval import ListScan, Retriever
+
+    rng = np.random.default_rng(3)
+    ads = rng.standard_normal((4000, 32)).astype(np.float32)
+    index = faiss.IndexIVFFlat(faiss.IndexFlatIP(32), 32, 40, faiss.METRIC_INNER_PRODUCT)
+    index.train(ads)
+    index.add(ads)
+    index.nprobe = 5
+    queries = rng.standard_normal((300, 32)).astype(np.float32)
+    retriever = Retriever(index, 16, 1)
+    assert isinstance(retriever.scan, ListScan)
+    scores, found = index.search(queries, 16)
+    ours = retriever.search(queries)
+    assert ours.shape == (300, 16)
+    for row, (theirs, mine) in enumerate(zip(found, ours)):
+        assert set(theirs) == set(mine) or np.allclose(  # a tie at the 16th place
+            np.sort(ads[theirs] @ queries[row]), np.sort(ads[mine] @ queries[row]), atol=1e-5)
+    got = ads[ours] @ queries[:, :, None]  # [B, K, 1]: in descending order
+    assert (np.diff(got[:, :, 0], axis=1) <= 1e-5).all()
+    deep = retriever.search(queries[:3], k=3000)  # more than 5 lists hold
+    assert (deep[:, -1] == -1).all() and (deep[:, 0] >= 0).all()
+    assert np.array_equal(np.sort(deep[0][deep[0] >= 0]),
+                          np.sort(index.search(queries[:1], 3000)[1][0][:(deep[0] >= 0).sum()]))
+
+
+def test_the_world_builder_probes_the_fewest_lists_for_its_recall():
+    import faiss
+
+    from adbid.world.demo_world import probes_for_recall
+
+    rng = np.random.default_rng(4)
+    ads = rng.standard_normal((5000, 16)).astype(np.float32)
+    index = faiss.IndexIVFFlat(faiss.IndexFlatIP(16), 16, 64, faiss.METRIC_INNER_PRODUCT)
+    index.train(ads)
+    index.add(ads)
+    queries = rng.standard_normal((200, 16)).astype(np.float32)
+    exact = faiss.IndexFlatIP(16)
+    exact.add(ads)
+    _, truth = exact.search(queries, 16)
+
+    def recall(nprobe: int) -> float:
+        index.nprobe = nprobe
+        _, got = index.search(queries, 16)
+        return np.mean([len(set(g) & set(t)) / 16 for g, t in zip(got, truth)])
+
+    chosen = probes_for_recall(index, ads, queries, target=0.9)
+    assert 1 < chosen < 64
+    assert recall(chosen) >= 0.9 > recall(chosen - 1)

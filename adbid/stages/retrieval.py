@@ -6,7 +6,9 @@ from typing import TYPE_CHECKING
 
 import faiss
 import numpy as np
+from threadpoolctl import threadpool_limits
 
+from adbid import _listscan
 from adbid.world.campaigns import CampaignTable
 from adbid.world.creatives import BANNER, VIDEO
 
@@ -37,8 +39,15 @@ class Retriever:
         faiss.cvar.distance_compute_blas_threshold = 1
         if isinstance(index, faiss.IndexHNSW):
             index.hnsw.efSearch = max(64, 2 * self.top_k)
-        if isinstance(index, faiss.IndexIVF):  # a 32nd of the lists (benchmarks/scale.py)
+        # IVF: the lists to probe as the world's builder chose them (for a recall), or a
+        # 32nd of them when it chose none (FAISS's default of 1).
+        if isinstance(index, faiss.IndexIVF) and index.nprobe <= 1:
             index.nprobe = max(1, index.nlist // 32)
+        # IVF-Flat (inner product) is searched a batch at a time, list by list; BLAS on
+        # one thread (its products are small, and the server's threads run retrieval).
+        self.scan = ListScan(index) if ListScan.serves(index) else None
+        if self.scan is not None:
+            threadpool_limits(1, user_api="blas")
 
     def search(self, query: np.ndarray, k: int = 0) -> np.ndarray:
         """query float32[B, D] -> ad rows int64[B, K], best first; -1 where fewer than K exist.
@@ -50,6 +59,8 @@ class Retriever:
         if len(query) == 0:
             return np.empty((0, k), dtype=np.int64)
         faiss.omp_set_num_threads(self.threads)
+        if self.scan is not None:
+            return self.scan.search(query, k)
         _, ads = self.index.search(query, k)
         return ads
 
@@ -63,6 +74,37 @@ class Retriever:
         _, ads = self.index.search(query, self.top_k,
                                    params=faiss.SearchParameters(sel=selector))
         return ads[0]
+
+
+class ListScan:
+    """An inverted-list index (IVF-Flat, inner product) searched a batch at a time, list
+    by list (ext/listscan.pyx): the candidates and results of FAISS's own IVF search at
+    the same nprobe, ties aside, with each probed list read once a batch instead of once
+    a query. Holds a copy of the lists' vectors, in list order."""
+
+    def __init__(self, index: faiss.IndexIVFFlat) -> None:
+        lists, d = index.invlists, index.d
+        sizes = np.array([lists.list_size(i) for i in range(index.nlist)], dtype=np.int64)
+        self.list_start = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+        self.ids = np.empty(int(sizes.sum()), dtype=np.int64)
+        self.vectors = np.empty((len(self.ids), d), dtype=np.float32)
+        for i in np.flatnonzero(sizes).tolist():
+            at, n = slice(self.list_start[i], self.list_start[i + 1]), int(sizes[i])
+            self.ids[at] = faiss.rev_swig_ptr(lists.get_ids(i), n)
+            self.vectors[at] = faiss.rev_swig_ptr(lists.get_codes(i), n * d * 4) \
+                .view(np.float32).reshape(n, d)
+        self.index = index
+
+    @staticmethod
+    def serves(index: faiss.Index) -> bool:
+        return isinstance(index, faiss.IndexIVFFlat) \
+            and index.metric_type == faiss.METRIC_INNER_PRODUCT
+
+    def search(self, query: np.ndarray, k: int) -> np.ndarray:
+        """query float32[B, D] (C-contiguous) -> ad rows int64[B, k], best first."""
+        index = self.index
+        _, probes = index.quantizer.search(query, min(index.nprobe, index.nlist))
+        return _listscan.search(query, probes, self.vectors, self.list_start, self.ids, k)[1]
 
 
 def site_allow_keys(campaigns: CampaignTable) -> np.ndarray:

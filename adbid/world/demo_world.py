@@ -98,6 +98,21 @@ def true_probability(ua: np.ndarray, ca: np.ndarray, device: np.ndarray) -> np.n
     return 1.0 / (1.0 + np.exp(-logit))
 
 
+def probes_for_recall(index: faiss.IndexIVF, ads: np.ndarray, queries: np.ndarray,
+                      target: float = 0.96, k: int = 16) -> int:
+    """The fewest lists to probe for recall@k >= target against exact search."""
+    exact = faiss.IndexFlatIP(index.d)
+    exact.add(ads)
+    _, truth = exact.search(queries, k)
+    for nprobe in range(1, index.nlist + 1):
+        index.nprobe = nprobe
+        _, found = index.search(queries, k)
+        hits = sum(len(set(f) & set(t)) for f, t in zip(found.tolist(), truth.tolist()))
+        if hits >= target * k * len(queries):
+            return nprobe
+    return index.nlist
+
+
 def build(out: Path, spec: DemoWorldSpec | None = None,
           progress: bool = True) -> dict[str, Any]:
     """Build the world into `out` (replaced atomically if it exists); returns the manifest."""
@@ -220,16 +235,21 @@ def build(out: Path, spec: DemoWorldSpec | None = None,
     steps.update()
 
     steps.set_postfix_str("FAISS index")
-    # Flat (exact) inner product up to 10^4 ads; above, inverted lists (4 sqrt(N) of
-    # them, k-means on the ads), searched in a 32nd of them: recall@16 0.97 at 10^5 ads,
-    # where HNSW (M 32) stayed near 0.8 at any efSearch (docs/performance.md).
+    # Flat (exact) inner product up to 10^4 ads; above, inverted lists (sqrt(N) of them,
+    # k-means on the ads), HNSW (M 32) having stayed near recall 0.8 at any efSearch. The
+    # lists probed are the fewest that reach recall@16 0.96 against exact search on a
+    # sample of the world's users; FAISS keeps that nprobe in the index file. Fewer,
+    # longer lists suit the list-by-list search (ext/listscan.pyx; docs/performance.md).
     if n_ads <= 10_000:
         index = faiss.IndexFlatIP(d)
+        index.add(ads)
     else:
-        index = faiss.IndexIVFFlat(faiss.IndexFlatIP(d), d, int(4 * np.sqrt(n_ads)),
+        index = faiss.IndexIVFFlat(faiss.IndexFlatIP(d), d, int(np.sqrt(n_ads)),
                                    faiss.METRIC_INNER_PRODUCT)
         index.train(ads)
-    index.add(ads)
+        index.add(ads)
+        sample = np.random.default_rng(spec.seed + 1).integers(0, spec.users, 512)
+        index.nprobe = probes_for_recall(index, ads, users[sample])
     faiss.write_index(index, str(tmp / world.INDEX))
     steps.update()
 

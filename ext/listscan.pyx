@@ -1,0 +1,134 @@
+# cython: language_level=3
+"""Inverted-list search of a whole batch at once, list by list (adbid.stages.retrieval).
+
+FAISS's IVF search scans each query's probed lists on its own: at 10^5 ads, 256
+queries and a 32nd of the lists probed, every list is read from memory about eight
+times a batch and scored one vector at a time. Here the batch's (query, list) pairs
+are grouped by list, and each list is scored against all the queries that probe it in
+one matrix product (BLAS sgemm, from SciPy), so each list is read once a batch; a
+top-k heap per query keeps the best. The candidates are those FAISS would scan, so
+the results are FAISS's (inner product), ties aside.
+"""
+
+from libc.stdint cimport int64_t
+from libc.stdlib cimport free, malloc
+from libc.string cimport memcpy
+from scipy.linalg.cython_blas cimport sgemm
+
+import numpy as np
+
+
+cdef inline void heap_replace_top(float* value, int64_t* ident, int k, float s,
+                                  int64_t i) noexcept nogil:
+    """The root of a min-heap of k (the k-th best so far) gives way to (s, i)."""
+    cdef int at = 0, child
+    while True:
+        child = 2 * at + 1
+        if child >= k:
+            break
+        if child + 1 < k and value[child + 1] < value[child]:
+            child += 1
+        if value[child] >= s:
+            break
+        value[at] = value[child]
+        ident[at] = ident[child]
+        at = child
+    value[at] = s
+    ident[at] = i
+
+
+cdef inline void offer(const float* score, const int64_t* ids, int n, float* value,
+                       int64_t* ident, int k) noexcept nogil:
+    """Scores of one list for one query into its heap; four at a time past the
+    threshold, which most of them do not beat."""
+    cdef int j = 0, t
+    cdef float floor_ = value[0]
+    while j + 4 <= n:
+        if score[j] > floor_ or score[j + 1] > floor_ or score[j + 2] > floor_ \
+                or score[j + 3] > floor_:
+            for t in range(j, j + 4):
+                if score[t] > value[0]:
+                    heap_replace_top(value, ident, k, score[t], ids[t])
+            floor_ = value[0]
+        j += 4
+    while j < n:
+        if score[j] > value[0]:
+            heap_replace_top(value, ident, k, score[j], ids[j])
+        j += 1
+
+
+def search(const float[:, ::1] queries, const int64_t[:, ::1] probes,
+           const float[:, ::1] vectors, const int64_t[::1] list_start,
+           const int64_t[::1] ids, int k):
+    """queries float32[B, D]; probes int64[B, P], the lists each query scans (-1: none);
+    vectors float32[N, D], the lists' vectors one list after the other, list l's at rows
+    list_start[l] .. list_start[l + 1] - 1; ids int64[N], each vector's id.
+    -> (scores float32[B, k], ids int64[B, k]), best first; -inf and -1 past the found."""
+    cdef Py_ssize_t n_queries = queries.shape[0], n_probes = probes.shape[1]
+    cdef int dim = queries.shape[1]
+    cdef Py_ssize_t n_lists = list_start.shape[0] - 1
+    if vectors.shape[1] != dim or probes.shape[0] != n_queries or ids.shape[0] != vectors.shape[0]:
+        raise ValueError("listscan.search: shapes do not agree")
+    if k < 1:
+        raise ValueError(f"listscan.search: k must be >= 1, got {k}")
+    best = np.full((n_queries, k), -np.inf, dtype=np.float32)
+    best_id = np.full((n_queries, k), -1, dtype=np.int64)
+    cdef float[:, ::1] value = best
+    cdef int64_t[:, ::1] ident = best_id
+    # The (query, list) pairs grouped by list: queries of list l at by_list[first[l]:first[l+1]].
+    first_ = np.zeros(n_lists + 1, dtype=np.int64)
+    by_list_ = np.empty(n_queries * n_probes, dtype=np.int64)
+    cdef int64_t[::1] first = first_
+    cdef int64_t[::1] by_list = by_list_
+    cdef Py_ssize_t b, p, l, i
+    cdef int64_t most_queries = 0, longest = 0
+    for b in range(n_queries):
+        for p in range(n_probes):
+            l = probes[b, p]
+            if l >= n_lists:
+                raise ValueError(f"listscan.search: list {l} of {n_lists}")
+            if l >= 0:
+                first[l + 1] += 1
+    for l in range(n_lists):
+        most_queries = max(most_queries, first[l + 1])
+        longest = max(longest, list_start[l + 1] - list_start[l])
+        first[l + 1] += first[l]
+    fill_ = first_[:n_lists].copy()
+    cdef int64_t[::1] fill = fill_
+    for b in range(n_queries):
+        for p in range(n_probes):
+            l = probes[b, p]
+            if l >= 0:
+                by_list[fill[l]] = b
+                fill[l] += 1
+    if most_queries == 0 or longest == 0:
+        return best, best_id
+    cdef float* gathered = <float*> malloc(most_queries * dim * sizeof(float))
+    cdef float* scores = <float*> malloc(most_queries * longest * sizeof(float))
+    if gathered == NULL or scores == NULL:
+        free(gathered)
+        free(scores)
+        raise MemoryError()
+    cdef int m, n
+    cdef float one = 1.0, zero = 0.0
+    cdef char trans = b'T', keep = b'N'
+    with nogil:
+        for l in range(n_lists):
+            m = <int> (first[l + 1] - first[l])
+            n = <int> (list_start[l + 1] - list_start[l])
+            if m == 0 or n == 0:
+                continue
+            for i in range(m):
+                memcpy(gathered + i * dim, &queries[by_list[first[l] + i], 0],
+                       dim * sizeof(float))
+            # Column-major: scores (n x m) = vectors_l^T' (n x dim) . gathered (dim x m), so
+            # query i's n scores lie at scores[i * n].
+            sgemm(&trans, &keep, &n, &m, &dim, &one, <float*> &vectors[list_start[l], 0],
+                  &dim, gathered, &dim, &zero, scores, &n)
+            for i in range(m):
+                b = by_list[first[l] + i]
+                offer(scores + i * n, &ids[list_start[l]], n, &value[b, 0], &ident[b, 0], k)
+    free(gathered)
+    free(scores)
+    order = np.argsort(-best, axis=1, kind="stable")
+    return np.take_along_axis(best, order, axis=1), np.take_along_axis(best_id, order, axis=1)
