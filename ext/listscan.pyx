@@ -61,8 +61,8 @@ def search(const float[:, ::1] queries, const int64_t[:, ::1] probes,
            const float[:, ::1] vectors, const int64_t[::1] list_start,
            const int64_t[::1] ids, int k):
     """queries float32[B, D]; probes int64[B, P], the lists each query scans (-1: none);
-    vectors float32[N, D], the lists' vectors one list after the other, list l's at rows
-    list_start[l] .. list_start[l + 1] - 1; ids int64[N], each vector's id.
+    vectors float32[N, D], the lists' vectors one list after the other, list li's at rows
+    list_start[li] .. list_start[li + 1] - 1; ids int64[N], each vector's id.
     -> (scores float32[B, k], ids int64[B, k]), best first; -inf and -1 past the found."""
     cdef Py_ssize_t n_queries = queries.shape[0], n_probes = probes.shape[1]
     cdef int dim = queries.shape[1]
@@ -75,32 +75,32 @@ def search(const float[:, ::1] queries, const int64_t[:, ::1] probes,
     best_id = np.full((n_queries, k), -1, dtype=np.int64)
     cdef float[:, ::1] value = best
     cdef int64_t[:, ::1] ident = best_id
-    # The (query, list) pairs grouped by list: queries of list l at by_list[first[l]:first[l+1]].
+    # (query, list) pairs grouped by list: list li's queries at by_list[first[li]:first[li + 1]].
     first_ = np.zeros(n_lists + 1, dtype=np.int64)
     by_list_ = np.empty(n_queries * n_probes, dtype=np.int64)
     cdef int64_t[::1] first = first_
     cdef int64_t[::1] by_list = by_list_
-    cdef Py_ssize_t b, p, l, i
+    cdef Py_ssize_t b, p, li, i
     cdef int64_t most_queries = 0, longest = 0
     for b in range(n_queries):
         for p in range(n_probes):
-            l = probes[b, p]
-            if l >= n_lists:
-                raise ValueError(f"listscan.search: list {l} of {n_lists}")
-            if l >= 0:
-                first[l + 1] += 1
-    for l in range(n_lists):
-        most_queries = max(most_queries, first[l + 1])
-        longest = max(longest, list_start[l + 1] - list_start[l])
-        first[l + 1] += first[l]
+            li = probes[b, p]
+            if li >= n_lists:
+                raise ValueError(f"listscan.search: list {li} of {n_lists}")
+            if li >= 0:
+                first[li + 1] += 1
+    for li in range(n_lists):
+        most_queries = max(most_queries, first[li + 1])
+        longest = max(longest, list_start[li + 1] - list_start[li])
+        first[li + 1] += first[li]
     fill_ = first_[:n_lists].copy()
     cdef int64_t[::1] fill = fill_
     for b in range(n_queries):
         for p in range(n_probes):
-            l = probes[b, p]
-            if l >= 0:
-                by_list[fill[l]] = b
-                fill[l] += 1
+            li = probes[b, p]
+            if li >= 0:
+                by_list[fill[li]] = b
+                fill[li] += 1
     if most_queries == 0 or longest == 0:
         return best, best_id
     cdef float* gathered = <float*> malloc(most_queries * dim * sizeof(float))
@@ -113,21 +113,21 @@ def search(const float[:, ::1] queries, const int64_t[:, ::1] probes,
     cdef float one = 1.0, zero = 0.0
     cdef char trans = b'T', keep = b'N'
     with nogil:
-        for l in range(n_lists):
-            m = <int> (first[l + 1] - first[l])
-            n = <int> (list_start[l + 1] - list_start[l])
+        for li in range(n_lists):
+            m = <int> (first[li + 1] - first[li])
+            n = <int> (list_start[li + 1] - list_start[li])
             if m == 0 or n == 0:
                 continue
             for i in range(m):
-                memcpy(gathered + i * dim, &queries[by_list[first[l] + i], 0],
+                memcpy(gathered + i * dim, &queries[by_list[first[li] + i], 0],
                        dim * sizeof(float))
             # Column-major: scores (n x m) = vectors_l^T' (n x dim) . gathered (dim x m), so
             # query i's n scores lie at scores[i * n].
-            sgemm(&trans, &keep, &n, &m, &dim, &one, <float*> &vectors[list_start[l], 0],
+            sgemm(&trans, &keep, &n, &m, &dim, &one, <float*> &vectors[list_start[li], 0],
                   &dim, gathered, &dim, &zero, scores, &n)
             for i in range(m):
-                b = by_list[first[l] + i]
-                offer(scores + i * n, &ids[list_start[l]], n, &value[b, 0], &ident[b, 0], k)
+                b = by_list[first[li] + i]
+                offer(scores + i * n, &ids[list_start[li]], n, &value[b, 0], &ident[b, 0], k)
     free(gathered)
     free(scores)
     order = np.argsort(-best, axis=1, kind="stable")

@@ -180,7 +180,7 @@ def test_list_by_list_search_finds_what_faiss_ivf_finds():
     queries = rng.standard_normal((300, 32)).astype(np.float32)
     retriever = Retriever(index, 16, 1)
     assert isinstance(retriever.scan, ListScan)
-    scores, found = index.search(queries, 16)
+    _, found = index.search(queries, 16)
     ours = retriever.search(queries)
     assert ours.shape == (300, 16)
     for row, (theirs, mine) in enumerate(zip(found, ours)):
