@@ -12,7 +12,8 @@ this process, on the same 2 cores): concurrency 1 gives the server's own
 per-stage costs without contention, concurrency --concurrency its throughput
 (columnar requests as Bid calls and on BidStreams, and per-event messages for
 comparison); then `adbid serve
---workers N --native-threads 1` at 1.5 times the concurrency. Reported: compute-limit
+--workers N --native-threads 1` at 1.5 times the concurrency. The servers run with
+--overfetch 1 (no second looks) unless --second-looks is given. Reported: compute-limit
 events/s, server
 events/s and their ratio, and the server's overhead per event (everything but
 the three native calls).
@@ -105,6 +106,9 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=10)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--runs", type=int, default=3, help="runs per setting (median and range)")
+    ap.add_argument("--second-looks", action="store_true",
+                    help="serve with second looks (the server's default --overfetch 8) instead "
+                         "of --overfetch 1")
     a = ap.parse_args()
     threads = ServerConfig().native_threads
     limit = native_costs(a.batch, a.repeats, threads)
@@ -114,7 +118,8 @@ def main() -> None:
           f"{limit['decision']['median_us']:.0f} us -> compute limit "
           f"{limit['compute_limit_events_per_s_1core']:,.0f} events/s on one core, "
           f"{ceiling2:,.0f} on {threads} threads at once")
-    result = {"machine": machine(), "batch": a.batch, "native": limit, "server": {}}
+    result = {"machine": machine(), "batch": a.batch, "native": limit, "server": {},
+              "second_looks": a.second_looks}
 
     def load(srv: Server, name: str, conc: int, wire: str = "columns", rpc: str = "unary") -> dict:
         """--runs runs; the median one (by goodput) stands for the setting, with the range."""
@@ -137,14 +142,18 @@ def main() -> None:
               f"{d['shed_events']}, errors {d['errors']}")
         return d
 
-    with Server() as srv:
+    # Without second looks (--overfetch 1): they are native work beyond the one pass the
+    # compute limit counts (a deeper search and a second scoring for the events refused
+    # for their candidates); `--second-looks` keeps the server's default.
+    extra = () if a.second_looks else ("--overfetch", "1")
+    with Server(*extra) as srv:
         load(srv, "1 process, c=1", 1)
         one = load(srv, f"1 process, c={a.concurrency}", a.concurrency)
         events = load(srv, f"1 process, c={a.concurrency}, events wire", a.concurrency, "events")
         stream = load(srv, f"1 process, c={a.concurrency}, BidStream", a.concurrency,
                       rpc="stream")
         s = result["server"]["1 process, c=1"]["stages"]
-    with Server("--workers", str(a.workers), "--native-threads", "1") as srv:
+    with Server("--workers", str(a.workers), "--native-threads", "1", *extra) as srv:
         conc = a.concurrency * 3 // 2
         many = load(srv, f"{a.workers} workers, c={conc}", conc)
     total = s["total"]["mean_us"]

@@ -31,6 +31,7 @@ from adbid.stages.batch import EventBatch
 from adbid.stages.decision import ANSWERED_BEFORE, DecisionCore, Decisions
 from adbid.stages.depth import DeeperSearch
 from adbid.stages.lookup import ContextEncoder, UserLookup, resolve
+from adbid.stages.retries import answer_again, retried_events
 from adbid.stages.retrieval import Retriever, showable
 from adbid.stages.scoring import Scorer
 from adbid.stages.shading import ServedShading
@@ -238,7 +239,7 @@ class Pipeline:
                    clock: Clock) -> tuple[Decisions, asyncio.Future | None]:
         n = len(batch)
         t0 = time.perf_counter()
-        retried = self._retried(batch)
+        retried = retried_events(self.ledger, batch)
         blocked = np.zeros(n, dtype=bool)
         if batch.errors:
             blocked[list(batch.errors)] = True
@@ -278,23 +279,15 @@ class Pipeline:
             batch.first_price = batch.first_price | batch.unspecified_auction
         tried, cand_ad = cand_ad, showable(self.world, batch, cand_ad)
         dec = self._decide(batch, cand_ad, score, blocked)
-        self._second_look(batch, dec, tried, (query, user, context), blocked, within, clock)
+        self._record(batch, dec, np.flatnonzero(dec.bid))  # before an await: retries see them
+        won = await self._second_look(batch, dec, tried, (query, user, context), blocked,
+                                      within, clock)
+        self._record(batch, dec, won)
         if self.ledger.shared is not None:
             self.ledger.shared.reasons(dec.reason)
-        live = dec.bid & (batch.is_test == 0)
-        if live.any():
-            idx = np.flatnonzero(live)
-            rids = [batch.request_id[i] for i in idx.tolist()]
-            assert batch.user_key is not None  # resolved by the lookup stage
-            self.ledger.record_bids(rids, dec.campaign_row[idx], dec.price_cpm_micros[idx],
-                                    batch.user_key[idx],
-                                    hold_ms=batch.hold_ms[idx] if batch.hold_ms is not None
-                                    else None,
-                                    answers=(batch.fingerprints(idx), dec.ad_row[idx],
-                                             dec.value_cpm_micros[idx], dec.score[idx]))
         if retried:
             blocked[list(retried)] = False
-            self._answer_again(dec, retried)
+            answer_again(dec, retried)
         dec.reason[blocked] = pb.NO_BID_REASON_INVALID_EVENT
         commit = self.ledger.commit()  # written here and now when the ledger's writer is idle
         clock.record(DECISION, time.perf_counter() - t2, n)
@@ -307,59 +300,61 @@ class Pipeline:
         return self.core.decide(batch, cand_ad, score, blocked, now_s=int(time.time()),
                                 shading=shading)
 
-    def _second_look(self, batch: EventBatch, dec: Decisions, tried: np.ndarray,
-                     vectors: tuple[np.ndarray, np.ndarray, np.ndarray], blocked: np.ndarray,
-                     within: list[tuple[int, np.ndarray]], clock: Clock) -> None:
+    def _record(self, batch: EventBatch, dec: Decisions, bid: np.ndarray) -> None:
+        """Journal the reservations of the bids at these positions (live traffic's)."""
+        idx = bid[batch.is_test[bid] == 0]
+        if not len(idx):
+            return
+        assert batch.user_key is not None  # resolved by the lookup stage
+        self.ledger.record_bids([batch.request_id[i] for i in idx.tolist()],
+                                dec.campaign_row[idx], dec.price_cpm_micros[idx],
+                                batch.user_key[idx],
+                                hold_ms=batch.hold_ms[idx] if batch.hold_ms is not None else None,
+                                answers=(batch.fingerprints(idx), dec.ad_row[idx],
+                                         dec.value_cpm_micros[idx], dec.score[idx]))
+
+    async def _second_look(self, batch: EventBatch, dec: Decisions, tried: np.ndarray,
+                           vectors: tuple[np.ndarray, ...], blocked: np.ndarray,
+                           within: list[tuple[int, np.ndarray]], clock: Clock) -> np.ndarray:
         """Events refused for their candidates get the next admitted ones of a deeper
-        search, scored and decided, when the deadline leaves time (adbid.stages.depth).
-        In place: a second look that bids replaces the event's refusal."""
-        if not self.depth.enabled:
-            return
-        rows = self.depth.retry_rows(dec, blocked, within)
+        search, scored (on a native thread, unless the batch is small) and decided, when the
+        deadline leaves time and no other batch is in the pipeline: second looks spend
+        spare capacity, and under load they yield (adbid.stages.depth). In place: a second
+        look that bids replaces the event's refusal. Returns the positions that bid so."""
+        rows = self.depth.retry_rows(dec, blocked, within) \
+            if self.depth.enabled and self.running == 1 else np.empty(0, np.int64)
         if not len(rows):
-            return
+            return rows
         try:
             clock.check(DECISION, len(batch), RETRIEVAL, SCORING, DECISION, *TAIL)
         except OutOfTime:
-            return
-        query, user, context = vectors
-        with flushed():
-            cand = showable(self.world, batch,
-                            self.depth.next_candidates(query, batch, rows, tried))
-            score = np.zeros(cand.shape, np.float32)
-            score[rows] = self.scorer.score(user[rows], context[rows],
-                                            batch.device_type[rows], cand[rows])
+            return np.empty(0, np.int64)
+        if len(batch) <= self.inline_events:
+            with flushed():
+                cand, score = self._look_deeper(batch, rows, tried, vectors)
+        else:
+            cand, score = await asyncio.get_running_loop().run_in_executor(
+                self.executor, self._look_deeper, batch, rows, tried, vectors)
         others = np.ones(len(batch), bool)
         others[rows] = False
+        # A request id that bid in another batch meanwhile (a retry) does not bid twice.
+        others[rows[self.ledger.used([batch.request_id[i] for i in rows.tolist()])]] = True
         again = self._decide(batch, cand, score, others)
-        won = rows[again.bid[rows]]
+        won = np.flatnonzero(again.bid & ~others)
         metrics.SECOND_LOOK_BIDS.inc(len(won))
         for f in fields(Decisions):
             getattr(dec, f.name)[won] = getattr(again, f.name)[won]
+        return won
 
-    def _retried(self, batch: EventBatch) -> dict[int, tuple]:
-        """Events whose request id bid before: a retry of an open bid with the same content
-        gets that bid's answer again (position -> its open reservation, answer included);
-        any other reuse is an invalid event, with the reason."""
-        used = [i for i in self.ledger.used(batch.request_id) if i not in batch.errors]
-        retried = {}
-        for i, fingerprint in zip(used, batch.fingerprints(used).tolist()):
-            found = self.ledger.retry(batch.request_id[i], fingerprint)
-            if isinstance(found, str):
-                batch.errors[i] = found
-            else:
-                retried[i] = found
-        return retried
-
-    @staticmethod
-    def _answer_again(dec: Decisions, retried: dict[int, tuple]) -> None:
-        """The first decision of each retried bid, as it was answered; nothing is reserved
-        or counted again."""
-        for i, (row, price, _, _, _, _, ad_row, value, score) in retried.items():
-            dec.bid[i], dec.reason[i] = True, pb.NO_BID_REASON_UNSPECIFIED
-            dec.candidate[i] = ANSWERED_BEFORE
-            dec.campaign_row[i], dec.price_cpm_micros[i] = row, price
-            dec.ad_row[i], dec.value_cpm_micros[i], dec.score[i] = ad_row, value, score
+    def _look_deeper(self, batch: EventBatch, rows: np.ndarray, tried: np.ndarray,
+                     vectors: tuple[np.ndarray, ...]) -> tuple[np.ndarray, np.ndarray]:
+        """A second look's candidates (the batch's shape, -1 but for `rows`) and scores."""
+        query, user, context = vectors
+        cand = showable(self.world, batch, self.depth.next_candidates(query, batch, rows, tried))
+        score = np.zeros(cand.shape, np.float32)
+        score[rows] = self.scorer.score(user[rows], context[rows], batch.device_type[rows],
+                                        cand[rows])
+        return cand, score
 
     def withdraw(self, batch: Events, dec: Decisions) -> int:
         """Release the reservations (and frequency counts) of a decided batch whose answer
