@@ -80,7 +80,7 @@ $(PEERS_STAMP): $(SOURCES) benchmarks/peers/requirements-ray.txt benchmarks/peer
 	@touch $@
 
 bench-peers: $(PEERS_STAMP) $(STAMP)
-	$(PY) -c "from adbid.config import default_world_dir as d; from adbid.cli import _ensure_world as e; e(d(), 42)"
+	$(PY) -c "from adbid.config import default_world_dir as d; from adbid.world_command import ensure_world as e; e(d(), 42)"
 	unshare --net sh -c 'ip link set lo up && $(PEERS_VENV)/bin/python benchmarks/peers.py --batch 64 --target-p99-ms 20 --triton --ray $(ARGS)'
 
 debug: $(STAMP)

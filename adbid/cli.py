@@ -5,7 +5,6 @@ from __future__ import annotations
 import inspect
 import json
 import logging
-import sys
 import types
 import typing
 from pathlib import Path
@@ -16,7 +15,8 @@ from rich.table import Table
 
 from adbid.bench.command import AdminTargetOpt, TargetOpt, bench
 from adbid.bench.simulate_command import simulate_command
-from adbid.config import ServerConfig, default_world_dir, settings
+from adbid.config import ServerConfig, settings
+from adbid.world_command import demo_world, ensure_world
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=(
     "adbid: a real-time bidding decision server. Batches of ad events in over gRPC; "
@@ -77,38 +77,6 @@ def _logging(verbose: bool) -> None:
     logs.setup("text", verbose)
 
 
-def _ensure_world(world: Path, seed: int) -> None:
-    """Build the demo world at `world` if it is the default location and missing."""
-    from adbid.world import artifacts as world_mod
-
-    if (world / world_mod.MANIFEST).is_file():
-        return
-    if world.resolve() != default_world_dir().resolve():
-        raise typer.BadParameter(f"no world at {world}; build one with "
-                                 f"`adbid demo-world --out {world}`", param_hint="--world")
-    console.print(f"[bold]No world at {world}: building the demo world (seed {seed})[/bold]")
-    _build_demo(world, seed, None)
-
-
-def _build_demo(out: Path, seed: int, spec_overrides: dict | None) -> dict:
-    from adbid.world.demo_world import DemoWorldSpec, build
-
-    spec = DemoWorldSpec(seed=seed, **(spec_overrides or {}))
-    manifest = build(out, spec, progress=sys.stderr.isatty())
-    m, c = manifest["model"], manifest["counts"]
-    console.print(
-        f"world [bold]{manifest['version']}[/bold] at {out} in {manifest['build_seconds']} s: "
-        f"{c['users']:,} users, {c['ads']:,} ads, {c['campaigns']} campaigns, d={c['dim']}, "
-        f"index {manifest['index']}\n"
-        f"intent model {m['kind']}: held-out AUC [bold]{m['auc']:.4f}[/bold] "
-        f"(ground-truth probabilities reach {m['ground_truth_auc']:.4f}) on "
-        f"{m['heldout_impressions']:,} impressions, click rate {m['click_rate']:.3f}\n"
-        f"calibration: expected calibration error [bold]{m['ece']:.4f}[/bold] "
-        f"({m['calibration']['method']}; {m['ece_before_calibration']:.4f} before; the true "
-        f"probabilities score {m['ground_truth_ece']:.4f} on the same impressions)")
-    return manifest
-
-
 def _serve_parameters() -> list[inspect.Parameter]:
     """One option per ServerConfig setting: its flag, ADBID_* variable, default and help
     come from the field (adbid.config.settings)."""
@@ -154,7 +122,7 @@ def serve(ctx: typer.Context, config: Path | None, log_format: str, seed: int, v
         cfg = ServerConfig.from_dict(settings_given)
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from None
-    _ensure_world(cfg.world, seed)
+    ensure_world(cfg.world, seed)
     shown = {**cfg.as_dict(), "admin_token": "(set)" if cfg.admin_token else ""}
     logging.getLogger("adbid").info("configuration: %s", json.dumps(shown),
                                     extra={"config": shown, "config_file": str(config or "")})
@@ -193,6 +161,7 @@ serve.__signature__ = inspect.Signature([  # type: ignore[attr-defined]
                       default=typer.Option(False, "--verbose", "-v", help="Debug logging.")),
 ])
 app.command()(serve)
+app.command("demo-world")(demo_world)
 
 
 @app.command("settings")
@@ -212,35 +181,6 @@ def list_settings(markdown: bool = typer.Option(False, help="As a Markdown table
     for row in rows:
         table.add_row(*row)
     console.print(table)
-
-
-@app.command("demo-world")
-def demo_world(
-    out: Path = typer.Option(default_world_dir(), help="Directory to write (replaced if present)."),
-    seed: int = typer.Option(42, help="Everything is drawn from this seed."),
-    users: int = typer.Option(100_000, help="Users in the embedding store."),
-    campaigns: int = typer.Option(300, help="Campaigns."),
-    ads_per_campaign: int = typer.Option(10, help="Ads (creatives) per campaign."),
-    ads: int = typer.Option(0, help="Ads in the catalogue, spread evenly over the campaigns "
-                            "(overrides --ads-per-campaign; 0: campaigns x ads per campaign). "
-                            "Above 10,000 the index is inverted lists (IVF), else exact."),
-    impressions: int = typer.Option(200_000, help="Logged impressions to train on (80%) and test."),
-    dim: int = typer.Option(64, help="Embedding dimension."),
-    user_dtype: str = typer.Option("float32", help="Stored user embeddings: float32, or "
-                                   "float16 for half the memory (the model is trained on "
-                                   "float32; benchmarks/embedding_precision.py measures the "
-                                   "difference)."),
-) -> None:
-    """Build the synthetic demo world: users, ads, campaigns and a trained ONNX intent model."""
-    _logging(False)
-    if user_dtype not in ("float32", "float16"):
-        raise typer.BadParameter("float32 or float16", param_hint="--user-dtype")
-    if ads:
-        ads_per_campaign = max(1, round(ads / campaigns))
-    _build_demo(out, seed, {"users": users, "campaigns": campaigns,
-                            "ads_per_campaign": ads_per_campaign, "impressions": impressions,
-                            "user_dtype": user_dtype,
-                            "dim": dim})
 
 
 @app.command()

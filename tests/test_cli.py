@@ -68,3 +68,37 @@ def test_a_port_in_use_is_a_clear_error(tiny_world_dir, tmp_path):
     assert r.returncode == 2, r.stderr[-500:]
     assert f"cannot listen on 127.0.0.1:{port} (Admin)" in r.stdout + r.stderr
     assert "Traceback" not in r.stdout + r.stderr
+
+
+def test_a_default_demo_world_from_an_older_generator_is_rebuilt(tiny_world_dir, tmp_path,
+                                                                 monkeypatch):
+    """The default world kept from an older adbid (no generator revision in its manifest)
+    is rebuilt before serving; one of this generator's is kept as it is; a world given
+    elsewhere is never touched."""
+    import json
+    import shutil
+
+    from adbid.world import demo_world
+    from adbid.world_command import ensure_world
+
+    monkeypatch.setenv("ADBID_HOME", str(tmp_path))
+    from adbid.config import default_world_dir
+
+    world = default_world_dir()
+    shutil.copytree(tiny_world_dir, world)
+    manifest = json.loads((world / "manifest.json").read_text())
+    manifest.pop("builder", None)
+    (world / "manifest.json").write_text(json.dumps(manifest))
+    elsewhere = tmp_path / "mine"
+    shutil.copytree(world, elsewhere)
+    built = []
+    monkeypatch.setattr(demo_world, "build", lambda out, spec, progress: built.append(out) or {
+        **manifest, "builder": demo_world.BUILDER})
+    monkeypatch.setattr("adbid.world_command.console.print", lambda *a, **k: None)
+    ensure_world(elsewhere, 42)
+    assert built == []
+    ensure_world(world, 42)
+    assert built == [world]
+    (world / "manifest.json").write_text(json.dumps({**manifest, "builder": demo_world.BUILDER}))
+    ensure_world(world, 42)
+    assert built == [world]

@@ -84,6 +84,10 @@ def user_ids(n: int) -> np.ndarray:
     return np.char.add("u", np.char.zfill(np.arange(n).astype(str), 7))
 
 
+# The demo world's generator, revised whenever what it builds changes (files, model,
+# index): a default demo world built by an older one is rebuilt (adbid.cli).
+BUILDER = 2
+
 USER_CHUNK = 1_000_000
 
 
@@ -279,6 +283,7 @@ def build(out: Path, spec: DemoWorldSpec | None = None,
     manifest = world.write_manifest(tmp, {
         "name": f"demo-s{spec.seed}",
         "adbid_version": adbid.__version__,
+        "builder": BUILDER,
         "created_unix_s": int(time.time()),
         "spec": asdict(spec),
         "counts": {"users": spec.users, "ads": n_ads, "campaigns": spec.campaigns,
