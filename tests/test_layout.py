@@ -23,14 +23,14 @@ RANKS = {
     "adbid.edge": 5,
     "adbid.server": 6,
     "adbid.workers": 7,
-    "adbid.client": 8, "adbid.bench": 8,
+    "adbid.client": 8, "adbid.bench": 8, "adbid.world_command": 8,
     "adbid.cli": 9,
 }
 # The compiled kernels and the only modules that call them (money.units: the impression-cost
 # rule, defined once in the decision loop).
 FACADES = {"adbid._decision": ("adbid.stages", "adbid.money.units"),
            "adbid._fpmode": ("adbid.stages",), "adbid._wire": ("adbid.edge",),
-           "adbid._idtable": ("adbid.stages",)}
+           "adbid._idtable": ("adbid.stages",), "adbid._listscan": ("adbid.stages",)}
 MAX_LINES = 400
 
 
