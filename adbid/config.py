@@ -72,7 +72,7 @@ class ServerConfig:
     overfetch: int = setting(
         8, "An event refused for its top-k candidates (targeting, a publisher block, the "
         "floor, a frequency cap) is searched top-k x this deep, and the next top-k that its "
-        "targeting admits are scored and decided (1: never).", minimum=1)
+        "targeting admits are scored and decided, twice at most (1: never).", minimum=1)
     faiss_threads: int = setting(1, "OpenMP threads for FAISS search.", minimum=1)
     onnx_threads: int = setting(1, "onnxruntime intra-op threads.", minimum=1)
     onnx_spinning: bool = setting(False, "Let onnxruntime threads spin between runs.")

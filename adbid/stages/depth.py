@@ -4,9 +4,10 @@ After the decision, an event refused for a reason that a later candidate may pas
 (targeting, a publisher block, the floor, a frequency cap) is searched K x overfetch
 deep; the candidates it has tried are left out, and the next K that its targeting admits
 (campaign active, country, device, slot size, site allow list: the decision loop's own
-tests, vectorised) are scored and decided. Only those events pay for it (a few in a
-hundred on the demo traffic). No reservation exists for a refused event, so deciding it
-again books nothing twice.
+tests, vectorised) are scored and decided; an event refused again gets one more look,
+the next K of the same search. Only those events pay for it (a few in a hundred on the
+demo traffic). No reservation exists for a refused event, so deciding it again books
+nothing twice.
 
 Measured against searching the events that admit few of their top K again before scoring
 (the earlier design): the same share of events bid, at a third of the added retrieval
@@ -60,19 +61,25 @@ class DeeperSearch:
         return np.flatnonzero(again)
 
     def next_candidates(self, query: np.ndarray, batch: EventBatch, rows: np.ndarray,
-                        tried: np.ndarray) -> np.ndarray:
-        """int64[B, K]: for each event in `rows`, the first K admitted ads of a deeper
-        search that are not among its `tried` candidates (int64[B, K]), -1 padded; -1 for
-        every other event."""
+                        tried: np.ndarray, k: int,
+                        searched: tuple[np.ndarray, ...] | None = None
+                        ) -> tuple[np.ndarray, tuple[np.ndarray, ...]]:
+        """int64[B, k]: for each event in `rows`, the first k admitted ads of a deeper
+        search that are not among its `tried` candidates (int64[B, any]), -1 padded; -1 for
+        every other event. `searched`: an earlier look's deeper search (its rows, the ads
+        found and which of them targeting admits), which these rows are among: searched
+        once, looked at again. Returned for the next look."""
         t0 = time.perf_counter()
         metrics.SECOND_LOOKS.inc(len(rows))
-        k = tried.shape[1]
         out = np.full((len(batch), k), -1, dtype=np.int64)
-        wide = self.retriever.search(query[rows], k=self.depth)
-        seen = (wide[:, :, None] == tried[rows][:, None, :]).any(axis=2)
-        ok = self._admissible(wide, batch, rows) & ~seen
+        if searched is None:
+            found = self.retriever.search(query[rows], k=self.depth)
+            searched = (rows, found, self._admissible(found, batch, rows))
+        at = np.searchsorted(searched[0], rows)
+        wide = searched[1][at]
+        ok = searched[2][at] & ~(wide[:, :, None] == tried[rows][:, None, :]).any(axis=2)
         order = np.argsort(~ok, axis=1, kind="stable")[:, :k]
         out[rows] = np.where(np.take_along_axis(ok, order, axis=1),
                              np.take_along_axis(wide, order, axis=1), -1)
         self.second_look_s += time.perf_counter() - t0
-        return out
+        return out, searched

@@ -39,6 +39,7 @@ from adbid.v1 import bidder_pb2 as pb
 from adbid.world.artifacts import World
 
 log = logging.getLogger(__name__)
+LOOKS = 2  # second looks a refused event may get, each K further down (adbid.stages.depth)
 
 
 class OutOfTime(Exception):
@@ -316,45 +317,53 @@ class Pipeline:
     async def _second_look(self, batch: EventBatch, dec: Decisions, tried: np.ndarray,
                            vectors: tuple[np.ndarray, ...], blocked: np.ndarray,
                            within: list[tuple[int, np.ndarray]], clock: Clock) -> np.ndarray:
-        """Events refused for their candidates get the next admitted ones of a deeper
-        search, scored (on a native thread, unless the batch is small) and decided, when the
-        deadline leaves time and no other batch is in the pipeline: second looks spend
-        spare capacity, and under load they yield (adbid.stages.depth). In place: a second
-        look that bids replaces the event's refusal. Returns the positions that bid so."""
+        """Events refused for their candidates get the next admitted ones of a deeper search,
+        scored (on a native thread unless the batch is small) and decided, up to LOOKS
+        times, while the deadline leaves time and no other batch is in the pipeline (they
+        spend spare capacity; adbid.stages.depth). In place; returns the positions that bid."""
+        won = np.empty(0, np.int64)
+        searched = None  # the first look's deeper search, which later looks go on down
         rows = self.depth.retry_rows(dec, blocked, within) \
-            if self.depth.enabled and self.running == 1 else np.empty(0, np.int64)
-        if not len(rows):
-            return rows
-        try:
-            clock.check(DECISION, len(batch), RETRIEVAL, SCORING, DECISION, *TAIL)
-        except OutOfTime:
-            return np.empty(0, np.int64)
-        if len(batch) <= self.inline_events:
-            with flushed():
-                cand, score = self._look_deeper(batch, rows, tried, vectors)
-        else:
-            cand, score = await asyncio.get_running_loop().run_in_executor(
-                self.executor, self._look_deeper, batch, rows, tried, vectors)
-        others = np.ones(len(batch), bool)
-        others[rows] = False
-        # A request id that bid in another batch meanwhile (a retry) does not bid twice.
-        others[rows[self.ledger.used([batch.request_id[i] for i in rows.tolist()])]] = True
-        again = self._decide(batch, cand, score, others)
-        won = np.flatnonzero(again.bid & ~others)
-        metrics.SECOND_LOOK_BIDS.inc(len(won))
-        for f in fields(Decisions):
-            getattr(dec, f.name)[won] = getattr(again, f.name)[won]
-        return won
+            if self.depth.enabled and self.running == 1 else won
+        for _ in range(LOOKS):
+            if not len(rows):
+                break
+            try:
+                clock.check(DECISION, len(batch), RETRIEVAL, SCORING, DECISION, *TAIL)
+            except OutOfTime:
+                break
+            if len(batch) <= self.inline_events:
+                with flushed():
+                    cand, score, searched = self._look_deeper(batch, rows, tried, vectors,
+                                                              searched)
+            else:
+                cand, score, searched = await asyncio.get_running_loop().run_in_executor(
+                    self.executor, self._look_deeper, batch, rows, tried, vectors, searched)
+            others = np.ones(len(batch), bool)
+            others[rows] = False
+            # A request id that bid in another batch meanwhile (a retry) does not bid twice.
+            others[rows[self.ledger.used([batch.request_id[i] for i in rows.tolist()])]] = True
+            again = self._decide(batch, cand, score, others)
+            now = np.flatnonzero(again.bid & ~others)
+            metrics.SECOND_LOOK_BIDS.inc(len(now))
+            for f in fields(Decisions):
+                getattr(dec, f.name)[now] = getattr(again, f.name)[now]
+            won = np.concatenate([won, now])
+            rows = self.depth.retry_rows(again, others, within)
+            tried = np.hstack([tried, cand])
+        return np.sort(won)
 
     def _look_deeper(self, batch: EventBatch, rows: np.ndarray, tried: np.ndarray,
-                     vectors: tuple[np.ndarray, ...]) -> tuple[np.ndarray, np.ndarray]:
-        """A second look's candidates (the batch's shape, -1 but for `rows`) and scores."""
+                     vectors: tuple[np.ndarray, ...], searched) -> tuple:
+        """A look's candidates (batch-shaped, -1 but for `rows`), scores, deeper search."""
         query, user, context = vectors
-        cand = showable(self.world, batch, self.depth.next_candidates(query, batch, rows, tried))
+        cand, searched = self.depth.next_candidates(query, batch, rows, tried,
+                                                    self.retriever.top_k, searched)
+        cand = showable(self.world, batch, cand)
         score = np.zeros(cand.shape, np.float32)
         score[rows] = self.scorer.score(user[rows], context[rows], batch.device_type[rows],
                                         cand[rows])
-        return cand, score
+        return cand, score, searched
 
     def withdraw(self, batch: Events, dec: Decisions) -> int:
         """Release the reservations (and frequency counts) of a decided batch whose answer
