@@ -14,9 +14,9 @@ per-stage costs without contention, concurrency --concurrency its throughput
 comparison); then `adbid serve
 --workers N --native-threads 1` at 1.5 times the concurrency. The servers run with
 --overfetch 1 (no second looks) unless --second-looks is given. Reported: compute-limit
-events/s, server
-events/s and their ratio, and the server's overhead per event (everything but
-the three native calls).
+events/s, server events/s and their ratio, the server's overhead per event (everything
+but the three native calls), and the p50 at one caller against the native work plus the
+gRPC echo floor's p50 at one caller (benchmarks/grpc_floor.py), measured in the same run.
 
     python benchmarks/compute_limit.py [--batch 256] [--duration-s 6] [--runs 3]
 """
@@ -34,6 +34,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 from common import demo_inputs, machine, write
+from grpc_floor import one_caller_p50_ms
 from serverproc import Server
 
 from adbid._fpmode import flush_denormals
@@ -163,7 +164,17 @@ def main() -> None:
     ceiling = limit["compute_limit_events_per_s_1core"]
     best = max(one["goodput_events_per_s"], many["goodput_events_per_s"],
                stream["goodput_events_per_s"])
+    # Latency at one caller against what it cannot go below: the native work, plus the
+    # gRPC echo floor at one caller (benchmarks/grpc_floor.py), measured now.
+    floor_ms = one_caller_p50_ms(a.batch, a.duration_s)
+    native_ms = sum(limit[k]["median_us"] for k in ("retrieval", "scoring", "decision")) / 1e3
+    p50_c1 = result["server"]["1 process, c=1"]["run"]["latency_us"].get("p50", 0) / 1e3
+    print(f"one caller: p50 {p50_c1:.2f} ms against native work {native_ms:.2f} + gRPC echo "
+          f"floor p50 {floor_ms:.2f} + 0.5 = {native_ms + floor_ms + 0.5:.2f} ms "
+          f"({p50_c1 - native_ms - floor_ms:+.2f} ms above the two)")
     result["summary"] = {
+        "one_caller_p50_ms": p50_c1, "native_ms_per_batch": native_ms,
+        "grpc_echo_floor_p50_ms": floor_ms,
         "compute_limit_events_per_s_1core": ceiling,
         "server_events_per_s_1_process": one["goodput_events_per_s"],
         "server_events_per_s_events_wire": events["goodput_events_per_s"],

@@ -51,7 +51,8 @@ async def serve(answer_bytes: int) -> None:
 
 
 async def load(port: int, request_bytes: int, concurrency: int, duration_s: float,
-               rpc: str) -> float:
+               rpc: str, latencies: list[float] | None = None) -> float:
+    """Calls a second, closed loop; each call's seconds appended to `latencies` if given."""
     request = b"y" * request_bytes
     channels = [grpc.aio.insecure_channel(f"127.0.0.1:{port}", options=[("floor.channel", i)])
                 for i in range(concurrency)]
@@ -69,9 +70,11 @@ async def load(port: int, request_bytes: int, concurrency: int, duration_s: floa
             await call.done_writing()
             return
         call = channel.unary_unary(METHOD)
-        while time.perf_counter() < stop_at:
+        while (t0 := time.perf_counter()) < stop_at:
             await call(request, timeout=5)
             done += 1
+            if latencies is not None:
+                latencies.append(time.perf_counter() - t0)
 
     await asyncio.gather(*(caller(ch) for ch in channels))
     await asyncio.gather(*(ch.close() for ch in channels))
@@ -81,6 +84,21 @@ async def load(port: int, request_bytes: int, concurrency: int, duration_s: floa
 def cpu_s(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def one_caller_p50_ms(batch: int, duration_s: float) -> float:
+    """The echo server's p50 at one caller (unary calls of a batch's sizes), in ms."""
+    server = subprocess.Popen([sys.executable, __file__, "--serve", str(55 * batch)],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        port = int(server.stdout.readline())
+        asyncio.run(load(port, 94 * batch, 1, 1.0, "unary"))  # warm
+        latencies: list[float] = []
+        asyncio.run(load(port, 94 * batch, 1, duration_s, "unary", latencies))
+    finally:
+        server.terminate()
+        server.wait()
+    return statistics.median(latencies) * 1e3
 
 
 def main() -> None:
