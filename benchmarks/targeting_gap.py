@@ -63,8 +63,8 @@ async def one_k(world: World, k: int, batches: list[list[pb.AdEvent]],
     seconds = time.perf_counter() - t0
     pipeline.close()
     stage = keeper.timers.summary()
-    # The retrieval stage (top K, and the deeper search of starved events) plus the deeper
-    # searches of second looks, which run inside the decision stage.
+    # The retrieval stage (the top K) plus the second looks' deeper searches, which run
+    # inside the decision stage.
     retrieval_ms = stage[RETRIEVAL]["mean_us"] / 1e3 \
         + pipeline.depth.second_look_s / len(batches) * 1e3
     return {"k": k, "overfetch": overfetch, "events": events, "bid_share": bids / events,
