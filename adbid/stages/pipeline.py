@@ -334,13 +334,13 @@ class Pipeline:
                 break
             if len(batch) <= self.inline_events:
                 with flushed():
-                    cand, score, searched = self._look_deeper(batch, rows, tried, vectors,
-                                                              searched)
+                    found, cand, score, searched = self._look_deeper(batch, rows, tried,
+                                                                     vectors, searched)
             else:
-                cand, score, searched = await asyncio.get_running_loop().run_in_executor(
-                    self.executor, self._look_deeper, batch, rows, tried, vectors, searched)
-            others = np.ones(len(batch), bool)
-            others[rows] = False
+                found, cand, score, searched = await asyncio.get_running_loop(
+                ).run_in_executor(self.executor, self._look_deeper, batch, rows, tried,
+                                  vectors, searched)
+            others = ~np.isin(np.arange(len(batch)), rows)
             # A request id that bid in another batch meanwhile (a retry) does not bid twice.
             others[rows[self.ledger.used([batch.request_id[i] for i in rows.tolist()])]] = True
             again = self._decide(batch, cand, score, others)
@@ -350,20 +350,20 @@ class Pipeline:
                 getattr(dec, f.name)[now] = getattr(again, f.name)[now]
             won = np.concatenate([won, now])
             rows = self.depth.retry_rows(again, others, within)
-            tried = np.hstack([tried, cand])
+            tried = np.hstack([tried, found])  # those it cannot show included: not again
         return np.sort(won)
 
     def _look_deeper(self, batch: EventBatch, rows: np.ndarray, tried: np.ndarray,
                      vectors: tuple[np.ndarray, ...], searched) -> tuple:
-        """A look's candidates (batch-shaped, -1 but for `rows`), scores, deeper search."""
+        """A look's candidates (-1 but for `rows`), the showable ones, scores, the search."""
         query, user, context = vectors
-        cand, searched = self.depth.next_candidates(query, batch, rows, tried,
-                                                    self.retriever.top_k, searched)
-        cand = showable(self.world, batch, cand)
+        found, searched = self.depth.next_candidates(query, batch, rows, tried,
+                                                     self.retriever.top_k, searched)
+        cand = showable(self.world, batch, found)
         score = np.zeros(cand.shape, np.float32)
         score[rows] = self.scorer.score(user[rows], context[rows], batch.device_type[rows],
                                         cand[rows])
-        return cand, score, searched
+        return found, cand, score, searched
 
     def withdraw(self, batch: Events, dec: Decisions) -> int:
         """Release the reservations (and frequency counts) of a decided batch whose answer
