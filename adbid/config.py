@@ -85,6 +85,10 @@ class ServerConfig:
         "more CPU than it overlaps. 0: always hand off.", minimum=0)
     native_threads: int = setting(2, "Threads running retrieval + scoring, overlapping "
                                   "batches.", minimum=1)
+    split_events: int = setting(
+        64, "A batch of at least this many events that finds no other batch in the pipeline "
+        "is split over the native threads, its parts retrieved and scored at once (the "
+        "threads would otherwise idle). 0: never split.", minimum=0)
     use_gpu: bool = setting(True, "Use the CUDA provider when onnxruntime offers it.",
                             flag="--gpu")
     require_gpu: bool = setting(False, "Refuse to start unless the model runs on CUDA.")

@@ -18,7 +18,8 @@ EVENTS = Counter("adbid_events", "Ad events decided, live or test traffic (test:
 BIDS = Counter("adbid_bids", "Bids made, live or test traffic", ["traffic"])
 NO_BIDS = Counter("adbid_no_bids", "No-bids by reason", ["reason"])
 ERRORS = Counter("adbid_errors", "Errors by kind", ["kind"])
-STAGE_SECONDS = Histogram("adbid_stage_seconds", "Time per batch in each pipeline stage",
+STAGE_SECONDS = Histogram("adbid_stage_seconds", "Time per batch in each pipeline stage "
+                          "(of a batch split over threads: its parts' times summed)",
                           ["stage"], buckets=_BUCKETS_S)
 BATCH_EVENTS = Histogram("adbid_batch_events", "Events per batch",
                          buckets=(1, 8, 32, 64, 128, 256, 512, 1024, 2048, 4096))

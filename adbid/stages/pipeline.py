@@ -2,9 +2,8 @@
 
 Decode and encode belong to the edges; the deadline rule and the cost model to the
 flow wing, which hands each batch a `Clock`. Retrieval and scoring release the GIL
-and run together on a small executor, so batches overlap (a batch of at most
-`inline_events` runs them on the event-loop thread instead: its hand-off would cost
-more than it overlaps); lookup and the decision core run inline on the event-loop
+and run together on a small executor, so batches overlap (where they run: see
+adbid.stages.native); lookup and the decision core run inline on the event-loop
 thread, which is the only thread that touches budgets.
 """
 
@@ -13,16 +12,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from dataclasses import fields
 from typing import Protocol
 
 import numpy as np
 
 from adbid import metrics
-from adbid._fpmode import denormals_flushed, flush_denormals
+from adbid._fpmode import flush_denormals
 from adbid.config import ServerConfig
 from adbid.money.ledger import SpendLedger
 from adbid.money.pacing import PacingController
@@ -31,6 +29,7 @@ from adbid.stages.batch import EventBatch
 from adbid.stages.decision import ANSWERED_BEFORE, DecisionCore, Decisions
 from adbid.stages.depth import DeeperSearch
 from adbid.stages.lookup import ContextEncoder, UserLookup, resolve
+from adbid.stages.native import NativeWork, flushed, merged, parts, within_part
 from adbid.stages.retries import answer_again, retried_events
 from adbid.stages.retrieval import Retriever, showable
 from adbid.stages.scoring import Scorer
@@ -96,20 +95,6 @@ class WorldStages:
                    warm=(cfg.top_k, cfg.max_batch_events))
 
 
-@contextmanager
-def flushed() -> Iterator[None]:
-    """Subnormal floats flushed to zero for the block, as on the native threads; the
-    thread's mode restored after."""
-    was = denormals_flushed()
-    if not was:
-        flush_denormals(True)
-    try:
-        yield
-    finally:
-        if not was:
-            flush_denormals(False)
-
-
 class Pipeline:
     """One world's stages bound to the process's ledger. Built on the event-loop thread.
 
@@ -125,7 +110,8 @@ class Pipeline:
         self.stages = stages
         self.users, self.contexts = stages.users, stages.contexts
         self.retriever, self.scorer = stages.retriever, stages.scorer
-        self.inline_events = cfg.inline_events
+        self.inline_events, self.split_events = cfg.inline_events, cfg.split_events
+        self.native_threads = cfg.native_threads
         # (batch, cand_ad, score) -> first-price factor per event (adbid.stages.shading);
         # None: the constant --shading.
         self.shading_policy: Callable[[EventBatch, np.ndarray, np.ndarray],
@@ -174,32 +160,52 @@ class Pipeline:
             self.executor.shutdown(wait=True)
 
     def _native(self, query: np.ndarray, user: np.ndarray, context: np.ndarray,
-                batch: EventBatch, clock: Clock, submitted: float,
-                within: list[tuple[int, np.ndarray]]
-                ) -> tuple[np.ndarray, np.ndarray, float, float, float, float]:
-        """Retrieval then scoring, on an executor thread; raises OutOfTime. `within`:
-        events searched among given ads only (position, ad rows)."""
-        n = len(query)
+                device: np.ndarray, clock: Clock, submitted: float,
+                within: list[tuple[int, np.ndarray]], n: int) -> NativeWork:
+        """Retrieval then scoring of a batch or a part of it (the deadline checked for the
+        batch's n events), on an executor thread; raises OutOfTime. `within`: events
+        searched among given ads only (position, ad rows)."""
         t0 = time.perf_counter()
-        queued = t0 - submitted
         clock.check(QUEUE, n, RETRIEVAL, SCORING, *TAIL)
         cand_ad = self.retriever.search(query)
         for i, ads in within:
             cand_ad[i] = self.retriever.search_within(query[i], ads)
-        device = batch.device_type
         t1 = time.perf_counter()
         clock.check(SCORING, n, SCORING, *TAIL)
         score = self.scorer.score(user, context, device, cand_ad)
         t2 = time.perf_counter()
-        return cand_ad, score, queued, t1 - t0, t2 - t1, t2
+        return NativeWork(cand_ad, score, t0 - submitted, t1 - t0, t2 - t1, t2)
 
-    def _inline(self, query: np.ndarray, user: np.ndarray, context: np.ndarray,
-                batch: EventBatch, clock: Clock, within: list[tuple[int, np.ndarray]]
-                ) -> tuple[np.ndarray, np.ndarray, float, float, float, float]:
-        """_native on this thread (a small batch), subnormals flushed as on the native
-        threads and the thread's mode restored after."""
-        with flushed():
-            return self._native(query, user, context, batch, clock, time.perf_counter(), within)
+    async def _retrieve_and_score(self, query: np.ndarray, user: np.ndarray,
+                                  context: np.ndarray, device: np.ndarray, clock: Clock,
+                                  within: list[tuple[int, np.ndarray]]) -> NativeWork:
+        """On this thread for a small batch; else on a native thread, or, when no other
+        batch is in the pipeline, cut in parts: the first on this thread, the others on
+        native threads at once (adbid.stages.native)."""
+        n = len(query)
+        loop, submitted = asyncio.get_running_loop(), time.perf_counter()
+        cuts = [slice(0, n)]
+        if n > self.inline_events:
+            cuts = parts(n, self.native_threads if self.running == 1 else 1, self.split_events)
+            if len(cuts) == 1:
+                return await loop.run_in_executor(self.executor, self._native, query, user,
+                                                  context, device, clock, submitted, within, n)
+        handed = [loop.run_in_executor(self.executor, self._native, query[s], user[s],
+                                       context[s], device[s], clock, submitted,
+                                       within_part(within, s), n) for s in cuts[1:]]
+        works: list = []
+        try:
+            with flushed():  # as on the native threads; this thread's own mode after
+                s = cuts[0]
+                works.append(self._native(query[s], user[s], context[s], device[s], clock,
+                                          submitted, within_part(within, s), n))
+        finally:  # the parts handed off are waited for, so no failure goes unseen
+            done = await asyncio.gather(*handed, return_exceptions=True)
+        for part in done:
+            if isinstance(part, BaseException):
+                raise part
+            works.append(part)
+        return merged(works)
 
     def _searched_within(self, batch: EventBatch) -> list[tuple[int, np.ndarray]]:
         """Events limited to a few campaigns (private auctions) are retrieved among those
@@ -252,17 +258,11 @@ class Pipeline:
         t1 = time.perf_counter()
         clock.record(LOOKUP, t1 - t0, n)
 
-        loop = asyncio.get_running_loop()
         try:
             clock.check(RETRIEVAL, n, RETRIEVAL, SCORING, *TAIL)
             within = self._searched_within(batch)
-            if n <= self.inline_events:
-                cand_ad, score, queued, t_retrieval, t_scoring, t_done = self._inline(
-                    query, user, context, batch, clock, within)
-            else:
-                cand_ad, score, queued, t_retrieval, t_scoring, t_done = \
-                    await loop.run_in_executor(self.executor, self._native, query, user,
-                                               context, batch, clock, time.perf_counter(),
+            cand_ad, score, queued, t_retrieval, t_scoring, t_done = \
+                await self._retrieve_and_score(query, user, context, batch.device_type, clock,
                                                within)
             clock.record(RESUME, time.perf_counter() - t_done, n)
             clock.record(QUEUE, queued, n, learn=False)
