@@ -96,7 +96,7 @@ lint: $(STAMP)
 	$(PY) -m ruff check adbid tests benchmarks
 	$(PY) -m mypy
 	PATH=$(abspath $(VENV))/bin:$$PATH $(VENV)/bin/cython-lint --max-line-length 100 ext/*.pyx ext/decision_types.pxd
-	$(PY) -m mypy.stubtest adbid._decision adbid._wire adbid._fpmode adbid._idtable adbid._listscan --allowlist .stubtest-allowlist
+	$(PY) -m mypy.stubtest adbid._decision adbid._wire adbid._fpmode adbid._idtable adbid._listscan adbid._fingerprint --allowlist .stubtest-allowlist
 
 # Rebuilds the package in place (stubs and the Cython core) in pip's isolated build env,
 # which has the pinned grpcio-tools and Cython.

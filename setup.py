@@ -89,6 +89,8 @@ extensions = [
     Extension("adbid._fpmode", ["ext/fpmode.pyx"], extra_compile_args=cflags),
     Extension("adbid._idtable", ["ext/idtable.pyx"], define_macros=macros,
               extra_compile_args=cflags),
+    Extension("adbid._fingerprint", ["ext/fingerprint.pyx"], define_macros=macros,
+              extra_compile_args=cflags),
     # BLAS's sgemm through SciPy's Cython bindings (scipy is a build requirement).
     Extension("adbid._listscan", ["ext/listscan.pyx"], define_macros=macros,
               extra_compile_args=cflags),

@@ -86,7 +86,7 @@ class ServerConfig:
     native_threads: int = setting(2, "Threads running retrieval + scoring, overlapping "
                                   "batches.", minimum=1)
     split_events: int = setting(
-        64, "A batch of at least this many events that finds no other batch in the pipeline "
+        128, "A batch of at least this many events that finds no other batch in the pipeline "
         "is split over the native threads, its parts retrieved and scored at once (the "
         "threads would otherwise idle). 0: never split.", minimum=0)
     use_gpu: bool = setting(True, "Use the CUDA provider when onnxruntime offers it.",

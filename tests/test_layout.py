@@ -30,7 +30,8 @@ RANKS = {
 # rule, defined once in the decision loop).
 FACADES = {"adbid._decision": ("adbid.stages", "adbid.money.units"),
            "adbid._fpmode": ("adbid.stages",), "adbid._wire": ("adbid.edge",),
-           "adbid._idtable": ("adbid.stages",), "adbid._listscan": ("adbid.stages",)}
+           "adbid._idtable": ("adbid.stages",), "adbid._listscan": ("adbid.stages",),
+           "adbid._fingerprint": ("adbid.stages",)}
 MAX_LINES = 400
 
 

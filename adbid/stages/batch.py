@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from adbid._fingerprint import fingerprints
 from adbid.world.creatives import BANNER
 
 
@@ -66,38 +67,14 @@ class EventBatch:
     def fingerprints(self, positions: Sequence[int] | np.ndarray) -> np.ndarray:
         """A hash of each of these events' content (everything but its request id; block
         lists as sets), uint64: a retried event must match the one that bid. Stable within
-        the process only. Per event, only C-level hashing."""
-        if not len(positions):
-            return np.zeros(0, dtype=np.uint64)
-        at = np.asarray(positions, dtype=np.int64)
-        idx = at.tolist()
-        prime = np.uint64(0x100000001B3)
-        # The user's key is its id's hash (the lookup stage's, when it has run); texts were
-        # hashed by lookups already, and str caches its hash.
-        def hashes(column: Sequence[str]) -> np.ndarray:
-            return np.fromiter(map(hash, map(column.__getitem__, idx)), dtype=np.int64,
-                               count=len(idx)).view(np.uint64)
-
-        mixed = self.user_key[at] if self.user_key is not None else hashes(self.user_id)
-        for column in (self.context_text, self.site_domain):
-            mixed = mixed * prime ^ hashes(column)
-        # The small columns packed into one word (each fits its bits), then mixed in.
-        small = (self.first_price[at].astype(np.int64) | self.is_test[at] << 1
-                 | self.country_bit[at] << 2 | self.size_bit[at] << 10
-                 | self.device_type[at] << 18)
-        mixed = (mixed * prime ^ self.floor_micros[at].view(np.uint64)) * prime \
-            ^ small.view(np.uint64)
-        for flat, counts in ((self.blocked_advertisers, self.blocked_advertisers_count),
-                             (self.blocked_categories, self.blocked_categories_count)):
-            mixed = mixed * prime
-            if len(flat):  # each event's entries summed: a set's hash, in one pass
-                entry = np.fromiter(map(hash, flat), dtype=np.int64,
-                                    count=len(flat)).view(np.uint64)
-                sums = np.zeros(len(counts), dtype=np.uint64)
-                owners = np.flatnonzero(counts)
-                sums[owners] = np.add.reduceat(entry, (np.cumsum(counts) - counts)[owners])
-                mixed = mixed ^ sums[at]
-        return mixed  # uint64[len(positions)]
+        the process only (ext/fingerprint.pyx). The user's key is its id's hash (the lookup
+        stage's, when it has run)."""
+        return fingerprints(np.asarray(positions, dtype=np.int64), self.user_key,
+                            self.user_id, self.context_text, self.site_domain,
+                            self.first_price, self.is_test, self.country_bit, self.size_bit,
+                            self.device_type, self.floor_micros, self.blocked_advertisers,
+                            self.blocked_advertisers_count, self.blocked_categories,
+                            self.blocked_categories_count)
 
     @staticmethod
     def concat(batches: Sequence[EventBatch]) -> EventBatch:
