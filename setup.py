@@ -93,7 +93,7 @@ extensions = [
               extra_compile_args=cflags),
     # BLAS's sgemm through SciPy's Cython bindings (scipy is a build requirement).
     Extension("adbid._listscan", ["ext/listscan.pyx"], define_macros=macros,
-              extra_compile_args=cflags),
+              include_dirs=["ext"], extra_compile_args=cflags),
 ]
 
 setup(

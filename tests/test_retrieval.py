@@ -163,13 +163,18 @@ def test_events_refused_for_their_top_k_get_a_second_look(tiny_world):
     assert {rid: chosen_8.get(rid) for rid in chosen_1} == chosen_1
 
 
-def test_list_by_list_search_finds_what_faiss_ivf_finds():
+@pytest.mark.parametrize("blocked", [True, False], ids=["avx2-blocks", "blas-rows"])
+def test_list_by_list_search_finds_what_faiss_ivf_finds(blocked):
     """The list-by-list search of a batch (ext/listscan.pyx) scans the lists FAISS's IVF
     search would, so it returns FAISS's top K: same ads, same scores, ties aside; -1 past
-    what the probed lists hold."""
+    what the probed lists hold. Both kernels: blocks of 8 (AVX2) and rows (BLAS)."""
     import faiss
 
+    from adbid import _listscan
     from adbid.stages.retrieval import ListScan, Retriever
+
+    if blocked and not _listscan.block_kernel_usable():
+        pytest.skip("this CPU has no AVX2 and FMA")
 
     rng = np.random.default_rng(3)
     ads = rng.standard_normal((4000, 32)).astype(np.float32)
@@ -179,7 +184,8 @@ def test_list_by_list_search_finds_what_faiss_ivf_finds():
     index.nprobe = 5
     queries = rng.standard_normal((300, 32)).astype(np.float32)
     retriever = Retriever(index, 16, 1)
-    assert isinstance(retriever.scan, ListScan)
+    retriever.scan = ListScan(index, blocked)
+    assert (retriever.scan.blocks is not None) == blocked
     _, found = index.search(queries, 16)
     ours = retriever.search(queries)
     assert ours.shape == (300, 16)
