@@ -147,16 +147,19 @@ def search(const float[:, ::1] queries, const int64_t[:, ::1] probes,
     if most_queries == 0 or longest == 0:
         return best, best_id
     cdef float* gathered = <float*> malloc(most_queries * dim * sizeof(float))
-    cdef float* scores = <float*> malloc(most_queries * (longest + 8) * sizeof(float))
+    # The rows kernel's products; the blocked kernel's heap pointers, one a query.
+    cdef float* scores = NULL if blocked else <float*> malloc(most_queries * longest
+                                                              * sizeof(float))
     cdef float** heap_value = <float**> malloc(most_queries * sizeof(float*))
     cdef int64_t** heap_ident = <int64_t**> malloc(most_queries * sizeof(int64_t*))
-    if gathered == NULL or scores == NULL or heap_value == NULL or heap_ident == NULL:
+    if gathered == NULL or (scores == NULL and not blocked) or heap_value == NULL \
+            or heap_ident == NULL:
         free(gathered)
         free(scores)
         free(heap_value)
         free(heap_ident)
         raise MemoryError()
-    cdef int m, n, ld
+    cdef int m, n
     cdef float one = 1.0, zero = 0.0
     cdef char trans = b'T', keep = b'N'
     with nogil:
@@ -176,16 +179,13 @@ def search(const float[:, ::1] queries, const int64_t[:, ::1] probes,
                 adbid_scan_offer(&blocks[block_start[li], 0], n, dim, gathered, m,
                                  &ids[list_start[li]], heap_value, heap_ident, k)
                 continue
-            else:
-                # Column-major: scores (n x m) = vectors_l^T' (n x dim) . gathered (dim x m),
-                # so query i's n scores lie at scores[i * n].
-                ld = n
-                sgemm(&trans, &keep, &n, &m, &dim, &one,
-                      <float*> &vectors[list_start[li], 0], &dim, gathered, &dim, &zero,
-                      scores, &n)
+            # Column-major: scores (n x m) = vectors_l^T' (n x dim) . gathered (dim x m), so
+            # query i's n scores lie at scores[i * n].
+            sgemm(&trans, &keep, &n, &m, &dim, &one, <float*> &vectors[list_start[li], 0],
+                  &dim, gathered, &dim, &zero, scores, &n)
             for i in range(m):
                 b = by_list[first[li] + i]
-                offer(scores + i * ld, &ids[list_start[li]], n, &value[b, 0], &ident[b, 0], k)
+                offer(scores + i * n, &ids[list_start[li]], n, &value[b, 0], &ident[b, 0], k)
     free(gathered)
     free(scores)
     free(heap_value)

@@ -193,14 +193,14 @@ class Pipeline:
         handed = [loop.run_in_executor(self.executor, self._native, query[s], user[s],
                                        context[s], device[s], clock, submitted,
                                        within_part(within, s), n) for s in cuts[1:]]
-        works: list = []
+        works: list[NativeWork] = []
         try:
             with flushed():  # as on the native threads; this thread's own mode after
                 s = cuts[0]
                 works.append(self._native(query[s], user[s], context[s], device[s], clock,
                                           submitted, within_part(within, s), n))
         finally:  # the parts handed off are waited for, so no failure goes unseen
-            done = await asyncio.gather(*handed, return_exceptions=True)
+            done = await asyncio.gather(*handed, return_exceptions=True) if handed else []
         for part in done:
             if isinstance(part, BaseException):
                 raise part
