@@ -4,7 +4,7 @@ import numpy as np
 from scipy.special import ndtr
 
 from adbid.bench.simulate import simulate
-from adbid.stages.shading import KnownMarket, LearnedShading, optimal_bids
+from adbid.stages.shading import KnownMarket, LearnedShading, best_values, optimal_bids
 
 
 def test_the_optimal_bid_is_the_surplus_maximum_of_a_fine_grid():
@@ -34,6 +34,26 @@ def test_learned_shading_finds_a_market_it_is_shown():
     learned.observe(np.repeat(seg, 2_000), np.exp(np.log(2e6) + 0.5 * rng.standard_normal(2_000)))
     got, want = learned.factors(seg, value, floor)[0], known.factors(seg, value, floor)[0]
     assert abs(got - want) < 0.02 and want < 0.85
+
+
+def test_a_conversion_bonus_raises_first_price_bids_but_never_above_value():
+    """The bonus is added to the best candidate's value per action; the bid maximises the
+    surplus for that larger value, and the factor on the real value stays within 1."""
+    ad_campaign = np.array([0, 1])
+    vpa = np.array([10_000.0, 100_000.0])
+    cand, score = np.array([[0, 1], [1, -1]]), np.array([[0.05, 0.004], [0.02, 0.0]])
+    value, target = best_values(cand, score, ad_campaign, vpa, np.ones(2))
+    assert np.allclose(value, [500_000.0, 2_000_000.0]) and np.array_equal(value, target)
+    value, target = best_values(cand, score, ad_campaign, vpa, np.ones(2), bonus=30_000)
+    assert np.allclose(target, [500_000.0 * 4, 2_000_000.0 * 1.3])
+    known = KnownMarket(0.85)
+    known.set("s", 1, np.log(1.5e6), 0.5)
+    segs, floor = np.array([0, 0]), np.zeros(2)
+    plain = known.factors(segs, value, floor)
+    boosted = known.factors(segs, value, floor, target)
+    assert np.all(boosted > plain) and np.all(boosted <= 1.0)
+    want = optimal_bids(target, floor, np.full(2, np.log(1.5e6)), np.full(2, 0.5)) / value
+    assert np.allclose(boosted, np.minimum(want, 1.0))
 
 
 def test_a_simulated_day_compares_strategies_on_the_same_auctions(tiny_world_dir):
@@ -115,3 +135,14 @@ def test_learned_shading_in_serve_learns_from_loss_notices(server_factory):
                 assert float(np.median([d.price_cpm_micros for d in later])) > market
             else:
                 assert abs(ratio - 0.85) < 0.01
+
+
+def test_a_conversion_bonus_trades_surplus_for_conversions(tiny_world_dir):
+    """On the same auctions, the oracle told to value conversions more converts at least as
+    often and makes no more surplus (it was the surplus maximum without the bonus)."""
+    plain = simulate(tiny_world_dir, strategies=("oracle",), events=6_000, seed=3,
+                     progress=False)["strategies"]["oracle"]
+    bonus = simulate(tiny_world_dir, strategies=("oracle",), events=6_000, seed=3,
+                     progress=False, conversion_bonus=2_000_000)["strategies"]["oracle"]
+    assert bonus["wins"] > plain["wins"] and bonus["conversions"] >= plain["conversions"]
+    assert bonus["surplus_micros"] < plain["surplus_micros"]

@@ -81,10 +81,12 @@ class Books:
 
 async def run_strategy(strategy: str, world: World, stages: WorldStages, cfg: ServerConfig,
                        events: int, seed: int, budget_scale: float,
-                       progress=None, demand: np.ndarray | None = None) -> Books:
+                       progress=None, demand: np.ndarray | None = None,
+                       conversion_bonus: float = 0.0) -> Books:
     """One strategy's day. Without `demand`: with the world's budgets everywhere (the
     demand pass). With it (each campaign's spend in that pass): every other campaign's
-    budget x budget_scale, binding where the demand exceeded it."""
+    budget x budget_scale, binding where the demand exceeded it. `conversion_bonus`:
+    the learned and oracle strategies' (ServedShading)."""
     shading = 1.0 if strategy == "truthful" else cfg.shading
     scfg = replace(cfg, shading=shading)  # cfg.pacing_profile: the day's traffic forecast
     ledger = SpendLedger(world.campaigns, None)
@@ -106,7 +108,7 @@ async def run_strategy(strategy: str, world: World, stages: WorldStages, cfg: Se
     if markets is not None:  # the policy `adbid serve --shading-policy learned` runs
         m = markets
         served = ServedShading(cfg.shading, world.ad_campaign, camps.value_per_action_micros,
-                               p.core.pacing, model=m)
+                               p.core.pacing, model=m, conversion_bonus=conversion_bonus)
 
         def policy(batch, cand_ad, score):
             if isinstance(m, KnownMarket):
@@ -238,9 +240,10 @@ def summary(books: Books) -> dict:
 
 def simulate(world_dir: Path, strategies: tuple[str, ...] = STRATEGIES, events: int = 50_000,
              seed: int = 1, budget_scale: float = 0.0002, progress: bool = True,
-             forecast: bool = False) -> dict:
+             forecast: bool = False, conversion_bonus: float = 0.0) -> dict:
     """`forecast`: even-paced campaigns plan along the day's traffic curve (as a forecast
-    from the day before would give it: exact here), else evenly over the day."""
+    from the day before would give it: exact here), else evenly over the day.
+    `conversion_bonus`: see ServedShading (learned and oracle only)."""
     from tqdm import tqdm
 
     world = World.load(world_dir)
@@ -250,11 +253,14 @@ def simulate(world_dir: Path, strategies: tuple[str, ...] = STRATEGIES, events: 
     bar = tqdm(total=24 * len(strategies), desc="simulated hours", unit="h",
                disable=not progress)
     report: dict = {"strategies": {}, "events": events, "seed": seed,
-                    "world": world.version, "pacing_forecast": forecast}
+                    "world": world.version, "pacing_forecast": forecast,
+                    "conversion_bonus_micros": conversion_bonus}
     for s in strategies:
-        demand = asyncio.run(run_strategy(s, world, stages, cfg, events, seed, budget_scale))
+        demand = asyncio.run(run_strategy(s, world, stages, cfg, events, seed, budget_scale,
+                                          conversion_bonus=conversion_bonus))
         books = asyncio.run(run_strategy(s, world, stages, cfg, events, seed, budget_scale,
-                                         bar, demand=demand.spent_micros))
+                                         bar, demand=demand.spent_micros,
+                                         conversion_bonus=conversion_bonus))
         report["strategies"][s] = summary(books)
     bar.close()
     report["retrieval"] = asyncio.run(retrieval_check(world, cfg, seed))

@@ -30,6 +30,10 @@ def simulate_command(
     pacing_forecast: bool = typer.Option(
         False, help="Even-paced campaigns plan along the day's traffic curve (--pacing-profile; "
         "the exact curve, as a perfect forecast), instead of evenly over the day."),
+    conversion_bonus: float = typer.Option(
+        0.0, "--conversion-bonus-micros", min=0.0,
+        help="Learned and oracle shading bid as if a conversion were worth this many "
+        "micros more than its value per action: fewer micros of surplus, more conversions."),
 ) -> None:
     """A simulated day of auctions: each shading strategy bids the same auctions through the
     real pipeline; surplus, spend, conversions, wins and pacing per strategy."""
@@ -41,7 +45,7 @@ def simulate_command(
         raise typer.BadParameter(f"no world at {world}; build one with `adbid demo-world`",
                                  param_hint="--world")
     report = simulate(world, names, events, seed, budget_scale, progress=sys.stderr.isatty(),
-                      forecast=pacing_forecast)
+                      forecast=pacing_forecast, conversion_bonus=conversion_bonus)
     t = Table(title=f"a simulated day: {events:,} auctions, seed {seed}")
     for col in ("strategy", "surplus", "spend", "conversions", "wins", "win rate",
                 "budget spent", "worst hour pacing"):

@@ -48,13 +48,25 @@ def optimal_bids(value: np.ndarray, floor: np.ndarray, mu: np.ndarray, sigma: np
 
 
 def best_values(cand_ad: np.ndarray, score: np.ndarray, ad_campaign: np.ndarray,
-                value_per_action: np.ndarray, pacing: np.ndarray) -> np.ndarray:
-    """float64[B]: the highest candidate value per event, CPM micros, as the core values
-    it (1000 x P(intent) x value per action x pacing); 0 with no candidate."""
+                value_per_action: np.ndarray, pacing: np.ndarray,
+                bonus: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+    """float64[B] twice: the highest candidate value per event, CPM micros, as the core
+    values it (1000 x P(intent) x value per action x pacing; 0 with no candidate), and
+    the value a shading policy maximises surplus for: the same candidate's with `bonus`
+    micros added to its value per action (equal to the first when the bonus is 0)."""
     c = ad_campaign[np.maximum(cand_ad, 0)]
     v = 1000.0 * score.astype(np.float64) * value_per_action[c] * pacing[c]
     v[cand_ad < 0] = 0.0
-    return np.nan_to_num(v, nan=0.0).max(axis=1, initial=0.0)
+    v = np.nan_to_num(v, nan=0.0)
+    if v.shape[1] == 0:
+        return np.zeros(len(v)), np.zeros(len(v))
+    best = v.argmax(axis=1)
+    rows = np.arange(len(v))
+    value = np.maximum(v[rows, best], 0.0)
+    if not bonus:
+        return value, value
+    vpa = value_per_action[c[rows, best]]
+    return value, value * (vpa + bonus) / np.maximum(vpa, 1.0)
 
 
 class SegmentMarkets:
@@ -79,13 +91,16 @@ class SegmentMarkets:
         return np.fromiter((self.segment(s, int(z)) for s, z in zip(sites, sizes)), np.int64,
                            count=len(sites))
 
-    def factors(self, segs: np.ndarray, value: np.ndarray, floor: np.ndarray) -> np.ndarray:
+    def factors(self, segs: np.ndarray, value: np.ndarray, floor: np.ndarray,
+                target: np.ndarray | None = None) -> np.ndarray:
         """float64[B] first-price factors: b* / value where the segment is known and the
-        value positive, else the fixed factor."""
+        value positive, else the fixed factor. b* maximises the surplus for `target`
+        (default: the value itself); the factor never exceeds 1 (never above value)."""
+        target = value if target is None else target
         out = np.full(len(segs), self.fixed)
         use = self.known[segs] & (value > 0)
         if use.any():
-            b = optimal_bids(value[use], floor[use].astype(np.float64), self.mu[segs[use]],
+            b = optimal_bids(target[use], floor[use].astype(np.float64), self.mu[segs[use]],
                              self.sigma[segs[use]])
             out[use] = np.clip(b / value[use], 0.0, 1.0)
         return out
@@ -163,12 +178,18 @@ class ServedShading:
     (the most recent `remember` of them, oldest forgotten first: about 50 MB); a notice
     that reports the minimum bid to win for such a bid (a loss's lurl or ReportOutcomes)
     queues that observation, and `refit` (once a second, off the hot path) folds the
-    queue into the model. A reload keeps the model (`inherit`)."""
+    queue into the model. A reload keeps the model (`inherit`).
+
+    `conversion_bonus` (micros, default 0) trades surplus for conversions: each bid
+    maximises the surplus as if a conversion were worth `conversion_bonus` more than its
+    campaign's value per action (the Lagrangian of "the most surplus for at least so many
+    conversions"), and is still never above the value itself."""
 
     def __init__(self, fixed: float, ad_campaign: np.ndarray, value_per_action: np.ndarray,
                  pacing: np.ndarray, remember: int = 1 << 19,
-                 model: SegmentMarkets | None = None) -> None:
+                 model: SegmentMarkets | None = None, conversion_bonus: float = 0.0) -> None:
         self.model = model if model is not None else LearnedShading(fixed)
+        self.conversion_bonus = conversion_bonus
         self.ad_campaign, self.pacing = ad_campaign, pacing
         self.value_per_action = value_per_action.astype(np.float64)
         self.remember = remember
@@ -189,9 +210,9 @@ class ServedShading:
             if excess > 0:  # forget the oldest
                 for rid in list(itertools.islice(self._segment_of, excess)):
                     del self._segment_of[rid]
-        value = best_values(cand_ad, score, self.ad_campaign, self.value_per_action,
-                            self.pacing)
-        return self.model.factors(segs, value, batch.floor_micros)
+        value, target = best_values(cand_ad, score, self.ad_campaign, self.value_per_action,
+                                    self.pacing, self.conversion_bonus)
+        return self.model.factors(segs, value, batch.floor_micros, target)
 
     def observe(self, request_id: str, min_to_win_cpm_micros: int) -> None:
         """The market's word on a bid: its minimum to win, when the exchange gave one."""
