@@ -116,6 +116,52 @@ def test_a_full_batch_goes_at_once():
     asyncio.run(scenario())
 
 
+def burst(window_s: float, callers: int = 30, gap_s: float = 0.001):
+    """Callers one `gap_s` apart to a pipeline that answers at once; the batch sizes sent
+    and the longest any caller waited for its answer."""
+    async def scenario():
+        rec, k = Recorder(), keeper(0.0001)
+        rec.release.set()
+        b = Batcher(k, rec.run, max_events=64, parallel=1, window_s=window_s)
+        pipeline = SimpleNamespace(running=0)
+
+        async def caller(i: int) -> float:
+            t0 = time.monotonic()
+            dec, _ = await b.decide(events([i]), k.deadline(10_000, None), pipeline)
+            assert dec.price_cpm_micros.tolist() == [i]
+            return time.monotonic() - t0
+
+        tasks = []
+        for i in range(callers):
+            tasks.append(asyncio.create_task(caller(i)))
+            await asyncio.sleep(gap_s)
+        waits = await asyncio.gather(*tasks)
+        return rec.sizes, max(waits)
+
+    return asyncio.run(scenario())
+
+
+def test_without_a_window_an_idle_pipeline_takes_each_caller_alone():
+    sizes, _ = burst(window_s=0.0)
+    assert sizes == [1] * 30
+
+
+def test_under_load_an_idle_pipeline_waits_up_to_the_window_to_gather():
+    """Callers a millisecond apart (1,000 a second) with a 20 ms window: once the rate is
+    known, the idle pipeline waits for the next callers, never past the window."""
+    sizes, longest = burst(window_s=0.020)
+    assert sum(sizes) == 30 and max(sizes) >= 5 and len(sizes) < 15
+    assert longest < 0.020 + 0.030  # the window, and the loop's slack on a busy machine
+
+
+def test_a_caller_after_quiet_traffic_never_waits_for_the_window():
+    """One caller every 200 ms (5 a second; under one expected in an 80 ms window, as the
+    smoothed rate sees it): each is sent at once."""
+    sizes, longest = burst(window_s=0.080, callers=4, gap_s=0.200)
+    assert sizes == [1] * 4
+    assert longest < 0.050  # not held for the 80 ms window
+
+
 def test_concurrent_openrtb_requests_are_decided_in_gathered_batches(server_factory):
     server = server_factory()
     port = server.server.openrtb_port

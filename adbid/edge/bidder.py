@@ -82,8 +82,8 @@ class BidderService:
         # One gathered batch at a time: a second one sent while the first runs would hold
         # one or two requests, and each costs the event loop its lookup and decision (with
         # two, OpenRTB peaked at 1,487 req/s here; with one, 2,714: docs/performance.md).
-        self.batcher = Batcher(keeper, keeper.run, cfg.batch_max,
-                               parallel=1) if cfg.batcher else None
+        self.batcher = Batcher(keeper, keeper.run, cfg.batch_max, parallel=1,
+                               window_s=cfg.batch_window_ms / 1e3) if cfg.batcher else None
 
     def handlers(self) -> grpc.GenericRpcHandler:
         out = serialize  # columnar answers are written as bytes

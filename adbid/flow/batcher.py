@@ -6,7 +6,11 @@ decoded events and their deadline to `decide`, and get exactly their own decisio
 back. A gathered batch is sent to the pipeline:
 
 - at once, when fewer gathered batches are running than `parallel` (the server
-  uses one: an idle pipeline never waits, and a busy one gathers);
+  uses one: a busy pipeline gathers) and no other caller is expected soon: when
+  callers come faster than one a `window`, an idle pipeline waits for them up to
+  `window` after the first one waiting (and no longer than another caller is
+  expected within it), so that under load batches are larger and each request costs
+  less; slower traffic is sent at once;
 - when it is full (`max_events`);
 - when waiting longer would cost its most urgent member its deadline: at that
   member's deadline less what a batch of the gathered size is expected to take,
@@ -22,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -36,6 +41,7 @@ from adbid.stages.pipeline import Pipeline
 log = logging.getLogger(__name__)
 
 Outcome = tuple[Decisions, "asyncio.Future | None"]
+RATE_TAU_S = 0.1  # time constant of the callers' arrival rate
 
 
 class Gatherable(Protocol):
@@ -56,6 +62,7 @@ class _Waiting:
     deadline: Deadline
     pipeline: Pipeline
     arrived: float
+    arrived_mono: float
     answer: asyncio.Future = field(default_factory=lambda: asyncio.get_running_loop()
                                    .create_future())
 
@@ -66,13 +73,17 @@ class Batcher:
 
     def __init__(self, keeper: Timekeeper, run: Callable[[Pipeline, EventBatch, Deadline],
                                                            Awaitable[Outcome]],
-                 max_events: int, parallel: int) -> None:
-        if max_events < 1 or parallel < 1:
-            raise ValueError("batcher: max_events and parallel must be at least 1")
+                 max_events: int, parallel: int, window_s: float = 0.0) -> None:
+        if max_events < 1 or parallel < 1 or window_s < 0:
+            raise ValueError("batcher: max_events and parallel must be at least 1, the "
+                             "window at least 0")
         self.keeper = keeper
         self.run = run
         self.max_events = max_events
         self.parallel = parallel
+        self.window = window_s
+        self.rate = 0.0  # callers a second, smoothed over RATE_TAU_S
+        self._rate_at = time.monotonic()
         self.waiting: list[_Waiting] = []
         self.waiting_events = 0
         self.running = 0
@@ -85,7 +96,10 @@ class Batcher:
                      pipeline: Pipeline) -> Outcome:
         """The caller's own decisions, and the commit future of the batch they were part
         of (None when it was shed)."""
-        item = _Waiting(batch, deadline, pipeline, time.perf_counter())
+        now = time.monotonic()
+        item = _Waiting(batch, deadline, pipeline, time.perf_counter(), now)
+        self.rate = self.rate * math.exp((self._rate_at - now) / RATE_TAU_S) + 1 / RATE_TAU_S
+        self._rate_at = now
         self.waiting.append(item)
         self.waiting_events += len(batch)
         pipeline.running += 1  # waiting counts as running: a reload must not close it yet
@@ -95,10 +109,24 @@ class Batcher:
         finally:
             pipeline.running -= 1
 
+    def _held_until(self) -> float | None:
+        """When an idle pipeline waits for more callers: the end of the window, while
+        another caller is expected before it (at the smoothed arrival rate); else None."""
+        if not self.window or self.waiting_events >= self.max_events:
+            return None
+        ends = self.waiting[0].arrived_mono + self.window
+        now = time.monotonic()
+        rate = self.rate * math.exp((self._rate_at - now) / RATE_TAU_S)
+        return ends if rate * (ends - now) >= 1.0 else None
+
     def _consider(self) -> None:
         """Send a gathered batch now, or set the timer for when one must go."""
+        held = None
         while self.waiting and (self.running < self.parallel
                                 or self.waiting_events >= self.max_events):
+            held = self._held_until()
+            if held is not None:
+                break
             self._send()
         if not self.waiting:
             self._cancel_timer()
@@ -106,10 +134,12 @@ class Batcher:
         urgent = min(w.deadline.at for w in self.waiting)
         close_at = urgent - self.keeper.costs.expect_total(
             min(self.waiting_events, self.max_events))
+        if held is not None:
+            close_at = min(close_at, held)
         if close_at <= time.monotonic():
             self._send()
             self._consider()
-        elif close_at < self._timer_at:
+        elif close_at != self._timer_at:  # earlier, or later once a send took the urgent
             self._cancel_timer()
             loop = asyncio.get_running_loop()
             self._timer_at = close_at
