@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 import threading
+import time
 
 import grpc
 import numpy as np
@@ -63,10 +64,19 @@ def test_reloads_under_load_fail_no_request_and_switch_the_model(server, tiny_wo
     for t in threads:
         t.start()
     scores = {}
+
+    def traffic_flows(calls: int = 12, within_s: float = 20.0) -> None:
+        """Wait until the clients have had `calls` more answers, so that every reload
+        happens under load however fast this machine reloads."""
+        start, ends = len(versions), time.monotonic() + within_s
+        while len(versions) < start + calls and not failures and time.monotonic() < ends:
+            time.sleep(0.005)
+
     try:
         with grpc.insecure_channel(server.target) as ch:
             stub = bidder_pb2_grpc.BidderStub(ch)
             for path in (world_b, tiny_world_dir, world_b, tiny_world_dir, world_b):
+                traffic_flows()
                 r = reload(ch, path)
                 assert r.world_version != r.previous_version
                 answer = stub.Bid(pb.BidRequest(events=probe), timeout=10)
