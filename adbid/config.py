@@ -161,10 +161,11 @@ class ServerConfig:
     batch_max: int = setting(256, "Most events in a batch the dynamic batcher gathers.",
                              minimum=1)
     batch_window_ms: float = setting(
-        2.0, "When callers arrive faster than one in this many milliseconds, an idle "
-        "pipeline waits up to this long from the first caller to gather more (fewer, larger "
-        "batches: less CPU a request under load). Slower traffic never waits. 0: never "
-        "wait.", minimum=0.0)
+        0.0, "0 (the default): an idle pipeline takes the first caller at once. Above 0: "
+        "when callers arrive faster than one in this many milliseconds, an idle pipeline "
+        "waits up to this long from the first caller to gather more (fewer, larger "
+        "batches: less CPU a request under load, up to this much more latency); slower "
+        "traffic never waits. 2 measured best here (docs/performance.md).", minimum=0.0)
     batch_gather_events: int = setting(32, "gRPC batches of at most this many events go "
                                        "through the dynamic batcher (0 = none).", minimum=0)
     openrtb_host: str = setting("127.0.0.1", "Address of the OpenRTB 2.6 HTTP endpoint.")

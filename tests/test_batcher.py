@@ -12,6 +12,7 @@ import urllib.request
 from types import SimpleNamespace
 
 import numpy as np
+import pytest
 
 from adbid import stages
 from adbid.edge.decode import make_batch
@@ -162,8 +163,13 @@ def test_a_caller_after_quiet_traffic_never_waits_for_the_window():
     assert longest < 0.050  # not held for the 80 ms window
 
 
-def test_concurrent_openrtb_requests_are_decided_in_gathered_batches(server_factory):
-    server = server_factory()
+@pytest.mark.parametrize("window_ms", [0.0, 2.0])
+def test_concurrent_openrtb_requests_are_decided_in_gathered_batches(server_factory,
+                                                                     window_ms):
+    """By default (no window) and with --batch-window-ms 2: the server's batcher has the
+    window asked for, and concurrent requests share batches."""
+    server = server_factory(batch_window_ms=window_ms)
+    assert server.server.bidder.batcher.window == window_ms / 1e3
     port = server.server.openrtb_port
     request = {"id": "x", "tmax": 1000, "imp": [{"id": "1", "banner": {"w": 300, "h": 250}}],
                "site": {"domain": "news.example", "keywords": "football"}}
