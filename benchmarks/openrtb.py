@@ -5,7 +5,9 @@ arrivals, latency from the planned arrival, two client processes):
   (a) the floor: an HTTP echo server (benchmarks/echo_app.py) on uvicorn + httptools + uvloop,
       and the same app on granian, the two candidate stacks;
   (b) adbid serve with the dynamic batcher (the default);
-  (c) adbid serve --no-batcher (one pipeline call per request).
+  (c) adbid serve --no-batcher (one pipeline call per request);
+  and with --window-ms W, (b) again with `--batch-window-ms W` (the batcher may wait up
+  to W ms for more callers under load).
 Each is swept from --start-rate (x1.4 a step, then --refine bisection steps) to the
 highest rate whose p99 stays within --target-p99-ms with at least 99% answered; then adbid with and
 without the batcher are run at --low-rate for the batcher's cost at low load. Each step
@@ -143,6 +145,8 @@ def main() -> None:
     ap.add_argument("--skip-granian", action="store_true")
     ap.add_argument("--skip-workers", action="store_true",
                     help="leave out adbid --workers 2 --native-threads 1")
+    ap.add_argument("--window-ms", type=float, default=0.0,
+                    help="also run adbid with the batcher and --batch-window-ms this (0: not)")
     a = ap.parse_args()
     out: dict = {"machine": machine(), "args": vars(a), "systems": {}}
     for stack in ("uvicorn", *(() if a.skip_granian else ("granian",))):
@@ -153,6 +157,8 @@ def main() -> None:
         finally:
             echo.stop()
     variants = [("adbid, batcher", ()), ("adbid, no batcher", ("--no-batcher",))]
+    if a.window_ms > 0:
+        variants.append(("adbid, batcher, window", ("--batch-window-ms", str(a.window_ms))))
     if not a.skip_workers:
         variants.append(("adbid, batcher, 2 workers", ("--workers", "2", "--native-threads", "1")))
     for label, flags in variants:
@@ -172,18 +178,24 @@ def main() -> None:
     floor = max(best("echo (uvicorn)"), best("echo (granian)"))
     with_b, without = best("adbid, batcher"), best("adbid, no batcher")
     workers = best("adbid, batcher, 2 workers")
+    window = best("adbid, batcher, window")
     lows = [out["systems"][k]["low_load"]["p50"] for k in ("adbid, batcher", "adbid, no batcher")]
     out["summary"] = {"floor_rps": floor, "batcher_rps": with_b, "no_batcher_rps": without,
                       "adbid_over_floor": with_b / floor if floor else None,
                       "batcher_over_no_batcher": with_b / without if without else None,
                       "low_load_p50_added_ms": lows[0] - lows[1], "workers_rps": workers,
-                      "workers_over_floor": workers / floor if floor else None}
+                      "workers_over_floor": workers / floor if floor else None,
+                      "window_ms": a.window_ms, "window_rps": window,
+                      "window_over_no_batcher": window / without if without else None}
     print(f"at p99 <= {a.target_p99_ms:g} ms: echo uvicorn {best('echo (uvicorn)'):,.0f}/s, "
           f"echo granian {best('echo (granian)'):,.0f}/s; adbid with the batcher "
           f"{with_b:,.0f}/s ({out['summary']['adbid_over_floor'] or 0:.0%} of the floor), "
           f"without {without:,.0f}/s; with 2 workers {workers:,.0f}/s ("
           f"{workers / floor if floor else 0:.0%}); the batcher adds {lows[0] - lows[1]:+.2f} "
-          f"ms to p50 at {a.low_rate:g}/s")
+          f"ms to p50 at {a.low_rate:g}/s"
+          + (f"; with a {a.window_ms:g} ms window {window:,.0f}/s ("
+             f"{window / floor if floor else 0:.0%} of the floor, "
+             f"{window / without if without else 0:.1f}x no batcher)" if a.window_ms > 0 else ""))
     print(f"-> {write('openrtb', out)}")
 
 
