@@ -61,8 +61,7 @@ class _Waiting:
     batch: Gatherable
     deadline: Deadline
     pipeline: Pipeline
-    arrived: float
-    arrived_mono: float
+    arrived: float  # time.monotonic()
     answer: asyncio.Future = field(default_factory=lambda: asyncio.get_running_loop()
                                    .create_future())
 
@@ -97,9 +96,10 @@ class Batcher:
         """The caller's own decisions, and the commit future of the batch they were part
         of (None when it was shed)."""
         now = time.monotonic()
-        item = _Waiting(batch, deadline, pipeline, time.perf_counter(), now)
-        self.rate = self.rate * math.exp((self._rate_at - now) / RATE_TAU_S) + 1 / RATE_TAU_S
-        self._rate_at = now
+        item = _Waiting(batch, deadline, pipeline, now)
+        if self.window:  # the arrival rate only matters to the window
+            self.rate = self.rate * math.exp((self._rate_at - now) / RATE_TAU_S) + 1 / RATE_TAU_S
+            self._rate_at = now
         self.waiting.append(item)
         self.waiting_events += len(batch)
         pipeline.running += 1  # waiting counts as running: a reload must not close it yet
@@ -114,7 +114,7 @@ class Batcher:
         another caller is expected before it (at the smoothed arrival rate); else None."""
         if not self.window or self.waiting_events >= self.max_events:
             return None
-        ends = self.waiting[0].arrived_mono + self.window
+        ends = self.waiting[0].arrived + self.window
         now = time.monotonic()
         rate = self.rate * math.exp((self._rate_at - now) / RATE_TAU_S)
         return ends if rate * (ends - now) >= 1.0 else None
@@ -175,7 +175,7 @@ class Batcher:
         self.running += 1
         self.batches += 1
         self.gathered += len(taken)
-        now = time.perf_counter()
+        now = time.monotonic()
         for w in taken:
             metrics.BATCHER_WAIT.observe(now - w.arrived)
         metrics.BATCHER_EVENTS.observe(events)
