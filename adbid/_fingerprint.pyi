@@ -5,8 +5,7 @@ import numpy as np
 
 def fingerprints(
     at: np.ndarray,  # const int64_t[:]; positions
-    user_key: np.ndarray | None,  # const uint64_t[:]; None: the user ids' hashes
-    user_id: list[str],
+    user_key: np.ndarray,  # const uint64_t[:]; adbid._idtable.user_keys of the user ids
     context_text: list[str],
     site_domain: list[str],
     first_price: np.ndarray,  # const uint8_t[:]

@@ -4,8 +4,8 @@
 adbid.stages.batch.EventBatch.fingerprints keeps it with each open reservation, so a
 retried request id gets its first answer back only when its content is the same.
 Everything but the request id goes in; block lists as sets (each event's entries'
-hashes summed). Strings by Python's own hash (which str caches), so a fingerprint is
-stable within the process only, as long as reservations live.
+hashes summed). The user by its key; other strings by Python's own hash (which str
+caches), so a fingerprint is stable within the process only, as long as reservations live.
 """
 
 from cpython.object cimport PyObject_Hash
@@ -26,22 +26,22 @@ cdef inline uint64_t set_hash(list entries, int64_t start, int64_t stop) except?
     return total
 
 
-def fingerprints(const int64_t[:] at, user_key, list user_id, list context_text,
+def fingerprints(const int64_t[:] at, const uint64_t[:] user_key, list context_text,
                  list site_domain, const uint8_t[:] first_price, const uint8_t[:] is_test,
                  const int32_t[:] country_bit, const int32_t[:] size_bit,
                  const int64_t[:] device_type, const int64_t[:] floor_micros,
                  advertisers, const int64_t[:] advertisers_count, categories,
                  const int64_t[:] categories_count):
     """uint64[len(at)]: the fingerprint of the event at each of these positions.
-    `user_key`: uint64[B] (the lookup stage's), or None for the user ids' hashes; the
-    block lists flat, event i's entries the next *_count[i] of them."""
+    `user_key`: uint64[B] (adbid._idtable.user_keys of the user ids); the block lists
+    flat, event i's entries the next *_count[i] of them."""
     cdef Py_ssize_t n = at.shape[0], b = first_price.shape[0], i, j, e
     cdef uint64_t mixed
-    cdef const uint64_t[:] keys = user_key
     cdef list adv = advertisers if type(advertisers) is list else list(advertisers)
     cdef list cat = categories if type(categories) is list else list(categories)
-    if advertisers_count.shape[0] != b or categories_count.shape[0] != b:
-        raise ValueError("fingerprints: block list counts do not match the batch")
+    if advertisers_count.shape[0] != b or categories_count.shape[0] != b \
+            or user_key.shape[0] != b:
+        raise ValueError("fingerprints: user keys or block list counts do not match the batch")
     adv_start_ = np.zeros(b + 1, dtype=np.int64)
     cat_start_ = np.zeros(b + 1, dtype=np.int64)
     cdef int64_t[::1] adv_start = adv_start_
@@ -57,7 +57,7 @@ def fingerprints(const int64_t[:] at, user_key, list user_id, list context_text,
         e = at[j]
         if e < 0 or e >= b:
             raise IndexError(f"fingerprints: position {e} of {b}")
-        mixed = keys[e] if keys is not None else <uint64_t> PyObject_Hash(user_id[e])
+        mixed = user_key[e]
         mixed = mixed * PRIME ^ <uint64_t> PyObject_Hash(context_text[e])
         mixed = mixed * PRIME ^ <uint64_t> PyObject_Hash(site_domain[e])
         mixed = (mixed * PRIME ^ <uint64_t> floor_micros[e]) * PRIME ^ (

@@ -5,6 +5,11 @@ points) and row, and a hit is confirmed against the id itself in the world's fix
 string array (numpy '<U', code points as uint32, zero-padded), which it keeps a view of.
 Built in one pass without the GIL; ids that mean "no user" (empty, or only '0' and '-', as
 a zeroed device id) are left out, as are repeats of an id already in (the first row wins).
+
+The same hash is a user's key for frequency counts (`user_keys`): it depends on the id
+alone, so every process and host that shares counts (through Redis) and every restart
+(the ledger's log keeps each reservation's key) agrees on it, which Python's own str
+hash, seeded afresh in each process, does not.
 """
 
 from libc.stdint cimport int32_t, int64_t, uint32_t, uint64_t
@@ -26,6 +31,24 @@ cdef inline uint64_t hash_points(const uint32_t* p, Py_ssize_t n) noexcept nogil
     for i in range(n):
         h = (h ^ p[i]) * FNV_PRIME
     return h
+
+
+cdef inline uint64_t hash_str(str s):
+    cdef uint64_t h = FNV_OFFSET
+    cdef Py_ssize_t i
+    for i in range(PyUnicode_GET_LENGTH(s)):
+        h = (h ^ <uint32_t>PyUnicode_READ_CHAR(s, i)) * FNV_PRIME
+    return h
+
+
+def user_keys(list user_ids):
+    """uint64 key of each user id: FNV-1a (64 bits) over its code points."""
+    cdef Py_ssize_t n = len(user_ids), i
+    out = np.empty(n, dtype=np.uint64)
+    cdef uint64_t[::1] o = out
+    for i in range(n):
+        o[i] = hash_str(user_ids[i])
+    return out
 
 
 cdef inline bint no_user(const uint32_t* p, Py_ssize_t n) noexcept nogil:
@@ -108,12 +131,10 @@ cdef class IdTable:
     cdef int64_t find(self, str s) except -2:
         """The row of `s`, or -1."""
         cdef Py_ssize_t length = PyUnicode_GET_LENGTH(s)
-        cdef Py_ssize_t i, slot
-        cdef uint64_t h = FNV_OFFSET
+        cdef Py_ssize_t slot
         if length == 0 or length > self.width:
             return -1
-        for i in range(length):
-            h = (h ^ <uint32_t>PyUnicode_READ_CHAR(s, i)) * FNV_PRIME
+        cdef uint64_t h = hash_str(s)
         slot = h & self.mask
         while self.rows[slot] >= 0:
             if self.hashes[slot] == h and self._same_str(self.rows[slot], s, length):

@@ -57,9 +57,13 @@ def test_positions_pick_events_and_empty_block_lists_count():
         fingerprints(events, [3])
 
 
-def test_resolved_and_unresolved_batches_agree_on_the_user():
-    """The user key is the user id's hash, as the lookup stage computes it."""
+def test_resolved_and_unresolved_batches_agree_on_the_user(tiny_world):
+    """Before the lookup stage (a retry is checked then) and after it (a bid's fingerprint
+    is kept then), the same events give the same fingerprints."""
+    from adbid.stages.lookup import resolve
+
     batch: EventBatch = decode([event(), event(request_id="r2", user_id="u9")])
     before = batch.fingerprints(np.arange(2)).tolist()
-    batch.user_key = np.fromiter(map(hash, batch.user_id), np.int64, 2).view(np.uint64)
+    resolve(batch, tiny_world.campaigns)
+    assert batch.user_key is not None
     assert batch.fingerprints(np.arange(2)).tolist() == before

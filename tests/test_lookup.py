@@ -122,3 +122,21 @@ def test_a_float16_user_store_is_served_as_float32_at_half_the_memory(tmp_path, 
     e16, e32 = got.embeddings(got.rows(ids)), want.embeddings(want.rows(ids))
     assert e16.dtype == np.float32 and not e16[-1].any()
     np.testing.assert_allclose(e16, e32, atol=1e-3)
+
+
+def test_a_users_key_is_the_same_in_every_process():
+    """Frequency counts shared between processes (and kept across restarts) need a key that
+    hashes the id alone: two interpreters with different str-hash seeds agree on it."""
+    import subprocess
+    import sys
+
+    from adbid._idtable import user_keys
+
+    ids = ["u0000042", "", "00000000-0000-0000-0000-000000000000", "é-ü-用户", "u0000043"]
+    code = f"from adbid._idtable import user_keys; print(user_keys({ids!r}).tolist())"
+    seen = [subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                           check=True, env={"PYTHONHASHSEED": seed}).stdout.strip()
+            for seed in ("1", "2")]
+    assert seen[0] == seen[1] == str(user_keys(ids).tolist())
+    keys = user_keys(ids)
+    assert keys.dtype == np.uint64 and len(set(keys.tolist())) == len(ids)

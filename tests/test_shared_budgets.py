@@ -362,15 +362,38 @@ def test_sigkill_of_a_replica_under_load_loses_and_doubles_nothing_in_the_global
     assert total > 0 and sum(killed.values()) > 0
 
 
-def test_a_frequency_cap_holds_across_replicas_within_the_stated_bound(
-        redis_server, server_factory, tiny_world):
-    """One user's impressions, one at a time, alternating between two replicas (each win
-    reported): per capped campaign at most cap + (N - 1), where without shared counts each
-    replica would allow the whole cap (2 x cap)."""
-    servers = replicas(server_factory, redis_server.url, 2)
+def test_a_frequency_cap_holds_across_replica_processes_within_the_stated_bound(
+        redis_server, tiny_world, tiny_world_dir, tmp_path):
+    """One user's impressions, one at a time, alternating between two replicas, each its own
+    process (each win reported): per capped campaign at most cap + (N - 1), where without
+    shared counts each replica would allow the whole cap (2 x cap). Separate processes, as
+    in production: a user's key must not depend on anything one process picks for itself."""
+    procs = [start_replica(tiny_world_dir, tmp_path / f"r{i}", redis_server.url,
+                           tmp_path / f"r{i}.log") for i in range(2)]
+    try:
+        channels = [grpc.insecure_channel(f"127.0.0.1:{port}") for _, port, _ in procs]
+        try:
+            shown = alternate_one_user([bidder_pb2_grpc.BidderStub(ch) for ch in channels])
+        finally:
+            for ch in channels:
+                ch.close()
+    finally:
+        for proc, _, _ in procs:
+            proc.send_signal(signal.SIGTERM)
+        for proc, _, _ in procs:
+            assert proc.wait(30) == 0
     caps = dict(zip(tiny_world.campaigns.ids, tiny_world.campaigns.freq_cap.tolist()))
+    capped = {c: n for c, n in shown.items() if caps[c] > 0}
+    assert capped, f"no capped campaign bid for the user: {shown}"
+    over = {c: (n, caps[c]) for c, n in capped.items() if n > caps[c] + 1}
+    assert not over, f"shown, cap: {over}"
+    assert any(n >= caps[c] for c, n in capped.items())  # the caps were reached
+
+
+def alternate_one_user(stubs) -> dict[str, int]:
+    """120 single-event auctions for one user, in turn to each stub, every bid won and
+    reported, a sync apart; impressions shown per campaign."""
     rng = np.random.default_rng(4)
-    stubs = [bidder_pb2_grpc.BidderStub(grpc.insecure_channel(s.target)) for s in servers]
     shown: dict[str, int] = {}
     for k in range(120):
         stub = stubs[k % 2]
@@ -383,11 +406,7 @@ def test_a_frequency_cap_holds_across_replicas_within_the_stated_bound(
                 request_id=d.request_id, type=pb.OUTCOME_TYPE_WIN,
                 clearing_price_cpm_micros=d.price_cpm_micros)]), timeout=10)
         time.sleep(0.12)  # past a sync (100 ms)
-    capped = {c: n for c, n in shown.items() if caps[c] > 0}
-    assert capped, f"no capped campaign bid for the user: {shown}"
-    over = {c: (n, caps[c]) for c, n in capped.items() if n > caps[c] + 1}
-    assert not over, f"shown, cap: {over}"
-    assert any(n >= caps[c] for c, n in capped.items())  # the caps were reached
+    return shown
 
 
 def test_the_sync_script_books_spend_beyond_a_lease_and_large_budgets_exactly(redis_server):

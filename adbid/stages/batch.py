@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from adbid._fingerprint import fingerprints
+from adbid._idtable import user_keys
 from adbid.world.creatives import BANNER
 
 
@@ -67,10 +68,11 @@ class EventBatch:
     def fingerprints(self, positions: Sequence[int] | np.ndarray) -> np.ndarray:
         """A hash of each of these events' content (everything but its request id; block
         lists as sets), uint64: a retried event must match the one that bid. Stable within
-        the process only (ext/fingerprint.pyx). The user's key is its id's hash (the lookup
-        stage's, when it has run)."""
-        return fingerprints(np.asarray(positions, dtype=np.int64), self.user_key,
-                            self.user_id, self.context_text, self.site_domain,
+        the process only (ext/fingerprint.pyx). The user's key is the lookup stage's
+        (adbid._idtable.user_keys), computed here when it has not run."""
+        keys = self.user_key if self.user_key is not None else user_keys(self.user_id)
+        return fingerprints(np.asarray(positions, dtype=np.int64), keys,
+                            self.context_text, self.site_domain,
                             self.first_price, self.is_test, self.country_bit, self.size_bit,
                             self.device_type, self.floor_micros, self.blocked_advertisers,
                             self.blocked_advertisers_count, self.blocked_categories,

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from adbid._idtable import IdTable
+from adbid._idtable import IdTable, user_keys
 from adbid.world import targeting
 from adbid.world.artifacts import World, WorldError
 from adbid.world.campaigns import CampaignTable
@@ -32,15 +32,15 @@ def usable_user_id(user_id: str) -> bool:
 def resolve(batch: EventBatch, campaigns: CampaignTable) -> None:
     """Fill the batch's id columns: user keys, site ids, publisher blocks as ids and masks.
 
-    User keys are Python's string hash: stable within the process, which is as
-    long as frequency counters live.
+    User keys hash the id alone (adbid._idtable.user_keys), so that processes and hosts
+    that share frequency counts, and a restarted process, agree on them.
     """
     n = len(batch)
     users = batch.user_id
     # map() over builtins keeps these per-event loops in C.
     batch.user_known = np.fromiter(map(bool, map(str.strip, users, repeat("0-"))),
                                    dtype=np.uint8, count=n)
-    batch.user_key = np.fromiter(map(hash, users), dtype=np.int64, count=n).view(np.uint64)
+    batch.user_key = user_keys(users)
     batch.site_id = np.fromiter(map(campaigns.site_ids.get, batch.site_domain, repeat(-1)),
                                 dtype=np.int32, count=n)
     batch.blocked_category_mask = targeting.category_masks(batch.blocked_categories,
