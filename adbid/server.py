@@ -140,14 +140,15 @@ class BidServer:
                             "does", redacted(cfg.redis), books.last_error)
             self._tasks.append(asyncio.create_task(books.run()))
         self.relay_server, relay = None, None
-        if cfg.openrtb_port and cfg.workers > 1 and cfg.ledger is not None:
+        if cfg.workers > 1 and cfg.ledger is not None:
             # Notices for this worker's bids may reach any worker: they come here.
             self.relay_server = grpc.aio.server(interceptors=(ErrorInterceptor(),))
             self.relay_server.add_generic_rpc_handlers((self.bidder.handlers(),))
             relay_port = _listen(self.relay_server, "127.0.0.1:0", None, "notice relay")
             await self.relay_server.start()
             write_address(Path(cfg.ledger), relay_port)
-            relay = NoticeRelay(Path(cfg.ledger).parent, cfg.worker_index)
+            relay = NoticeRelay(Path(cfg.ledger).parent, cfg.worker_index, cfg.workers)
+            self.bidder.relay = relay
         if cfg.openrtb_port:
             # Workers share one notice key, in the directory above their ledgers, so that
             # any of them can check any worker's notice URLs.
@@ -316,8 +317,6 @@ class BidServer:
         await self.health.drain()
         if self.openrtb is not None:
             await self.openrtb.stop()
-            if self.openrtb.app.relay is not None:
-                await self.openrtb.app.relay.close()
         if self.relay_server is not None:
             await self.relay_server.stop(1.0)
         for task in self._tasks:
@@ -326,6 +325,8 @@ class BidServer:
         if self.admin_server is not None:
             await self.admin_server.stop(grace)
         await self.server.stop(grace)
+        if self.bidder.relay is not None:  # (the OpenRTB notices' relay too)
+            await self.bidder.relay.close()
         if self._metrics_http is not None:
             self._metrics_http.shutdown()
         self.pipeline.close()

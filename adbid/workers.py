@@ -12,7 +12,9 @@ refused, since the slices (and the spend booked against them) would no longer ad
 up. Shared budgets across processes and hosts are for Redis leases (docs/design.md).
 
 An OpenRTB notice may reach any worker: it goes on to the worker that made the bid
-(adbid.edge.relay), the workers sharing one notice key (<ledger>/notice.key).
+(adbid.edge.relay), the workers sharing one notice key (<ledger>/notice.key). So does
+a gRPC notice sent over another connection than its bid: a worker asks the others for
+the request ids it does not know.
 
 Each worker has its own Admin port (admin_port + i) and metrics port
 (metrics_port + i) when those are fixed; 0 gives each any free port. Admin calls

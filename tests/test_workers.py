@@ -17,6 +17,7 @@ import grpc
 import numpy as np
 import pytest
 
+from adbid.money.units import impression_cost_micros
 from adbid.v1 import admin_pb2, admin_pb2_grpc, bidder_pb2_grpc
 from adbid.v1 import bidder_pb2 as pb
 from adbid.world.artifacts import World
@@ -209,5 +210,48 @@ def test_a_notice_reaching_another_worker_is_booked_by_the_one_that_bid(tiny_wor
             expected += -(-round(b["price"] * 1e6) // 1000)
         spent = sum(c.spent_micros for a in admins for c in status(a).campaigns)
         assert spent == expected
+    finally:
+        assert stop(proc) == 0
+
+
+def test_a_grpc_notice_on_another_connection_is_booked_by_the_worker_that_bid(
+        tiny_world_dir, tmp_path):
+    """A client that reports outcomes over another connection than it bid on (a separate
+    notice service) reaches either worker; each win must still be booked once, by the
+    worker that made the bid, and an id no worker knows is still refused."""
+    proc, log = start(tiny_world_dir, tmp_path / "ledger", 2, tmp_path)
+    try:
+        port, admins = wait_serving(proc, log, 2)
+        rng = np.random.default_rng(5)
+        bids: list[pb.Decision] = []
+        for attempt in range(40):  # new connections until both workers have bid
+            opts = [("adbid.test.connection", attempt)]
+            with grpc.insecure_channel(f"127.0.0.1:{port}", options=opts) as ch:
+                resp = bidder_pb2_grpc.BidderStub(ch).Bid(pb.BidRequest(
+                    events=make_events(8, rng, n_users=2_000, id_prefix=f"g{attempt}-")),
+                    timeout=10)
+                bids += [d for d in resp.decisions if d.bid]
+            if attempt >= 3 and all(status(a).bids_total > 0 for a in admins):
+                break
+        assert all(status(a).bids_total > 0 for a in admins), "both workers bid"
+        expected = 0
+        for k, d in enumerate(bids):  # each notice on a connection of its own, twice
+            win = pb.Outcome(request_id=d.request_id, type=pb.OUTCOME_TYPE_WIN,
+                             clearing_price_cpm_micros=d.price_cpm_micros)
+            for again in range(2):
+                opts = [("adbid.test.notice", 2 * k + again)]
+                with grpc.insecure_channel(f"127.0.0.1:{port}", options=opts) as ch:
+                    (r,) = bidder_pb2_grpc.BidderStub(ch).ReportOutcomes(
+                        pb.ReportOutcomesRequest(outcomes=[win]), timeout=10).results
+                assert r.accepted and r.duplicate == bool(again), (d.request_id, r)
+            expected += impression_cost_micros(d.price_cpm_micros)
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as ch:
+            (r,) = bidder_pb2_grpc.BidderStub(ch).ReportOutcomes(pb.ReportOutcomesRequest(
+                outcomes=[pb.Outcome(request_id="never-bid", type=pb.OUTCOME_TYPE_WIN)]),
+                timeout=10).results
+        assert not r.accepted and "no bid with this id" in r.error
+        statuses = [status(a) for a in admins]
+        assert sum(c.spent_micros for s in statuses for c in s.campaigns) == expected
+        assert sum(c.reserved_micros for s in statuses for c in s.campaigns) == 0
     finally:
         assert stop(proc) == 0

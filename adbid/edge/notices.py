@@ -14,6 +14,7 @@ import time
 from adbid import metrics
 from adbid.edge.decode import BadRequest
 from adbid.edge.parse import UndecodableRequest
+from adbid.edge.relay import NoticeRelay
 from adbid.money.feedback import Observation
 from adbid.money.ledger import NoticeResult
 from adbid.stages.pipeline import Pipeline
@@ -69,13 +70,20 @@ def _apply(pipeline: Pipeline, request_id: str, outcome: int, clearing_cpm_micro
     return r
 
 
-async def apply_outcomes(pipeline: Pipeline,
-                         request: pb.ReportOutcomesRequest) -> pb.ReportOutcomesResponse:
-    """Apply the notices, make them durable, then answer with one result each."""
+async def apply_outcomes(pipeline: Pipeline, request: pb.ReportOutcomesRequest,
+                         relay: NoticeRelay | None = None) -> pb.ReportOutcomesResponse:
+    """Apply the notices, make them durable, then answer with one result each. With
+    `relay` (--workers), notices for ids this worker does not know go to the worker that
+    does (adbid.edge.relay)."""
     ledger = pipeline.ledger
     resp = pb.ReportOutcomesResponse()
     late_before = ledger.late_wins
+    elsewhere = {} if relay is None else await relay.find(
+        [o for o in request.outcomes if not ledger.knows(o.request_id)])
     for o in request.outcomes:
+        if (there := elsewhere.get(o.request_id)) is not None:
+            resp.results.append(there)
+            continue
         r = _apply(pipeline, o.request_id, o.type, o.clearing_price_cpm_micros,
                    o.min_to_win_cpm_micros, o.loss_reason)
         metrics.NOTICES.labels(OUTCOME_NAMES.get(o.type, "UNKNOWN"),

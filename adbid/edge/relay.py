@@ -7,6 +7,11 @@ key) and turns its prices into account micros; when the bid is another worker's,
 hands the notice to that worker as an adbid.v1.Outcome, over loopback gRPC, to the
 notice port each worker writes to `<ledger>/worker-<i>/notices.addr`, and answers
 with that worker's verdict.
+
+gRPC notices (ReportOutcomes) name no worker: a client that reports over another
+connection than it bid on reaches either. A worker that does not know a notice's
+request id asks the others in turn, and answers with the verdict of the one that knows
+it (or its own refusal when none does).
 """
 
 from __future__ import annotations
@@ -16,12 +21,14 @@ from pathlib import Path
 
 import grpc
 
+from adbid.money.ledger import UNKNOWN_ID
 from adbid.v1 import bidder_pb2 as pb
 from adbid.v1 import bidder_pb2_grpc
 
 log = logging.getLogger(__name__)
 
 ADDRESS_FILE = "notices.addr"
+RELAYED = (("adbid-relayed", "1"),)  # metadata of a relayed call: never relayed again
 
 
 def write_address(ledger: Path, port: int) -> None:
@@ -34,8 +41,8 @@ def write_address(ledger: Path, port: int) -> None:
 class NoticeRelay:
     """Hands notices to the worker that made the bid; `root` holds the workers' ledgers."""
 
-    def __init__(self, root: Path, worker: int) -> None:
-        self.root, self.worker = root, worker
+    def __init__(self, root: Path, worker: int, workers: int) -> None:
+        self.root, self.worker, self.workers = root, worker, workers
         self._stubs: dict[int, tuple[str, bidder_pb2_grpc.BidderStub, grpc.aio.Channel]] = {}
 
     def _stub(self, worker: int) -> bidder_pb2_grpc.BidderStub:
@@ -51,7 +58,7 @@ class NoticeRelay:
         refusal saying so (the exchange may retry the URL)."""
         try:
             reply = await self._stub(worker).ReportOutcomes(
-                pb.ReportOutcomesRequest(outcomes=[outcome]), timeout=2.0)
+                pb.ReportOutcomesRequest(outcomes=[outcome]), timeout=2.0, metadata=RELAYED)
         except (OSError, grpc.RpcError) as exc:
             log.warning("notice for %r: worker %d cannot be reached: %s", outcome.request_id,
                         worker, exc)
@@ -59,6 +66,26 @@ class NoticeRelay:
                                     error=f"worker {worker}, which made the bid, cannot be "
                                           "reached; retry later")
         return reply.results[0]
+
+    async def find(self, outcomes: list[pb.Outcome]) -> dict[str, pb.OutcomeResult]:
+        """Notices whose request id this worker does not know, asked of the other workers
+        in turn: request id -> the verdict of the worker that knows it. Ids no worker
+        knows, or that a worker which cannot be reached may hold, are left out."""
+        found: dict[str, pb.OutcomeResult] = {}
+        for worker in range(self.workers):
+            left = [o for o in outcomes if o.request_id not in found]
+            if worker == self.worker or not left:
+                continue
+            try:
+                reply = await self._stub(worker).ReportOutcomes(
+                    pb.ReportOutcomesRequest(outcomes=left), timeout=2.0, metadata=RELAYED)
+            except (OSError, grpc.RpcError) as exc:
+                log.warning("%d notices: worker %d cannot be reached: %s", len(left), worker,
+                            exc)
+                continue
+            found.update((r.request_id, r) for r in reply.results
+                         if r.accepted or r.error != UNKNOWN_ID)
+        return found
 
     async def close(self) -> None:
         for _, _, channel in self._stubs.values():

@@ -43,10 +43,11 @@ from adbid.money.units import impression_cost_micros, impression_costs_micros
 from adbid.v1 import bidder_pb2 as pb
 from adbid.world.campaigns import CampaignTable
 
-__all__ = ["LedgerError", "NoticeResult", "Reservation", "SpendLedger"]
+__all__ = ["UNKNOWN_ID", "LedgerError", "NoticeResult", "Reservation", "SpendLedger"]
 
 log = logging.getLogger(__name__)
 
+UNKNOWN_ID = "request_id: no bid with this id is known (or it closed too long ago to remember)"
 CLOSED_CAPACITY = 500_000  # closed request ids remembered for idempotency (~200 bytes each)
 
 
@@ -246,8 +247,7 @@ class SpendLedger(CampaignBooks):
         """A notice for an id that is no longer open or in doubt."""
         closed = self.closed.get(request_id)
         if closed is None:
-            return NoticeResult(False, error="request_id: no bid with this id is known "
-                                             "(or it closed too long ago to remember)")
+            return NoticeResult(False, error=UNKNOWN_ID)
         state, row, price, settled = closed
         if outcome == pb.OUTCOME_TYPE_LOSS:
             return NoticeResult(True, duplicate=True, error="" if state in (
