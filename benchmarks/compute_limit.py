@@ -7,8 +7,8 @@ perfect server would spend per batch; its events/s on one core is the ceiling
 the server is measured against. The same work on the server's native threads at once (2)
 gives the machine's own ceiling, by the wall clock; the client shares those cores.
 
-Then a real `adbid serve` process is driven closed-loop over gRPC (client in
-this process, on the same 2 cores): concurrency 1 gives the server's own
+Then real `adbid serve` processes, a fresh one for each run, are driven closed-loop
+over gRPC (client in this process, on the same 2 cores): concurrency 1 gives the server's own
 per-stage costs without contention (a batch alone is split over the native threads,
 so the overhead is taken from a second server that does not split), concurrency
 --concurrency its throughput
@@ -32,6 +32,7 @@ import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -124,21 +125,26 @@ def main() -> None:
     result = {"machine": machine(), "batch": a.batch, "native": limit, "server": {},
               "second_looks": a.second_looks}
 
-    def load(srv: Server, name: str, conc: int, wire: str = "columns", rpc: str = "unary") -> dict:
-        """--runs runs; the median one (by goodput) stands for the setting, with the range."""
+    def load(name: str, conc: int, *server_args: str, wire: str = "columns",
+             rpc: str = "unary") -> dict:
+        """--runs runs, each on a fresh server (a server keeps every live bid of a run open,
+        no notice closing it, and a later run would pay for them), after a second of
+        warm-up; the median one (by goodput) stands for the setting, with the range."""
         runs = []
         for k in range(a.runs):
-            r = asyncio.run(run(LoadSpec(target=srv.target, concurrency=conc, batch=a.batch,
-                                         deadline_ms=a.deadline_ms, duration_s=a.duration_s,
-                                         seed=conc * 10 + k, wire=wire, rpc=rpc,
-                                         connections=max(4, conc))))
-            runs.append(r.as_dict())
+            with Server(*server_args) as srv:
+                spec = LoadSpec(target=srv.target, concurrency=conc, batch=a.batch,
+                                deadline_ms=a.deadline_ms, duration_s=a.duration_s,
+                                seed=conc * 10 + k, wire=wire, rpc=rpc, connections=max(4, conc))
+                asyncio.run(run(replace(spec, duration_s=1.0, seed=spec.seed + 1000)))
+                r = asyncio.run(run(spec)).as_dict()
+                r["server_stage_stats"] = asyncio.run(server_stages(srv.admin_target))
+            runs.append(r)
         runs.sort(key=lambda d: d["goodput_events_per_s"])
         d = runs[len(runs) // 2]
         rates = [x["goodput_events_per_s"] for x in runs]
         result["server"][name] = {"run": d, "goodput_range": [rates[0], rates[-1]],
-                                  "runs": runs,
-                                  "stages": asyncio.run(server_stages(srv.admin_target))}
+                                  "runs": runs, "stages": d["server_stage_stats"]}
         print(f"{name}: {d['goodput_events_per_s']:,.0f} events/s decided (median of {a.runs}; "
               f"{rates[0]:,.0f}-{rates[-1]:,.0f}), p50 {d['latency_us'].get('p50', 0) / 1000:.2f}"
               f" ms, p99 {d['latency_us'].get('p99', 0) / 1000:.2f} ms, shed "
@@ -149,21 +155,20 @@ def main() -> None:
     # compute limit counts (a deeper search and a second scoring for the events refused
     # for their candidates); `--second-looks` keeps the server's default.
     extra = () if a.second_looks else ("--overfetch", "1")
-    with Server(*extra) as srv:
-        load(srv, "1 process, c=1", 1)
-        one = load(srv, f"1 process, c={a.concurrency}", a.concurrency)
-        events = load(srv, f"1 process, c={a.concurrency}, events wire", a.concurrency, "events")
-        stream = load(srv, f"1 process, c={a.concurrency}, BidStream", a.concurrency,
-                      rpc="stream")
+    load("1 process, c=1", 1, *extra)
+    one = load(f"1 process, c={a.concurrency}", a.concurrency, *extra)
+    events = load(f"1 process, c={a.concurrency}, events wire", a.concurrency, *extra,
+                  wire="events")
+    stream = load(f"1 process, c={a.concurrency}, BidStream", a.concurrency, *extra,
+                  rpc="stream")
     # The overhead from the stage timers of batches that were not split over the native
     # threads: a split batch's retrieval and scoring times are its parts' summed (the work,
     # as the cost model learns it), not the wall time they took together.
-    with Server("--split-events", "0", *extra) as srv:
-        load(srv, "1 process, c=1, not split", 1)
-        s = result["server"]["1 process, c=1, not split"]["stages"]
-    with Server("--workers", str(a.workers), "--native-threads", "1", *extra) as srv:
-        conc = a.concurrency * 3 // 2
-        many = load(srv, f"{a.workers} workers, c={conc}", conc)
+    load("1 process, c=1, not split", 1, "--split-events", "0", *extra)
+    s = result["server"]["1 process, c=1, not split"]["stages"]
+    conc = a.concurrency * 3 // 2
+    many = load(f"{a.workers} workers, c={conc}", conc, "--workers", str(a.workers),
+                "--native-threads", "1", *extra)
     total = s["total"]["mean_us"]
     native_in_server = s["retrieval"]["mean_us"] + s["scoring"]["mean_us"] + \
         limit["decision"]["median_us"]
