@@ -255,3 +255,28 @@ def test_a_grpc_notice_on_another_connection_is_booked_by_the_worker_that_bid(
         assert sum(c.reserved_micros for s in statuses for c in s.campaigns) == 0
     finally:
         assert stop(proc) == 0
+
+
+def test_a_worker_that_cannot_be_reached_is_passed_over_by_the_relay(tmp_path):
+    """The relay asks every other worker for the ids it does not know; one that does not
+    answer (nothing listens at its address, or it has written none yet) is passed over,
+    and those notices stay refused where they arrived, for the exchange to retry."""
+    import asyncio
+
+    from adbid.edge.relay import NoticeRelay, write_address
+
+    for i in range(3):
+        (tmp_path / f"worker-{i}").mkdir()
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        dead = s.getsockname()[1]
+    write_address(tmp_path / "worker-1", dead)  # worker 2 has no address file at all
+    relay = NoticeRelay(tmp_path, 0, 3)
+
+    async def ask() -> dict:
+        try:
+            return await relay.find([pb.Outcome(request_id="r1", type=pb.OUTCOME_TYPE_WIN)])
+        finally:
+            await relay.close()
+
+    assert asyncio.run(ask()) == {}
