@@ -35,7 +35,7 @@ from adbid.edge.errors import ErrorInterceptor, ReloadRefused
 from adbid.edge.health import Health
 from adbid.edge.http import OpenRtbApp, OpenRtbServer
 from adbid.edge.openrtb import NoticeSigner
-from adbid.edge.relay import NoticeRelay, write_address
+from adbid.edge.relay import WorkerRelay, write_address
 from adbid.edge.tls import is_loopback, tls_credentials
 from adbid.flow.deadlines import Timekeeper
 from adbid.money.journal import open_log
@@ -141,14 +141,16 @@ class BidServer:
             self._tasks.append(asyncio.create_task(books.run()))
         self.relay_server, relay = None, None
         if cfg.workers > 1 and cfg.ledger is not None:
-            # Notices for this worker's bids may reach any worker: they come here.
+            # Notices for this worker's bids may reach any worker, and Admin changes any
+            # one worker: they come here.
             self.relay_server = grpc.aio.server(interceptors=(ErrorInterceptor(),))
             self.relay_server.add_generic_rpc_handlers((self.bidder.handlers(),))
-            relay_port = _listen(self.relay_server, "127.0.0.1:0", None, "notice relay")
+            admin_pb2_grpc.add_AdminServicer_to_server(admin_service, self.relay_server)
+            relay_port = _listen(self.relay_server, "127.0.0.1:0", None, "worker relay")
             await self.relay_server.start()
             write_address(Path(cfg.ledger), relay_port)
-            relay = NoticeRelay(Path(cfg.ledger).parent, cfg.worker_index, cfg.workers)
-            self.bidder.relay = relay
+            relay = WorkerRelay(Path(cfg.ledger).parent, cfg.worker_index, cfg.workers)
+            self.bidder.relay = admin_service.relay = relay
         if cfg.openrtb_port:
             # Workers share one notice key, in the directory above their ledgers, so that
             # any of them can check any worker's notice URLs.

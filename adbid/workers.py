@@ -17,9 +17,10 @@ a gRPC notice sent over another connection than its bid: a worker asks the other
 the request ids it does not know.
 
 Each worker has its own Admin port (admin_port + i) and metrics port
-(metrics_port + i) when those are fixed; 0 gives each any free port. Admin calls
-go to every worker: a budget change is the campaign's whole budget, and each
-worker books its slice of it.
+(metrics_port + i) when those are fixed; 0 gives each any free port. An Admin change
+(budget, pause, reload) made on any worker is made on every other one too
+(adbid.edge.relay): a budget change is the campaign's whole budget, and each worker
+books its slice of it. Status is each worker's own.
 
 The supervisor forwards SIGTERM/SIGINT (each worker drains, then exits 0), and if
 a worker dies unasked it stops the others and exits 1. A worker whose supervisor

@@ -260,10 +260,11 @@ def test_a_grpc_notice_on_another_connection_is_booked_by_the_worker_that_bid(
 def test_a_worker_that_cannot_be_reached_is_passed_over_by_the_relay(tmp_path):
     """The relay asks every other worker for the ids it does not know; one that does not
     answer (nothing listens at its address, or it has written none yet) is passed over,
-    and those notices stay refused where they arrived, for the exchange to retry."""
+    and those notices stay refused where they arrived, for the exchange to retry. An Admin
+    change it could not pass on is named, worker by worker."""
     import asyncio
 
-    from adbid.edge.relay import NoticeRelay, write_address
+    from adbid.edge.relay import WorkerRelay, write_address
 
     for i in range(3):
         (tmp_path / f"worker-{i}").mkdir()
@@ -271,12 +272,48 @@ def test_a_worker_that_cannot_be_reached_is_passed_over_by_the_relay(tmp_path):
         s.bind(("127.0.0.1", 0))
         dead = s.getsockname()[1]
     write_address(tmp_path / "worker-1", dead)  # worker 2 has no address file at all
-    relay = NoticeRelay(tmp_path, 0, 3)
+    relay = WorkerRelay(tmp_path, 0, 3)
 
-    async def ask() -> dict:
+    async def ask() -> tuple[dict, list[str]]:
         try:
-            return await relay.find([pb.Outcome(request_id="r1", type=pb.OUTCOME_TYPE_WIN)])
+            return (await relay.find([pb.Outcome(request_id="r1", type=pb.OUTCOME_TYPE_WIN)]),
+                    await relay.admin_to_others("UpdateCampaign", admin_pb2.UpdateCampaignRequest(
+                        campaign_id="c0001", active=False), ()))
         finally:
             await relay.close()
 
-    assert asyncio.run(ask()) == {}
+    found, failed = asyncio.run(ask())
+    assert found == {}
+    # An Admin change is reported as not made on either (the caller is told to repeat it).
+    assert sorted(f.split(":")[0].split(" cannot")[0] for f in failed) == ["worker 1", "worker 2"]
+
+
+def test_admin_changes_on_one_worker_reach_them_all(tiny_world_dir, tmp_path):
+    """`adbid campaign` and `adbid reload` talk to one Admin port (worker 0's by default):
+    a budget change and a reload must still reach every worker, or the others would go on
+    with the old budget slice or the old world."""
+    from adbid.world.demo_world import DemoWorldSpec, build
+
+    other = tmp_path / "other-world"
+    build(other, DemoWorldSpec.tiny(seed=8), progress=False)
+    world = World.load(tiny_world_dir)
+    cid = world.campaigns.ids[3]
+    proc, log = start(tiny_world_dir, tmp_path / "ledger", 2, tmp_path)
+    try:
+        _, admins = wait_serving(proc, log, 2)
+        with grpc.insecure_channel(f"127.0.0.1:{admins[0]}") as ch:
+            admin = admin_pb2_grpc.AdminStub(ch)
+            admin.UpdateCampaign(admin_pb2.UpdateCampaignRequest(
+                campaign_id=cid, budget_micros=77_000_000, reason="test"), timeout=30)
+            admin.UpdateCampaign(admin_pb2.UpdateCampaignRequest(
+                campaign_id=world.campaigns.ids[4], active=False, reason="test"), timeout=30)
+            reply = admin.Reload(admin_pb2.ReloadRequest(world_path=str(other)), timeout=120)
+        statuses = [status(a) for a in admins]
+        slices = [next(c for c in s.campaigns if c.campaign_id == cid) for s in statuses]
+        assert sum(c.budget_micros for c in slices) == 77_000_000, slices
+        assert all(not next(c for c in s.campaigns
+                            if c.campaign_id == world.campaigns.ids[4]).active for s in statuses)
+        assert {s.world_version for s in statuses} == {reply.world_version}
+        assert reply.world_version != reply.previous_version
+    finally:
+        assert stop(proc) == 0

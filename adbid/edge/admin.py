@@ -13,7 +13,8 @@ from redis.exceptions import RedisError
 import adbid
 from adbid.config import ServerConfig
 from adbid.edge.bidder import Tally
-from adbid.edge.errors import NotFound, Unauthenticated
+from adbid.edge.errors import NotFound, PartlyApplied, Unauthenticated
+from adbid.edge.relay import WorkerRelay, relayed
 from adbid.metrics import StageTimers
 from adbid.money.shared import redacted
 from adbid.stages.pipeline import Pipeline
@@ -50,6 +51,21 @@ class AdminService(admin_pb2_grpc.AdminServicer):
         self.tally = tally
         self.cfg = cfg
         self.started_at = time.monotonic()
+        self.relay: WorkerRelay | None = None  # --workers: changes go to the others too
+
+    async def _everywhere(self, method: str, request, context) -> None:
+        """Under --workers, a change made here is made on the other workers too (unless it
+        came from one); PartlyApplied when some could not make it."""
+        if self.relay is None or relayed(context):
+            return
+        auth = tuple((k, v) for k, v in context.invocation_metadata() or ()
+                     if k == "authorization")
+        failed = await self.relay.admin_to_others(method, request, auth)
+        if failed:
+            log.error("%s made on worker %d but not on: %s", method, self.cfg.worker_index,
+                      "; ".join(failed))
+            raise PartlyApplied(f"{method}: made on worker {self.cfg.worker_index} but not "
+                                f"on {'; '.join(failed)}; repeat it (it is idempotent)")
 
     def _campaign_status(self, p: Pipeline, row: int) -> admin_pb2.CampaignStatus:
         led, shared = p.ledger, p.ledger.shared
@@ -90,6 +106,7 @@ class AdminService(admin_pb2_grpc.AdminServicer):
         except KeyError:
             raise NotFound(f"campaign_id: no campaign {request.campaign_id!r}") from None
         await p.ledger.flush()
+        await self._everywhere("UpdateCampaign", request, context)
         return admin_pb2.UpdateCampaignResponse(campaign=self._campaign_status(p, row))
 
     @admin_only
@@ -97,6 +114,7 @@ class AdminService(admin_pb2_grpc.AdminServicer):
         old = self.current().world
         t0 = time.perf_counter()
         await self.reload(request.world_path or str(old.path))
+        await self._everywhere("Reload", request, context)
         return admin_pb2.ReloadResponse(world_version=self.current().world.version,
                                         previous_version=old.version,
                                         load_ms=(time.perf_counter() - t0) * 1e3)

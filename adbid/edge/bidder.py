@@ -32,7 +32,7 @@ from adbid.edge.decode import (
 from adbid.edge.encode import all_no_bid, answer, finish, serialize
 from adbid.edge.errors import Overloaded
 from adbid.edge.parse import UndecodableRequest, parse_request, salvage_batch_id
-from adbid.edge.relay import RELAYED, NoticeRelay
+from adbid.edge.relay import WorkerRelay, relayed
 from adbid.flow.admission import AdmissionLimit, LoopLag
 from adbid.flow.batcher import Batcher
 from adbid.flow.deadlines import ADMISSION, Deadline, Timekeeper, Unmeetable
@@ -73,7 +73,7 @@ class BidderService:
         self.keeper = keeper
         self.cfg = cfg
         self.tally = Tally()
-        self.relay: NoticeRelay | None = None  # --workers: notices for the others' bids
+        self.relay: WorkerRelay | None = None  # --workers: notices for the others' bids
         self._batches = 0
         # Never fewer batches than native threads, or the threads idle while batches wait.
         self.admission = AdmissionLimit(cfg.max_inflight_batches,
@@ -270,6 +270,5 @@ class BidderService:
         self._batches += 1
         logs.request_id.set(f"notices-{self._batches}")
         request = notices.parse_outcomes(raw, self.cfg.max_batch_events)
-        relayed = any(key == RELAYED[0][0] for key, _ in context.invocation_metadata() or ())
         return await notices.apply_outcomes(self.current(), request,
-                                            None if relayed else self.relay)
+                                            None if relayed(context) else self.relay)

@@ -39,6 +39,11 @@ class Unauthenticated(PermissionError):
     """An Admin call without the right bearer token (UNAUTHENTICATED)."""
 
 
+class PartlyApplied(RuntimeError):
+    """An Admin change made on this worker but not on every other one (UNAVAILABLE: the
+    change is idempotent, repeat it)."""
+
+
 # Exceptions a client caused: the status each maps to, and its adbid_errors kind.
 CLIENT_ERRORS: dict[type[BaseException], tuple[grpc.StatusCode, str]] = {
     BadRequest: (grpc.StatusCode.INVALID_ARGUMENT, "invalid_request"),
@@ -49,6 +54,7 @@ CLIENT_ERRORS: dict[type[BaseException], tuple[grpc.StatusCode, str]] = {
     LedgerError: (grpc.StatusCode.FAILED_PRECONDITION, "failed_precondition"),
     ReloadRefused: (grpc.StatusCode.FAILED_PRECONDITION, "reload_refused"),
     Unauthenticated: (grpc.StatusCode.UNAUTHENTICATED, "unauthenticated"),
+    PartlyApplied: (grpc.StatusCode.UNAVAILABLE, "partly_applied"),
 }
 ERROR_KINDS = (*(kind for _, kind in CLIENT_ERRORS.values()), "internal", "housekeeping")
 for _kind in ERROR_KINDS:

@@ -46,7 +46,7 @@ from adbid.edge.bidder import BidderService
 from adbid.edge.decode import BadRequest
 from adbid.edge.openrtb import NoticeSigner, build_response, map_request, settle_deals
 from adbid.edge.openrtb_types import DECODER, ENCODER
-from adbid.edge.relay import NoticeRelay
+from adbid.edge.relay import WorkerRelay
 from adbid.flow.deadlines import Timekeeper, Unmeetable
 from adbid.money.ledger import NoticeResult
 from adbid.stages import DECODE
@@ -73,7 +73,7 @@ class OpenRtbApp:
 
     def __init__(self, bidder: BidderService, current: Callable[[], Pipeline],
                  keeper: Timekeeper, cfg: ServerConfig, signer: NoticeSigner,
-                 relay: NoticeRelay | None = None) -> None:
+                 relay: WorkerRelay | None = None) -> None:
         self.bidder, self.current, self.keeper, self.cfg = bidder, current, keeper, cfg
         self.signer = signer
         self.relay = relay  # under --workers: notices for the other workers' bids

@@ -14,7 +14,7 @@ import time
 from adbid import metrics
 from adbid.edge.decode import BadRequest
 from adbid.edge.parse import UndecodableRequest
-from adbid.edge.relay import NoticeRelay
+from adbid.edge.relay import WorkerRelay
 from adbid.money.feedback import Observation
 from adbid.money.ledger import NoticeResult
 from adbid.stages.pipeline import Pipeline
@@ -71,7 +71,7 @@ def _apply(pipeline: Pipeline, request_id: str, outcome: int, clearing_cpm_micro
 
 
 async def apply_outcomes(pipeline: Pipeline, request: pb.ReportOutcomesRequest,
-                         relay: NoticeRelay | None = None) -> pb.ReportOutcomesResponse:
+                         relay: WorkerRelay | None = None) -> pb.ReportOutcomesResponse:
     """Apply the notices, make them durable, then answer with one result each. With
     `relay` (--workers), notices for ids this worker does not know go to the worker that
     does (adbid.edge.relay)."""

@@ -1,4 +1,5 @@
-"""Notices for another worker's bids (`serve --workers N`).
+"""What one worker passes to the others (`serve --workers N`): notices for their bids,
+and Admin changes.
 
 Every worker serves the same OpenRTB port, so an exchange's notice URL reaches any of
 them; but each keeps its own books. A bid's notice URLs name the worker that made it
@@ -12,23 +13,33 @@ gRPC notices (ReportOutcomes) name no worker: a client that reports over another
 connection than it bid on reaches either. A worker that does not know a notice's
 request id asks the others in turn, and answers with the verdict of the one that knows
 it (or its own refusal when none does).
+
+Admin calls reach one worker (its own Admin port; `adbid campaign` and `adbid reload`
+use worker 0's): a budget change, a pause or a reload made there is made on every other
+worker too, over the same loopback port, each worker booking its own slice.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from pathlib import Path
 
 import grpc
 
 from adbid.money.ledger import UNKNOWN_ID
+from adbid.v1 import admin_pb2_grpc, bidder_pb2_grpc
 from adbid.v1 import bidder_pb2 as pb
-from adbid.v1 import bidder_pb2_grpc
 
 log = logging.getLogger(__name__)
 
 ADDRESS_FILE = "notices.addr"
 RELAYED = (("adbid-relayed", "1"),)  # metadata of a relayed call: never relayed again
+
+
+def relayed(context: grpc.aio.ServicerContext) -> bool:
+    """Did this call come from another worker?"""
+    return any(key == RELAYED[0][0] for key, _ in context.invocation_metadata() or ())
 
 
 def write_address(ledger: Path, port: int) -> None:
@@ -38,20 +49,43 @@ def write_address(ledger: Path, port: int) -> None:
     tmp.replace(ledger / ADDRESS_FILE)
 
 
-class NoticeRelay:
-    """Hands notices to the worker that made the bid; `root` holds the workers' ledgers."""
+class WorkerRelay:
+    """Hands notices to the worker that made the bid, and Admin changes to every other
+    worker; `root` holds the workers' ledgers."""
 
     def __init__(self, root: Path, worker: int, workers: int) -> None:
         self.root, self.worker, self.workers = root, worker, workers
-        self._stubs: dict[int, tuple[str, bidder_pb2_grpc.BidderStub, grpc.aio.Channel]] = {}
+        self._stubs: dict[int, tuple[str, bidder_pb2_grpc.BidderStub, admin_pb2_grpc.AdminStub,
+                                     grpc.aio.Channel]] = {}
 
-    def _stub(self, worker: int) -> bidder_pb2_grpc.BidderStub:
+    def _kept(self, worker: int) -> tuple:
         address = (self.root / f"worker-{worker}" / ADDRESS_FILE).read_text().strip()
         kept = self._stubs.get(worker)
         if kept is None or kept[0] != address:  # first use, or the worker restarted
             channel = grpc.aio.insecure_channel(address)
-            kept = self._stubs[worker] = (address, bidder_pb2_grpc.BidderStub(channel), channel)
-        return kept[1]
+            kept = self._stubs[worker] = (address, bidder_pb2_grpc.BidderStub(channel),
+                                          admin_pb2_grpc.AdminStub(channel), channel)
+        return kept
+
+    def _stub(self, worker: int) -> bidder_pb2_grpc.BidderStub:
+        return self._kept(worker)[1]
+
+    async def admin_to_others(self, method: str, request,
+                              metadata: tuple[tuple[str, str], ...]) -> list[str]:
+        """Make an Admin change made here on every other worker too, at once (`metadata`:
+        the caller's authorization); what failed, as "worker i: why"."""
+        async def one(worker: int) -> str:
+            try:
+                await getattr(self._kept(worker)[2], method)(
+                    request, timeout=120.0, metadata=(*metadata, *RELAYED))
+            except grpc.aio.AioRpcError as exc:
+                return f"worker {worker}: {exc.code().name}: {exc.details()}"
+            except OSError as exc:
+                return f"worker {worker} cannot be reached: {exc}"
+            return ""
+
+        others = [w for w in range(self.workers) if w != self.worker]
+        return [why for why in await asyncio.gather(*(one(w) for w in others)) if why]
 
     async def send(self, worker: int, outcome: pb.Outcome) -> pb.OutcomeResult:
         """The other worker's verdict on the notice; a worker that cannot be reached is a
@@ -88,5 +122,5 @@ class NoticeRelay:
         return found
 
     async def close(self) -> None:
-        for _, _, channel in self._stubs.values():
+        for *_, channel in self._stubs.values():
             await channel.close()
