@@ -35,7 +35,7 @@ from adbid.edge.errors import ErrorInterceptor, ReloadRefused
 from adbid.edge.health import Health
 from adbid.edge.http import OpenRtbApp, OpenRtbServer
 from adbid.edge.openrtb import NoticeSigner
-from adbid.edge.relay import WorkerRelay, write_address
+from adbid.edge.relay import PeersOnly, WorkerRelay, peer_secret, write_address
 from adbid.edge.tls import is_loopback, tls_credentials
 from adbid.flow.deadlines import Timekeeper
 from adbid.money.journal import open_log
@@ -141,15 +141,16 @@ class BidServer:
             self._tasks.append(asyncio.create_task(books.run()))
         self.relay_server, relay = None, None
         if cfg.workers > 1 and cfg.ledger is not None:
-            # Notices for this worker's bids may reach any worker, and Admin changes any
-            # one worker: they come here.
-            self.relay_server = grpc.aio.server(interceptors=(ErrorInterceptor(),))
+            # Other workers' notices for this worker's bids, and Admin changes, come here.
+            secret = peer_secret(notice_key(cfg.ledger.parent))
+            self.relay_server = grpc.aio.server(interceptors=(PeersOnly(secret),
+                                                              ErrorInterceptor()))
             self.relay_server.add_generic_rpc_handlers((self.bidder.handlers(),))
             admin_pb2_grpc.add_AdminServicer_to_server(admin_service, self.relay_server)
             relay_port = _listen(self.relay_server, "127.0.0.1:0", None, "worker relay")
             await self.relay_server.start()
             write_address(Path(cfg.ledger), relay_port)
-            relay = WorkerRelay(Path(cfg.ledger).parent, cfg.worker_index, cfg.workers)
+            relay = WorkerRelay(Path(cfg.ledger).parent, cfg.worker_index, cfg.workers, secret)
             self.bidder.relay = admin_service.relay = relay
         if cfg.openrtb_port:
             # Workers share one notice key, in the directory above their ledgers, so that

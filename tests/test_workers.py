@@ -272,7 +272,7 @@ def test_a_worker_that_cannot_be_reached_is_passed_over_by_the_relay(tmp_path):
         s.bind(("127.0.0.1", 0))
         dead = s.getsockname()[1]
     write_address(tmp_path / "worker-1", dead)  # worker 2 has no address file at all
-    relay = WorkerRelay(tmp_path, 0, 3)
+    relay = WorkerRelay(tmp_path, 0, 3, "secret")
 
     async def ask() -> tuple[dict, list[str]]:
         try:
@@ -315,5 +315,17 @@ def test_admin_changes_on_one_worker_reach_them_all(tiny_world_dir, tmp_path):
                             if c.campaign_id == world.campaigns.ids[4]).active for s in statuses)
         assert {s.world_version for s in statuses} == {reply.world_version}
         assert reply.world_version != reply.previous_version
+        # The port the workers pass these on over answers them alone.
+        relay = (tmp_path / "ledger" / "worker-1" / "notices.addr").read_text().strip()
+        with grpc.insecure_channel(relay) as ch:
+            for call in (lambda: admin_pb2_grpc.AdminStub(ch).UpdateCampaign(
+                            admin_pb2.UpdateCampaignRequest(campaign_id=cid, active=False),
+                            timeout=10),
+                         lambda: bidder_pb2_grpc.BidderStub(ch).ReportOutcomes(
+                             pb.ReportOutcomesRequest(), timeout=10)):
+                with pytest.raises(grpc.RpcError) as refused:
+                    call()
+                assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        assert next(c for c in status(admins[1]).campaigns if c.campaign_id == cid).active
     finally:
         assert stop(proc) == 0

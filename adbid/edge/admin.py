@@ -14,7 +14,7 @@ import adbid
 from adbid.config import ServerConfig
 from adbid.edge.bidder import Tally
 from adbid.edge.errors import NotFound, PartlyApplied, Unauthenticated
-from adbid.edge.relay import WorkerRelay, relayed
+from adbid.edge.relay import WorkerRelay
 from adbid.metrics import StageTimers
 from adbid.money.shared import redacted
 from adbid.stages.pipeline import Pipeline
@@ -56,7 +56,7 @@ class AdminService(admin_pb2_grpc.AdminServicer):
     async def _everywhere(self, method: str, request, context) -> None:
         """Under --workers, a change made here is made on the other workers too (unless it
         came from one); PartlyApplied when some could not make it."""
-        if self.relay is None or relayed(context):
+        if self.relay is None or self.relay.from_peer(context):
             return
         auth = tuple((k, v) for k, v in context.invocation_metadata() or ()
                      if k == "authorization")

@@ -32,7 +32,7 @@ from adbid.edge.decode import (
 from adbid.edge.encode import all_no_bid, answer, finish, serialize
 from adbid.edge.errors import Overloaded
 from adbid.edge.parse import UndecodableRequest, parse_request, salvage_batch_id
-from adbid.edge.relay import WorkerRelay, relayed
+from adbid.edge.relay import WorkerRelay
 from adbid.flow.admission import AdmissionLimit, LoopLag
 from adbid.flow.batcher import Batcher
 from adbid.flow.deadlines import ADMISSION, Deadline, Timekeeper, Unmeetable
@@ -270,5 +270,6 @@ class BidderService:
         self._batches += 1
         logs.request_id.set(f"notices-{self._batches}")
         request = notices.parse_outcomes(raw, self.cfg.max_batch_events)
-        return await notices.apply_outcomes(self.current(), request,
-                                            None if relayed(context) else self.relay)
+        relay = self.relay if self.relay is not None and not self.relay.from_peer(context) \
+            else None
+        return await notices.apply_outcomes(self.current(), request, relay)

@@ -17,11 +17,16 @@ it (or its own refusal when none does).
 Admin calls reach one worker (its own Admin port; `adbid campaign` and `adbid reload`
 use worker 0's): a budget change, a pause or a reload made there is made on every other
 worker too, over the same loopback port, each worker booking its own slice.
+
+That port answers the workers alone: each call shows a secret derived from the notice
+key they share (`<ledger>/notice.key`, readable by the server's user only).
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import hmac
 import logging
 from pathlib import Path
 
@@ -34,12 +39,36 @@ from adbid.v1 import bidder_pb2 as pb
 log = logging.getLogger(__name__)
 
 ADDRESS_FILE = "notices.addr"
-RELAYED = (("adbid-relayed", "1"),)  # metadata of a relayed call: never relayed again
+PEER_HEADER = "adbid-peer"  # a relayed call's metadata: the workers' shared secret
 
 
-def relayed(context: grpc.aio.ServicerContext) -> bool:
-    """Did this call come from another worker?"""
-    return any(key == RELAYED[0][0] for key, _ in context.invocation_metadata() or ())
+def peer_secret(key: bytes) -> str:
+    """What a worker shows the others: derived from the notice key the workers share."""
+    return hmac.new(key, b"adbid worker relay", hashlib.sha256).hexdigest()
+
+
+def _shown(metadata, secret: str) -> bool:
+    given = dict(metadata or ()).get(PEER_HEADER, "")
+    return hmac.compare_digest(given.encode(), secret.encode())
+
+
+class PeersOnly(grpc.aio.ServerInterceptor):
+    """The relay port answers the other workers alone: a call that does not show the
+    workers' secret is refused (UNAUTHENTICATED), whatever it asks."""
+
+    def __init__(self, secret: str) -> None:
+        self.secret = secret
+
+        async def refuse(request, context) -> None:
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED,
+                                "this port takes calls from adbid's own workers only")
+
+        self._refused = grpc.unary_unary_rpc_method_handler(refuse)
+
+    async def intercept_service(self, continuation, details: grpc.HandlerCallDetails):
+        if _shown(details.invocation_metadata, self.secret):
+            return await continuation(details)
+        return self._refused
 
 
 def write_address(ledger: Path, port: int) -> None:
@@ -53,8 +82,11 @@ class WorkerRelay:
     """Hands notices to the worker that made the bid, and Admin changes to every other
     worker; `root` holds the workers' ledgers."""
 
-    def __init__(self, root: Path, worker: int, workers: int) -> None:
+    def __init__(self, root: Path, worker: int, workers: int, secret: str) -> None:
+        """`secret`: peer_secret of the workers' shared notice key."""
         self.root, self.worker, self.workers = root, worker, workers
+        self.secret = secret
+        self._shown = ((PEER_HEADER, secret),)
         self._stubs: dict[int, tuple[str, bidder_pb2_grpc.BidderStub, admin_pb2_grpc.AdminStub,
                                      grpc.aio.Channel]] = {}
 
@@ -70,6 +102,10 @@ class WorkerRelay:
     def _stub(self, worker: int) -> bidder_pb2_grpc.BidderStub:
         return self._kept(worker)[1]
 
+    def from_peer(self, context: grpc.aio.ServicerContext) -> bool:
+        """Did this call come from another worker (which never relays it again)?"""
+        return _shown(context.invocation_metadata(), self.secret)
+
     async def admin_to_others(self, method: str, request,
                               metadata: tuple[tuple[str, str], ...]) -> list[str]:
         """Make an Admin change made here on every other worker too, at once (`metadata`:
@@ -77,7 +113,7 @@ class WorkerRelay:
         async def one(worker: int) -> str:
             try:
                 await getattr(self._kept(worker)[2], method)(
-                    request, timeout=120.0, metadata=(*metadata, *RELAYED))
+                    request, timeout=120.0, metadata=(*metadata, *self._shown))
             except grpc.aio.AioRpcError as exc:
                 return f"worker {worker}: {exc.code().name}: {exc.details()}"
             except OSError as exc:
@@ -92,7 +128,7 @@ class WorkerRelay:
         refusal saying so (the exchange may retry the URL)."""
         try:
             reply = await self._stub(worker).ReportOutcomes(
-                pb.ReportOutcomesRequest(outcomes=[outcome]), timeout=2.0, metadata=RELAYED)
+                pb.ReportOutcomesRequest(outcomes=[outcome]), timeout=2.0, metadata=self._shown)
         except (OSError, grpc.RpcError) as exc:
             log.warning("notice for %r: worker %d cannot be reached: %s", outcome.request_id,
                         worker, exc)
@@ -112,7 +148,7 @@ class WorkerRelay:
                 continue
             try:
                 reply = await self._stub(worker).ReportOutcomes(
-                    pb.ReportOutcomesRequest(outcomes=left), timeout=2.0, metadata=RELAYED)
+                    pb.ReportOutcomesRequest(outcomes=left), timeout=2.0, metadata=self._shown)
             except (OSError, grpc.RpcError) as exc:
                 log.warning("%d notices: worker %d cannot be reached: %s", len(left), worker,
                             exc)
