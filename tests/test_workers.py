@@ -63,9 +63,10 @@ def stop(proc) -> int:
             proc.wait()
 
 
-def status(admin_port: int) -> admin_pb2.StatusResponse:
+def status(admin_port: int, metadata: tuple = ()) -> admin_pb2.StatusResponse:
     with grpc.insecure_channel(f"127.0.0.1:{admin_port}") as ch:
-        return admin_pb2_grpc.AdminStub(ch).Status(admin_pb2.StatusRequest(), timeout=10)
+        return admin_pb2_grpc.AdminStub(ch).Status(admin_pb2.StatusRequest(), timeout=10,
+                                                   metadata=metadata)
 
 
 def test_two_workers_share_the_port_and_split_every_budget(tiny_world_dir, tmp_path):
@@ -291,24 +292,30 @@ def test_a_worker_that_cannot_be_reached_is_passed_over_by_the_relay(tmp_path):
 def test_admin_changes_on_one_worker_reach_them_all(tiny_world_dir, tmp_path):
     """`adbid campaign` and `adbid reload` talk to one Admin port (worker 0's by default):
     a budget change and a reload must still reach every worker, or the others would go on
-    with the old budget slice or the old world."""
+    with the old budget slice or the old world. (With an Admin token: the caller's goes
+    along.)"""
     from adbid.world.demo_world import DemoWorldSpec, build
 
     other = tmp_path / "other-world"
     build(other, DemoWorldSpec.tiny(seed=8), progress=False)
     world = World.load(tiny_world_dir)
     cid = world.campaigns.ids[3]
-    proc, log = start(tiny_world_dir, tmp_path / "ledger", 2, tmp_path)
+    proc, log = start(tiny_world_dir, tmp_path / "ledger", 2, tmp_path,
+                      "--admin-token", "s3cret")
+    bearer = (("authorization", "Bearer s3cret"),)
     try:
         _, admins = wait_serving(proc, log, 2)
         with grpc.insecure_channel(f"127.0.0.1:{admins[0]}") as ch:
             admin = admin_pb2_grpc.AdminStub(ch)
             admin.UpdateCampaign(admin_pb2.UpdateCampaignRequest(
-                campaign_id=cid, budget_micros=77_000_000, reason="test"), timeout=30)
+                campaign_id=cid, budget_micros=77_000_000, reason="test"), timeout=30,
+                metadata=bearer)
             admin.UpdateCampaign(admin_pb2.UpdateCampaignRequest(
-                campaign_id=world.campaigns.ids[4], active=False, reason="test"), timeout=30)
-            reply = admin.Reload(admin_pb2.ReloadRequest(world_path=str(other)), timeout=120)
-        statuses = [status(a) for a in admins]
+                campaign_id=world.campaigns.ids[4], active=False, reason="test"), timeout=30,
+                metadata=bearer)
+            reply = admin.Reload(admin_pb2.ReloadRequest(world_path=str(other)), timeout=120,
+                                 metadata=bearer)
+        statuses = [status(a, bearer) for a in admins]
         slices = [next(c for c in s.campaigns if c.campaign_id == cid) for s in statuses]
         assert sum(c.budget_micros for c in slices) == 77_000_000, slices
         assert all(not next(c for c in s.campaigns
@@ -326,6 +333,7 @@ def test_admin_changes_on_one_worker_reach_them_all(tiny_world_dir, tmp_path):
                 with pytest.raises(grpc.RpcError) as refused:
                     call()
                 assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
-        assert next(c for c in status(admins[1]).campaigns if c.campaign_id == cid).active
+        assert next(c for c in status(admins[1], bearer).campaigns
+                    if c.campaign_id == cid).active
     finally:
         assert stop(proc) == 0
